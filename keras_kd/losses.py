@@ -1,0 +1,330 @@
+"""Distillation losses on temperature-softened logits.
+
+Every loss here takes the teacher's logits as `y_true` and the student's
+logits as `y_pred`, and works in log space (`log_softmax`), so it stays exact
+where probability-space losses clip or overflow: Keras' `KLDivergence` clips
+probabilities at 1e-7, which is far off for confident teachers.
+
+They are ordinary `keras.losses.Loss` objects: they can be called on their
+own, reduce with `sample_weight`, and round-trip through `get_config`.
+A `Distiller` calls their `compute_per_sample` method with its own
+`temperature`, so the temperature given to `Distiller.compile` wins over the
+one stored in the loss.
+"""
+
+import keras
+from keras import ops
+
+from keras_kd.validation import validate_choice
+from keras_kd.validation import validate_temperature
+
+
+def _softened_log_probabilities(logits, temperature):
+    return ops.log_softmax(ops.divide(logits, temperature), axis=-1)
+
+
+class DistillationLoss(keras.losses.Loss):
+    """Base class of losses between teacher and student logits.
+
+    Subclasses implement `per_sample_loss(teacher_logits, student_logits,
+    temperature)`, the arithmetic on logits already cast to `precision`,
+    returning one value per sample.
+
+    Args:
+        temperature: Softmax temperature used when the loss is called on its
+            own. A `Distiller` passes its compiled temperature instead.
+        precision: Dtype of the log-space arithmetic. `"float64"` (default)
+            keeps the loss within 1e-5 relative of the exact value even where
+            `log p_teacher - log p_student` cancels; it costs little, since
+            the loss sees only `(batch, num_classes)` values. Use
+            `"float32"` on TPUs, which have no float64.
+        reduction: Keras reduction, `"sum_over_batch_size"` by default.
+        name: Name of the loss.
+        dtype: Dtype of the returned loss, `"float32"` by default, also under
+            mixed precision: a softmax at high temperature in float16 loses
+            the soft targets.
+    """
+
+    def __init__(
+        self,
+        temperature=1.0,
+        precision="float64",
+        reduction="sum_over_batch_size",
+        name=None,
+        dtype="float32",
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.temperature = validate_temperature(temperature)
+        self.precision = validate_choice(
+            precision, "precision", {"float32", "float64"}
+        )
+
+    def call(self, y_true, y_pred):
+        return self.compute_per_sample(y_true, y_pred, self.temperature)
+
+    def compute_per_sample(self, teacher_logits, student_logits, temperature):
+        """Returns the loss of each sample, shape `(batch,)`, in `dtype`.
+
+        Args:
+            teacher_logits: Teacher logits, shape `(batch, num_classes)`.
+            student_logits: Student logits, same shape.
+            temperature: Softmax temperature, a positive float.
+
+        Returns:
+            A tensor of shape `(batch,)`.
+        """
+        values = self.per_sample_loss(
+            ops.cast(teacher_logits, self.precision),
+            ops.cast(student_logits, self.precision),
+            temperature,
+        )
+        return ops.cast(values, self.dtype)
+
+    def per_sample_loss(self, teacher_logits, student_logits, temperature):
+        """The loss of each sample; inputs are already in `precision`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `per_sample_loss`."
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"temperature": self.temperature, "precision": self.precision}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class KLDivergenceWithTemperature(DistillationLoss):
+    """Hinton's distillation loss: `T**2 * KL(softmax(t/T) || softmax(s/T))`.
+
+    The `T**2` factor keeps the gradient's scale the same as `T` changes
+    (Hinton et al., 2015): the gradient with respect to the student logits is
+    `T * (softmax(s/T) - softmax(t/T))`. Computed in log space, the loss is
+    exactly 0 for identical logits and never negative.
+
+    Args:
+        temperature: Softmax temperature when called on its own.
+        scale_by_temperature_squared: Multiply by `T**2` (default). Set to
+            `False` to reproduce the keras.io example, which does not.
+        precision: Dtype of the arithmetic, `"float64"` by default.
+        reduction: Keras reduction.
+        name: Name of the loss.
+        dtype: Dtype of the returned loss, `"float32"` by default.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = KLDivergenceWithTemperature(temperature=4.0)
+    >>> teacher = np.array([[2.0, 0.5, -1.0]])
+    >>> float(loss(teacher, teacher))
+    0.0
+    """
+
+    def __init__(
+        self,
+        temperature=1.0,
+        scale_by_temperature_squared=True,
+        precision="float64",
+        reduction="sum_over_batch_size",
+        name="kl_divergence_with_temperature",
+        dtype="float32",
+    ):
+        super().__init__(
+            temperature=temperature,
+            precision=precision,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+        )
+        self.scale_by_temperature_squared = bool(scale_by_temperature_squared)
+
+    def per_sample_loss(self, teacher_logits, student_logits, temperature):
+        teacher_log_p = _softened_log_probabilities(teacher_logits, temperature)
+        student_log_p = _softened_log_probabilities(student_logits, temperature)
+        kl = ops.sum(
+            ops.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1
+        )
+        # Rounding can leave -1e-9 where the exact value is 0.
+        kl = ops.maximum(kl, 0.0)
+        if self.scale_by_temperature_squared:
+            kl = kl * (temperature**2)
+        return kl
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"scale_by_temperature_squared": self.scale_by_temperature_squared}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class SoftTargetCrossEntropy(DistillationLoss):
+    """Cross-entropy against the teacher's softened probabilities ("cse").
+
+    `T**2 * H(softmax(t/T), softmax(s/T))`. It differs from
+    `KLDivergenceWithTemperature` by the teacher's entropy, a constant for the
+    student, so both give the same gradients; this one is the "cse" soft loss
+    of the CIFAR-10 reference experiment (E4).
+
+    Args:
+        temperature: Softmax temperature when called on its own.
+        scale_by_temperature_squared: Multiply by `T**2` (default).
+        precision: Dtype of the arithmetic, `"float64"` by default.
+        reduction: Keras reduction.
+        name: Name of the loss.
+        dtype: Dtype of the returned loss, `"float32"` by default.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = SoftTargetCrossEntropy(temperature=1.0)
+    >>> round(float(loss(np.array([[0.0, 0.0]]), np.array([[0.0, 0.0]]))), 4)
+    0.6931
+    """
+
+    def __init__(
+        self,
+        temperature=1.0,
+        scale_by_temperature_squared=True,
+        precision="float64",
+        reduction="sum_over_batch_size",
+        name="soft_target_cross_entropy",
+        dtype="float32",
+    ):
+        super().__init__(
+            temperature=temperature,
+            precision=precision,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+        )
+        self.scale_by_temperature_squared = bool(scale_by_temperature_squared)
+
+    def per_sample_loss(self, teacher_logits, student_logits, temperature):
+        teacher_p = ops.softmax(ops.divide(teacher_logits, temperature), axis=-1)
+        student_log_p = _softened_log_probabilities(student_logits, temperature)
+        cross_entropy = -ops.sum(teacher_p * student_log_p, axis=-1)
+        if self.scale_by_temperature_squared:
+            cross_entropy = cross_entropy * (temperature**2)
+        return cross_entropy
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"scale_by_temperature_squared": self.scale_by_temperature_squared}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class DistillationMeanSquaredError(DistillationLoss):
+    """Mean squared error between teacher and student outputs ("mse").
+
+    With `space="probabilities"` (default, the "mse" soft loss of E4) it
+    compares `softmax(t/T)` with `softmax(s/T)`; with `space="logits"` it
+    compares the raw logits (Caruana-style logit matching, no temperature).
+    The mean is over the class axis; no `T**2` factor is applied.
+
+    Args:
+        temperature: Softmax temperature when called on its own.
+        space: `"probabilities"` or `"logits"`.
+        precision: Dtype of the arithmetic, `"float64"` by default.
+        reduction: Keras reduction.
+        name: Name of the loss.
+        dtype: Dtype of the returned loss, `"float32"` by default.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = DistillationMeanSquaredError(space="logits")
+    >>> float(loss(np.array([[1.0, 3.0]]), np.array([[0.0, 1.0]])))
+    2.5
+    """
+
+    def __init__(
+        self,
+        temperature=1.0,
+        space="probabilities",
+        precision="float64",
+        reduction="sum_over_batch_size",
+        name="distillation_mean_squared_error",
+        dtype="float32",
+    ):
+        super().__init__(
+            temperature=temperature,
+            precision=precision,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+        )
+        self.space = validate_choice(space, "space", {"probabilities", "logits"})
+
+    def per_sample_loss(self, teacher_logits, student_logits, temperature):
+        if self.space == "logits":
+            teacher_values, student_values = teacher_logits, student_logits
+        else:
+            teacher_values = ops.softmax(
+                ops.divide(teacher_logits, temperature), axis=-1
+            )
+            student_values = ops.softmax(
+                ops.divide(student_logits, temperature), axis=-1
+            )
+        return ops.mean(ops.square(student_values - teacher_values), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"space": self.space})
+        return config
+
+
+_DISTILLATION_LOSS_ALIASES = {
+    "kl_divergence": KLDivergenceWithTemperature,
+    "kld": KLDivergenceWithTemperature,
+    "kl": KLDivergenceWithTemperature,
+    "cse": SoftTargetCrossEntropy,
+    "soft_target_cross_entropy": SoftTargetCrossEntropy,
+    "mse": DistillationMeanSquaredError,
+}
+
+
+def get_distillation_loss(identifier):
+    """Returns a distillation loss from a name, an instance or a callable.
+
+    Strings name keras_kd's log-space losses (`"kl_divergence"`/`"kld"`/
+    `"kl"`, `"cse"`, `"mse"`), never Keras' probability-space functions of the
+    same name: Keras' `"kl_divergence"` string applied to logits is the
+    defect of `keras.distillation`'s default loss.
+
+    Args:
+        identifier: `None` (Hinton's KL with `T**2`), a string above, a
+            `DistillationLoss`, or any Keras loss or callable taking
+            `(teacher_probabilities, student_probabilities)`.
+
+    Returns:
+        A loss object or callable.
+
+    Raises:
+        ValueError: for an unknown string or a non-callable.
+    """
+    if identifier is None:
+        return KLDivergenceWithTemperature()
+    if isinstance(identifier, str):
+        key = identifier.lower()
+        if key not in _DISTILLATION_LOSS_ALIASES:
+            raise ValueError(
+                "Unknown `distillation_loss_fn`. Received: "
+                f"distillation_loss_fn={identifier!r}. Use one of "
+                f"{sorted(_DISTILLATION_LOSS_ALIASES)}, a keras_kd loss "
+                "instance or a Keras loss instance."
+            )
+        return _DISTILLATION_LOSS_ALIASES[key]()
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    if not callable(identifier):
+        raise ValueError(
+            "`distillation_loss_fn` must be a loss or a callable. Received: "
+            f"distillation_loss_fn={identifier!r}."
+        )
+    return identifier

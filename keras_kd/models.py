@@ -1,0 +1,480 @@
+"""Teacher and student builders for the reference experiments E1-E5.
+
+Every builder returns a built `keras.Model` (its input is declared)
+that outputs logits: no softmax, as the `Distiller` expects. Builders take
+`input_shape` and `num_classes`; the architecture-specific ones are thin
+wrappers that pass the reference widths to one generic builder.
+"""
+
+import os
+
+import keras
+from keras import layers
+
+from keras_kd.validation import validate_fraction
+
+
+def _check_positive_ints(values, name):
+    values = tuple(values)
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values
+    ):
+        raise ValueError(
+            f"`{name}` must be a non-empty sequence of positive integers. "
+            f"Received: {name}={values!r}."
+        )
+    return values
+
+
+def build_strided_cnn(
+    filters=(256, 512),
+    input_shape=(28, 28, 1),
+    num_classes=10,
+    name="strided_cnn",
+):
+    """The keras.io distillation CNN (E1): two strided convolutions.
+
+    Conv2D(filters[0], 3, strides 2, same) -> LeakyReLU(0.2) ->
+    MaxPooling2D(2, strides 1, same) -> Conv2D(filters[1], 3, strides 2,
+    same) -> Flatten -> Dense(num_classes).
+
+    Args:
+        filters: Filters of the two convolutions; `(256, 512)` is the
+            teacher (1,433,610 parameters), `(16, 32)` the student.
+        input_shape: Shape of one image.
+        num_classes: Number of output logits.
+        name: Name of the model.
+
+    Returns:
+        A `keras.Sequential` model that outputs logits.
+
+    Example:
+
+    >>> build_strided_cnn((256, 512)).count_params()
+    1433610
+    """
+    first, second = _check_positive_ints(filters, "filters")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Conv2D(first, 3, strides=2, padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.MaxPooling2D(pool_size=2, strides=1, padding="same"),
+            layers.Conv2D(second, 3, strides=2, padding="same"),
+            layers.Flatten(),
+            layers.Dense(num_classes),
+        ],
+        name=name,
+    )
+
+
+def build_keras_io_teacher(input_shape=(28, 28, 1), num_classes=10):
+    """E1 teacher: `build_strided_cnn((256, 512))`, 1,433,610 parameters."""
+    return build_strided_cnn(
+        (256, 512), input_shape, num_classes, name="keras_io_teacher"
+    )
+
+
+def build_keras_io_student(input_shape=(28, 28, 1), num_classes=10):
+    """E1 student: `build_strided_cnn((16, 32))`."""
+    return build_strided_cnn(
+        (16, 32), input_shape, num_classes, name="keras_io_student"
+    )
+
+
+def build_batchnorm_cnn(
+    conv_filters=(16, 32, 64),
+    dense_units=(512, 256, 128, 64),
+    input_shape=(28, 28, 1),
+    num_classes=10,
+    name="batchnorm_cnn",
+):
+    """The BatchNorm CNN of the MNIST temperature sweep (E2).
+
+    3x3 valid convolutions, the first with stride 1 and the rest with
+    stride 2; every convolution but the last is followed by ReLU and
+    BatchNorm. Then dense layers, of which the 1st, 3rd, ... are followed by
+    ReLU and BatchNorm and the others are linear, as in the reference.
+
+    Args:
+        conv_filters: Filters of each convolution.
+        dense_units: Units of each hidden dense layer.
+        input_shape: Shape of one image.
+        num_classes: Number of output logits.
+        name: Name of the model.
+
+    Returns:
+        A `keras.Sequential` model that outputs logits.
+
+    Example:
+
+    >>> model = build_batchnorm_cnn((2, 4), (32,))
+    >>> model.output_shape
+    (None, 10)
+    """
+    conv_filters = _check_positive_ints(conv_filters, "conv_filters")
+    dense_units = _check_positive_ints(dense_units, "dense_units")
+    model = keras.Sequential([keras.Input(shape=input_shape)], name=name)
+    for index, filters in enumerate(conv_filters):
+        model.add(layers.Conv2D(filters, 3, strides=1 if index == 0 else 2))
+        if index < len(conv_filters) - 1:
+            model.add(layers.ReLU())
+            model.add(layers.BatchNormalization())
+    model.add(layers.Flatten())
+    for index, units in enumerate(dense_units):
+        model.add(layers.Dense(units))
+        if index % 2 == 0:
+            model.add(layers.ReLU())
+            model.add(layers.BatchNormalization())
+    model.add(layers.Dense(num_classes))
+    return model
+
+
+def build_batchnorm_cnn_teacher(input_shape=(28, 28, 1), num_classes=10):
+    """E2 teacher: convolutions 16-32-64, dense 512-256-128-64."""
+    return build_batchnorm_cnn(
+        (16, 32, 64),
+        (512, 256, 128, 64),
+        input_shape,
+        num_classes,
+        name="batchnorm_cnn_teacher",
+    )
+
+
+def build_batchnorm_cnn_student(input_shape=(28, 28, 1), num_classes=10):
+    """E2 student: convolutions 2-4, dense 32."""
+    return build_batchnorm_cnn(
+        (2, 4), (32,), input_shape, num_classes, name="batchnorm_cnn_student"
+    )
+
+
+def build_mlp(
+    hidden_units=(1200, 1200),
+    input_dropout=0.0,
+    hidden_dropout=0.0,
+    input_shape=(784,),
+    num_classes=10,
+    name="mlp",
+):
+    """A ReLU multilayer perceptron (Hinton et al.'s MNIST nets, E3).
+
+    Args:
+        hidden_units: Units of each hidden layer.
+        input_dropout: Dropout rate on the (flattened) input.
+        hidden_dropout: Dropout rate after each hidden layer.
+        input_shape: Shape of one input; flattened first if not 1-D.
+        num_classes: Number of output logits.
+        name: Name of the model.
+
+    Returns:
+        A `keras.Sequential` model that outputs logits.
+
+    Example:
+
+    >>> build_mlp((800, 800)).count_params()
+    1276810
+    """
+    hidden_units = _check_positive_ints(hidden_units, "hidden_units")
+    input_dropout = validate_fraction(input_dropout, "input_dropout")
+    hidden_dropout = validate_fraction(hidden_dropout, "hidden_dropout")
+    model = keras.Sequential([keras.Input(shape=input_shape)], name=name)
+    if len(input_shape) != 1:
+        model.add(layers.Flatten())
+    if input_dropout:
+        model.add(layers.Dropout(input_dropout))
+    for units in hidden_units:
+        model.add(layers.Dense(units, activation="relu"))
+        if hidden_dropout:
+            model.add(layers.Dropout(hidden_dropout))
+    model.add(layers.Dense(num_classes))
+    return model
+
+
+def build_hinton_teacher(input_shape=(784,), num_classes=10):
+    """E3 teacher: 1200-1200 ReLU, dropout 0.2 on inputs and 0.5 hidden."""
+    return build_mlp(
+        (1200, 1200), 0.2, 0.5, input_shape, num_classes, name="hinton_teacher"
+    )
+
+
+def build_hinton_student(input_shape=(784,), num_classes=10):
+    """E3 student: 800-800 ReLU, no regularisation."""
+    return build_mlp(
+        (800, 800), 0.0, 0.0, input_shape, num_classes, name="hinton_student"
+    )
+
+
+VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M")
+VGG16_CONFIG += (512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def build_vgg(
+    config=VGG16_CONFIG,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    name="vgg",
+):
+    """A CIFAR-style VGG: 3x3 Conv-BN-ReLU blocks, max pooling at `"M"`.
+
+    With the default `VGG16_CONFIG` this is the CIFAR VGG16 teacher of E4:
+    13 convolutions, five poolings down to 1x1x512, then one dense layer.
+
+    Args:
+        config: Sequence of filter counts and `"M"` (2x2 max pooling).
+        input_shape: Shape of one image.
+        num_classes: Number of output logits.
+        name: Name of the model.
+
+    Returns:
+        A `keras.Sequential` model that outputs logits.
+    """
+    model = keras.Sequential([keras.Input(shape=input_shape)], name=name)
+    for item in config:
+        if item == "M":
+            model.add(layers.MaxPooling2D(2))
+            continue
+        _check_positive_ints((item,), "config")
+        model.add(layers.Conv2D(item, 3, padding="same", use_bias=False))
+        model.add(layers.BatchNormalization())
+        model.add(layers.ReLU())
+    model.add(layers.GlobalAveragePooling2D())
+    model.add(layers.Dense(num_classes))
+    return model
+
+
+def build_vgg16_teacher(input_shape=(32, 32, 3), num_classes=10):
+    """E4 teacher: CIFAR VGG16 with BatchNorm."""
+    return build_vgg(VGG16_CONFIG, input_shape, num_classes, name="vgg16")
+
+
+def build_conv_blocks_cnn(
+    filters=(32, 64, 128),
+    convs_per_block=2,
+    dropout=0.0,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    name="conv_blocks_cnn",
+):
+    """A CNN of convolutional blocks; three blocks make the E4 student.
+
+    Each block is `convs_per_block` x (3x3 Conv-BN-ReLU) then 2x2 max
+    pooling (and dropout if given); global average pooling and one dense
+    layer follow.
+
+    Args:
+        filters: Filters of each block.
+        convs_per_block: Convolutions in each block.
+        dropout: Dropout rate after each block.
+        input_shape: Shape of one image.
+        num_classes: Number of output logits.
+        name: Name of the model.
+
+    Returns:
+        A `keras.Sequential` model that outputs logits.
+    """
+    filters = _check_positive_ints(filters, "filters")
+    (convs_per_block,) = _check_positive_ints(
+        (convs_per_block,), "convs_per_block"
+    )
+    dropout = validate_fraction(dropout, "dropout")
+    model = keras.Sequential([keras.Input(shape=input_shape)], name=name)
+    for block_filters in filters:
+        for _ in range(convs_per_block):
+            model.add(
+                layers.Conv2D(block_filters, 3, padding="same", use_bias=False)
+            )
+            model.add(layers.BatchNormalization())
+            model.add(layers.ReLU())
+        model.add(layers.MaxPooling2D(2))
+        if dropout:
+            model.add(layers.Dropout(dropout))
+    model.add(layers.GlobalAveragePooling2D())
+    model.add(layers.Dense(num_classes))
+    return model
+
+
+def build_cifar_student(input_shape=(32, 32, 3), num_classes=10):
+    """E4 student: three blocks of 32, 64 and 128 filters."""
+    return build_conv_blocks_cnn(
+        (32, 64, 128), 2, 0.0, input_shape, num_classes, name="cifar_student"
+    )
+
+
+def _residual_block(x, filters, stride, name):
+    shortcut = x
+    x = layers.Conv2D(
+        filters, 3, strides=stride, padding="same", use_bias=False,
+        name=f"{name}_conv1",
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    x = layers.ReLU(name=f"{name}_relu1")(x)
+    x = layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, name=f"{name}_conv2"
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(
+            filters, 1, strides=stride, use_bias=False, name=f"{name}_proj"
+        )(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return layers.ReLU(name=f"{name}_out")(x)
+
+
+def build_resnet(
+    blocks_per_stage=(3, 4, 6, 3),
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    stem="cifar",
+    weights=None,
+    name="resnet",
+):
+    """A ResNet of basic blocks (functional: the blocks have skip links).
+
+    `(3, 4, 6, 3)` is ResNet-34, the student of E5; `(2, 2, 2, 2)` is
+    ResNet-18. Stages have 64, 128, 256 and 512 filters.
+
+    Args:
+        blocks_per_stage: Basic blocks in each of the four stages.
+        input_shape: Shape of one image.
+        num_classes: Number of output logits.
+        stem: `"cifar"` (3x3 convolution, no pooling, for 32x32 images) or
+            `"imagenet"` (7x7 stride-2 convolution and max pooling).
+        weights: `None`, or the path of a local `.weights.h5` file saved from
+            the same architecture (pretrained weights cannot be downloaded
+            here).
+        name: Name of the model.
+
+    Returns:
+        A functional `keras.Model` that outputs logits.
+    """
+    blocks_per_stage = _check_positive_ints(blocks_per_stage, "blocks_per_stage")
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(
+            "`stem` must be 'cifar' or 'imagenet'. Received: "
+            f"stem={stem!r}."
+        )
+    inputs = keras.Input(shape=input_shape)
+    if stem == "imagenet":
+        x = layers.Conv2D(
+            64, 7, strides=2, padding="same", use_bias=False, name="stem_conv"
+        )(inputs)
+    else:
+        x = layers.Conv2D(
+            64, 3, padding="same", use_bias=False, name="stem_conv"
+        )(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    if stem == "imagenet":
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(
+            x
+        )
+    for stage, (filters, blocks) in enumerate(
+        zip((64, 128, 256, 512), blocks_per_stage)
+    ):
+        for block in range(blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            x = _residual_block(x, filters, stride, f"stage{stage}_block{block}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    if weights is not None:
+        _load_local_weights(model, weights)
+    return model
+
+
+def build_resnet34_student(input_shape=(32, 32, 3), num_classes=10, weights=None):
+    """E5 student: ResNet-34 with a CIFAR stem."""
+    return build_resnet(
+        (3, 4, 6, 3), input_shape, num_classes, "cifar", weights, "resnet34"
+    )
+
+
+def _load_local_weights(model, path):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"`weights` must be None or the path of a local weights file. "
+            f"Received: weights={path!r}, which does not exist. Pretrained "
+            "weights cannot be downloaded on an offline machine: save them "
+            "with `model.save_weights(...)` where they are available."
+        )
+    model.load_weights(path)
+
+
+def build_frozen_backbone_teacher(
+    backbone,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    weights=None,
+    resize_to=None,
+    head_dropout=0.0,
+    name="frozen_backbone_teacher",
+):
+    """A frozen pretrained backbone with a new trainable head (E5).
+
+    Only the head (global pooling, optional dropout, dense logits) trains;
+    the backbone stays frozen and runs in inference mode, so its BatchNorm
+    statistics do not drift.
+
+    Args:
+        backbone: The name of a `keras.applications` model (e.g.
+            `"ResNet50"`, `"EfficientNetB0"`) or a `keras.Model` that maps
+            images to features.
+        input_shape: Shape of one input image.
+        num_classes: Number of output logits.
+        weights: For an application name: `None` (random), `"imagenet"`
+            (needs internet), or the path of a local weights file. Ignored
+            for a `keras.Model` backbone, which keeps its own weights.
+        resize_to: Optional `(height, width)` to resize inputs to before the
+            backbone, e.g. `(224, 224)` for ImageNet models.
+        head_dropout: Dropout rate before the dense head.
+        name: Name of the model.
+
+    Returns:
+        A functional `keras.Model` that outputs logits, whose backbone
+        layer is frozen.
+
+    Example:
+
+    >>> teacher = build_frozen_backbone_teacher("MobileNetV2", (32, 32, 3))
+    >>> teacher.get_layer("backbone").trainable
+    False
+    """
+    head_dropout = validate_fraction(head_dropout, "head_dropout")
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    if resize_to is not None:
+        x = layers.Resizing(*resize_to, name="resize")(x)
+    if isinstance(backbone, str):
+        application = getattr(keras.applications, backbone, None)
+        if application is None or not callable(application):
+            raise ValueError(
+                "`backbone` must be the name of a `keras.applications` model "
+                f"or a `keras.Model`. Received: backbone={backbone!r}. "
+                "Examples: 'ResNet50', 'EfficientNetB0', 'MobileNetV2'."
+            )
+        local_file = weights not in (None, "imagenet")
+        backbone_model = application(
+            include_top=False,
+            weights=None if local_file else weights,
+            input_shape=tuple(x.shape[1:]),
+        )
+        if local_file:
+            _load_local_weights(backbone_model, weights)
+    elif isinstance(backbone, keras.Model):
+        backbone_model = backbone
+    else:
+        raise ValueError(
+            "`backbone` must be the name of a `keras.applications` model or "
+            f"a `keras.Model`. Received: backbone={backbone!r}."
+        )
+    backbone_model.trainable = False
+    backbone_model.name = "backbone"
+    x = backbone_model(x, training=False)
+    if len(x.shape) == 4:
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if head_dropout:
+        x = layers.Dropout(head_dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, name="head")(x)
+    return keras.Model(inputs, outputs, name=name)
