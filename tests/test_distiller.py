@@ -1,0 +1,485 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_mlp
+
+import keras_kd
+from keras_kd import Distiller
+
+
+def softmax64(z):
+    z = np.float64(z) - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def linear_student(num_inputs=6, num_classes=4):
+    return keras.Sequential(
+        [keras.Input((num_inputs,)), keras.layers.Dense(num_classes)]
+    )
+
+
+def make_distiller(seed=0, student=None, teacher=None, **compile_kwargs):
+    keras.utils.set_random_seed(seed)
+    distiller = Distiller(
+        student=student or make_mlp([8], name="student"),
+        teacher=teacher or make_mlp([16], name="teacher"),
+    )
+    compile_kwargs.setdefault("optimizer", keras.optimizers.SGD(0.1))
+    distiller.compile(**compile_kwargs)
+    return distiller
+
+
+def test_teacher_is_frozen_and_unchanged_by_fit(tiny_data):
+    x, y = tiny_data
+    distiller = make_distiller(metrics=["sparse_categorical_accuracy"])
+    before = [w.numpy().copy() for w in distiller.teacher.weights]
+    student_before = [w.numpy().copy() for w in distiller.student.weights]
+    distiller.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert distiller.teacher.trainable is False
+    assert {id(w) for w in distiller.trainable_weights} == {
+        id(w) for w in distiller.student.trainable_weights
+    }
+    for old, new in zip(before, distiller.teacher.weights):
+        np.testing.assert_array_equal(old, new.numpy())
+    assert any(
+        not np.array_equal(old, new.numpy())
+        for old, new in zip(student_before, distiller.student.weights)
+    )
+
+
+def test_predict_and_call_give_student_outputs(tiny_data):
+    x, _ = tiny_data
+    distiller = make_distiller()
+    np.testing.assert_allclose(
+        distiller.predict(x, verbose=0),
+        distiller.student.predict(x, verbose=0),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        distiller(x).numpy(), distiller.student(x).numpy(), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sgd_step_matches_float64_reference(alpha, temperature, weighted):
+    """One SGD step on a linear student, against the analytic gradient."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 4, size=16)
+    sample_weight = (
+        rng.uniform(0, 2, size=16).astype("float32") if weighted else None
+    )
+    learning_rate = 0.5
+    distiller = make_distiller(
+        student=linear_student(),
+        optimizer=keras.optimizers.SGD(learning_rate),
+        alpha=alpha,
+        temperature=temperature,
+    )
+    kernel, bias = (w.numpy().astype("float64") for w in distiller.student.weights)
+    teacher_logits = distiller.teacher.predict(x, verbose=0)
+    student_logits = x.astype("float64") @ kernel + bias
+    w = np.ones(16) if sample_weight is None else np.float64(sample_weight)
+
+    one_hot = np.eye(4)[y]
+    p_student = softmax64(student_logits)
+    p_soft_student = softmax64(student_logits / temperature)
+    p_soft_teacher = softmax64(teacher_logits / temperature)
+    hard = -np.sum(one_hot * np.log(p_student), axis=1)
+    soft = temperature**2 * np.sum(
+        p_soft_teacher * (np.log(p_soft_teacher) - np.log(p_soft_student)), 1
+    )
+    expected_loss = np.sum(w * (alpha * hard + (1 - alpha) * soft)) / 16
+    grad_logits = (
+        alpha * (p_student - one_hot)
+        + (1 - alpha) * temperature * (p_soft_student - p_soft_teacher)
+    ) * w[:, None] / 16
+
+    logs = distiller.train_on_batch(
+        x, y, sample_weight=sample_weight, return_dict=True
+    )
+    np.testing.assert_allclose(logs["loss"], expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["student_loss"], np.sum(w * hard) / 16, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        logs["distillation_loss"], np.sum(w * soft) / 16, rtol=1e-5, atol=1e-7
+    )
+    new_kernel, new_bias = (w.numpy() for w in distiller.student.weights)
+    np.testing.assert_allclose(
+        new_kernel, kernel - learning_rate * x.T.astype("float64") @ grad_logits,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        new_bias, bias - learning_rate * grad_logits.sum(0), atol=1e-6
+    )
+
+
+def _weights_after_one_step(x, y, sample_weight):
+    distiller = make_distiller(seed=3)
+    distiller.train_on_batch(x, y, sample_weight=sample_weight)
+    return [w.numpy() for w in distiller.student.weights]
+
+
+def test_zero_sample_weight_removes_a_samples_influence(tiny_data):
+    x, y = tiny_data
+    x_changed, y_changed = x.copy(), y.copy()
+    x_changed[0] += 10.0
+    y_changed[0] = (y[0] + 1) % 4
+    weights = np.ones(len(x), dtype="float32")
+    weights[0] = 0.0
+    for a, b in zip(
+        _weights_after_one_step(x, y, weights),
+        _weights_after_one_step(x_changed, y_changed, weights),
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-7)
+    # Control: with weight 1 the changed sample does change the update.
+    unweighted = _weights_after_one_step(x, y, None)
+    changed = _weights_after_one_step(x_changed, y_changed, None)
+    assert any(not np.allclose(a, b) for a, b in zip(unweighted, changed))
+
+
+def test_class_weight_equals_matching_sample_weight(tiny_data):
+    x, y = tiny_data
+    class_weight = {0: 0.0, 1: 2.0, 2: 1.0, 3: 0.5}
+    results = []
+    for kwargs in (
+        {"class_weight": class_weight},
+        {"sample_weight": np.array([class_weight[c] for c in y], "float32")},
+        {},
+    ):
+        distiller = make_distiller(seed=4)
+        distiller.fit(x, y, batch_size=16, shuffle=False, verbose=0, **kwargs)
+        results.append([w.numpy() for w in distiller.student.weights])
+    for a, b in zip(results[0], results[1]):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(results[0], results[2]))
+
+
+def test_student_regularisation_counts(tiny_data):
+    x, y = tiny_data
+    student = make_mlp(
+        [8], kernel_regularizer=keras.regularizers.L2(0.1), name="student"
+    )
+    distiller = make_distiller(student=student, alpha=0.4)
+    regularisation = float(sum(student.losses))
+    assert regularisation > 0
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(
+        logs["loss"],
+        0.4 * logs["student_loss"]
+        + 0.6 * logs["distillation_loss"]
+        + regularisation,
+        rtol=1e-5,
+    )
+
+
+def test_evaluate_is_the_students_own_and_skips_the_teacher(tiny_data):
+    x, y = tiny_data
+
+    class CountingTeacher(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(4)
+            self.calls = 0
+
+        def call(self, inputs, training=None):
+            self.calls += 1
+            return self.dense(inputs)
+
+    teacher = CountingTeacher()
+    teacher(x[:1])
+    distiller = make_distiller(
+        teacher=teacher, metrics=["sparse_categorical_accuracy"], run_eagerly=True
+    )
+    calls_before = teacher.calls
+    results = distiller.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+    assert teacher.calls == calls_before
+    assert "distillation_loss" not in results
+    distiller.student.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["sparse_categorical_accuracy"],
+    )
+    student_results = distiller.student.evaluate(
+        x, y, batch_size=16, return_dict=True, verbose=0
+    )
+    np.testing.assert_allclose(results["loss"], student_results["loss"], rtol=1e-6)
+    np.testing.assert_allclose(results["student_loss"], student_results["loss"], rtol=1e-6)
+    assert results["sparse_categorical_accuracy"] == pytest.approx(
+        student_results["sparse_categorical_accuracy"]
+    )
+
+
+def test_reported_losses_are_epoch_means(tiny_data):
+    x, y = tiny_data
+    distiller = make_distiller(optimizer=keras.optimizers.SGD(0.0))
+    history = distiller.fit(x, y, batch_size=16, shuffle=False, verbose=0)
+    # With a zero learning rate each batch's loss is fixed: the epoch value
+    # must be the sample-weighted mean of the per-batch values.
+    per_batch = [
+        distiller.test_on_batch(x[i : i + 16], y[i : i + 16], return_dict=True)[
+            "student_loss"
+        ]
+        for i in range(0, 64, 16)
+    ]
+    np.testing.assert_allclose(
+        history.history["student_loss"][0], np.mean(per_batch), rtol=1e-5
+    )
+
+
+def test_mirrored_strategy_matches_one_device():
+    """Two replicas give the same update as one device at the same global
+    batch, and report the same (unhalved) per-term losses."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.integers(0, 4, size=64)
+    sample_weight = rng.uniform(0.2, 2.0, size=64).astype("float32")
+
+    def run(strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(5)
+            distiller = Distiller(
+                student=make_mlp([8], name="student"),
+                teacher=make_mlp([16], name="teacher"),
+            )
+            distiller.compile(
+                optimizer=keras.optimizers.SGD(0.2), alpha=0.3, temperature=2.0
+            )
+        history = distiller.fit(
+            x, y, sample_weight=sample_weight, batch_size=32, epochs=2,
+            shuffle=False, verbose=0,
+        )
+        return [w.numpy() for w in distiller.student.weights], history.history
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    single_weights, single_history = run(tf.distribute.get_strategy())
+    mirrored_weights, mirrored_history = run(mirrored)
+    for a, b in zip(single_weights, mirrored_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for key in ("loss", "student_loss", "distillation_loss"):
+        np.testing.assert_allclose(
+            single_history[key], mirrored_history[key], rtol=1e-5
+        )
+
+
+class LogitPenaltyDistiller(Distiller):
+    """A user subclass: adds an L2 penalty on the student's logits."""
+
+    def __init__(self, penalty=0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.penalty = penalty
+
+    def compute_distillation_loss(self, teacher_logits, student_logits, sample_weight=None):
+        base = super().compute_distillation_loss(
+            teacher_logits, student_logits, sample_weight
+        )
+        return base + self.penalty * keras.ops.mean(keras.ops.square(student_logits))
+
+    def get_config(self):
+        return {**super().get_config(), "penalty": self.penalty}
+
+
+def test_subclass_with_custom_loss_trains(tiny_data):
+    x, y = tiny_data
+    keras.utils.set_random_seed(6)
+    student, teacher = make_mlp([8]), make_mlp([16])
+    distiller = LogitPenaltyDistiller(penalty=0.5, student=student, teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    logits = student.predict(x[:16], verbose=0)
+    plain = Distiller(student=student, teacher=teacher)
+    plain.compile(optimizer=keras.optimizers.SGD(0.0))
+    base = float(
+        plain.compute_distillation_loss(
+            teacher.predict(x[:16], verbose=0), logits
+        )
+    )
+    logs = distiller.train_on_batch(x[:16], y[:16], return_dict=True)
+    np.testing.assert_allclose(
+        logs["distillation_loss"], base + 0.5 * np.mean(logits**2), rtol=1e-5
+    )
+    history = distiller.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_teacher_logits_is_the_seam_for_teacher_outputs(tiny_data):
+    x, y = tiny_data
+
+    class UniformTeacherDistiller(Distiller):
+        def teacher_logits(self, x):
+            return keras.ops.zeros((keras.ops.shape(x)[0], 4))
+
+    keras.utils.set_random_seed(7)
+    distiller = UniformTeacherDistiller(student=make_mlp([8]), teacher=make_mlp([16]))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), temperature=1.0)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    p = softmax64(distiller.student.predict(x, verbose=0))
+    expected = np.mean(np.sum(0.25 * (np.log(0.25) - np.log(p)), axis=1))
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
+
+
+def test_keras_io_compile_arguments_use_softened_probabilities(tiny_data):
+    x, y = tiny_data
+    distiller = make_distiller(
+        optimizer=keras.optimizers.Adam(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        student_loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        distillation_loss_fn=keras.losses.KLDivergence(),
+        alpha=0.1,
+        temperature=10,
+    )
+    teacher_p = softmax64(distiller.teacher.predict(x, verbose=0) / 10)
+    student_p = softmax64(distiller.student.predict(x, verbose=0) / 10)
+    expected = float(keras.losses.KLDivergence()(teacher_p, student_p))
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-4)
+
+
+def test_one_hot_labels_are_accepted(tiny_data):
+    x, y = tiny_data
+    sparse = make_distiller(seed=8).train_on_batch(x, y, return_dict=True)
+    one_hot = make_distiller(seed=8).train_on_batch(
+        x, np.eye(4, dtype="float32")[y], return_dict=True
+    )
+    np.testing.assert_allclose(one_hot["student_loss"], sparse["student_loss"], rtol=1e-6)
+
+
+def test_teacher_with_softmax_needs_explicit_option(tiny_data):
+    x, y = tiny_data
+    keras.utils.set_random_seed(9)
+    teacher = make_mlp([16])
+    probability_teacher = keras.Sequential(
+        [teacher, keras.layers.Softmax()]
+    )
+    with pytest.raises(ValueError, match="teacher_outputs='probabilities'"):
+        Distiller(student=make_mlp([8]), teacher=probability_teacher)
+    student = make_mlp([8])
+    from_probabilities = Distiller(
+        student=student, teacher=probability_teacher, teacher_outputs="probabilities"
+    )
+    from_logits = Distiller(student=student, teacher=teacher)
+    for distiller in (from_probabilities, from_logits):
+        distiller.compile(optimizer=keras.optimizers.SGD(0.0), temperature=4.0)
+    a = from_probabilities.train_on_batch(x, y, return_dict=True)
+    b = from_logits.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(a["distillation_loss"], b["distillation_loss"], rtol=1e-4)
+
+
+def test_student_with_softmax_is_refused():
+    student = make_mlp([8])
+    student.add(keras.layers.Activation("softmax"))
+    with pytest.raises(ValueError, match="student must output logits"):
+        Distiller(student=student, teacher=make_mlp([16]))
+    dense_softmax = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(4, activation="softmax")]
+    )
+    with pytest.raises(ValueError, match="activation=None"):
+        Distiller(student=dense_softmax, teacher=make_mlp([16]))
+
+
+def test_output_sizes_must_match():
+    with pytest.raises(ValueError, match="teacher outputs 4, student outputs 3"):
+        Distiller(student=make_mlp([8], num_classes=3), teacher=make_mlp([16]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"temperature": 0}, "temperature=0"),
+        ({"temperature": -2.0}, "temperature=-2.0"),
+        ({"temperature": float("nan")}, "temperature=nan"),
+        ({"temperature": "hot"}, "temperature='hot'"),
+        ({"alpha": -0.1}, "alpha=-0.1"),
+        ({"alpha": 1.5}, "alpha=1.5"),
+        ({"loss": "mse"}, "student_loss_fn"),
+        ({"distillation_loss_fn": "nope"}, "distillation_loss_fn='nope'"),
+        ({"student_loss_fn": 3}, "student_loss_fn=3"),
+    ],
+)
+def test_bad_compile_arguments(kwargs, match):
+    distiller = Distiller(student=make_mlp([8]), teacher=make_mlp([16]))
+    with pytest.raises(ValueError, match=match):
+        distiller.compile(**kwargs)
+
+
+def test_non_model_arguments_are_refused():
+    with pytest.raises(ValueError, match="`teacher` must be a `keras.Model`"):
+        Distiller(student=make_mlp([8]), teacher="resnet")
+
+
+def test_fit_before_compile_says_so(tiny_data):
+    x, y = tiny_data
+    distiller = Distiller(student=make_mlp([8]), teacher=make_mlp([16]))
+    with pytest.raises(ValueError, match="compile"):
+        distiller.fit(x, y, verbose=0)
+
+
+@pytest.mark.parametrize("subclass", [False, True])
+def test_save_and_load_round_trip_continues_training(tmp_path, tiny_data, subclass):
+    x, y = tiny_data
+    keras.utils.set_random_seed(10)
+    kwargs = {"student": make_mlp([8]), "teacher": make_mlp([16])}
+    distiller = (
+        LogitPenaltyDistiller(penalty=0.2, **kwargs) if subclass else Distiller(**kwargs)
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        metrics=["sparse_categorical_accuracy"],
+        distillation_loss_fn=keras_kd.SoftTargetCrossEntropy(),
+        alpha=0.25,
+        temperature=6.0,
+    )
+    distiller.fit(x, y, batch_size=16, verbose=0)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    custom = {"LogitPenaltyDistiller": LogitPenaltyDistiller}
+    loaded = keras.models.load_model(path, custom_objects=custom)
+    assert type(loaded) is type(distiller)
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0), distiller.predict(x, verbose=0)
+    )
+    assert loaded.alpha == 0.25 and loaded.temperature == 6.0
+    assert isinstance(loaded.distillation_loss_fn, keras_kd.SoftTargetCrossEntropy)
+    assert int(loaded.optimizer.iterations) == int(distiller.optimizer.iterations)
+    for a, b in zip(loaded.optimizer.variables, distiller.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    if subclass:
+        assert loaded.penalty == 0.2
+    # Without a new compile: evaluate works and fit continues exactly as the
+    # original does.
+    assert loaded.evaluate(x, y, verbose=0, return_dict=True)["loss"] > 0
+    distiller.fit(x, y, batch_size=16, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(loaded.student.weights, distiller.student.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+def test_student_saves_alone_for_deployment(tmp_path, tiny_data):
+    x, y = tiny_data
+    distiller = make_distiller()
+    distiller.fit(x, y, verbose=0)
+    distiller.student.save(tmp_path / "student.keras")
+    student = keras.models.load_model(tmp_path / "student.keras")
+    np.testing.assert_array_equal(
+        student.predict(x, verbose=0), distiller.predict(x, verbose=0)
+    )
+
+
+def test_tf_data_input_with_cached_teacher_logits(tiny_data):
+    """Batches whose target carries teacher logits skip the teacher."""
+    x, y = tiny_data
+    online = make_distiller(seed=11)
+    cached = make_distiller(seed=11)
+    teacher_logits = cached.teacher.predict(x, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (x, {"labels": y, "teacher_logits": teacher_logits})
+    ).batch(16)
+    cached.teacher = None  # Any use of the teacher would now fail.
+    cached.fit(dataset, verbose=0)
+    online.fit(x, y, batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(cached.student.weights, online.student.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
