@@ -1,0 +1,369 @@
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_kd import datasets
+
+
+def write_idx(path, array, compress=False):
+    magic = (0x08 << 8) | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(
+        d.to_bytes(4, "big") for d in array.shape
+    )
+    content = header + array.astype(np.uint8).tobytes()
+    if compress:
+        content = gzip.compress(content)
+        path = str(path) + ".gz"
+    with open(path, "wb") as f:
+        f.write(content)
+    return path
+
+
+def fake_images(n, shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def fake_labels(n, seed=0):
+    return np.arange(n) % 10
+
+
+@pytest.fixture
+def idx_dir(tmp_path, request):
+    compress = getattr(request, "param", False)
+    arrays = {
+        "x_train": fake_images(30, (28, 28), 1),
+        "y_train": fake_labels(30),
+        "x_test": fake_images(20, (28, 28), 2),
+        "y_test": fake_labels(20),
+    }
+    for key, stem in datasets._IDX_FILES.items():
+        write_idx(tmp_path / stem, arrays[key], compress)
+    return tmp_path, arrays
+
+
+def write_cifar_python(directory, n_per_batch=4):
+    directory = os.path.join(directory, "cifar-10-batches-py")
+    os.makedirs(directory)
+    expected = {}
+    for index, name in enumerate(datasets._CIFAR_TRAIN_BATCHES + ["test_batch"]):
+        data = fake_images(n_per_batch, (3072,), index)
+        labels = [int(v) for v in np.arange(n_per_batch) % 10]
+        batch = {
+            b"batch_label": f"batch {index}".encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img{i}.png".encode() for i in range(n_per_batch)],
+        }
+        with open(os.path.join(directory, name), "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        expected[name] = (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)
+    return directory, expected
+
+
+def write_cifar_binary(directory, n_per_batch=3):
+    directory = os.path.join(directory, "cifar-10-batches-bin")
+    os.makedirs(directory)
+    expected = {}
+    for index, name in enumerate(datasets._CIFAR_TRAIN_BATCHES + ["test_batch"]):
+        planes = fake_images(n_per_batch, (3, 32, 32), index)
+        labels = (np.arange(n_per_batch) + index) % 10
+        records = np.concatenate(
+            [labels[:, None].astype(np.uint8), planes.reshape(n_per_batch, -1)], 1
+        )
+        with open(os.path.join(directory, name + ".bin"), "wb") as f:
+            f.write(records.tobytes())
+        expected[name] = (planes.transpose(0, 2, 3, 1), labels)
+    return directory, expected
+
+
+@pytest.mark.parametrize("idx_dir", [False, True], indirect=True, ids=["plain", "gz"])
+def test_idx_files(idx_dir):
+    directory, arrays = idx_dir
+    (x_train, y_train), (x_test, y_test) = datasets.load_arrays(
+        "mnist", source="files", data_dir=str(directory)
+    )
+    np.testing.assert_array_equal(x_train[..., 0], arrays["x_train"])
+    np.testing.assert_array_equal(y_test, arrays["y_test"])
+    assert x_test.shape == (20, 28, 28, 1)
+
+
+def test_idx_wrong_magic_and_truncation(tmp_path):
+    path = write_idx(tmp_path / "labels", np.arange(10, dtype=np.uint8))
+    content = open(path, "rb").read()
+    open(path, "wb").write(b"\x00\x00\x09\x99" + content[4:])
+    with pytest.raises(ValueError, match="magic number"):
+        datasets.read_idx(path)
+    open(path, "wb").write(content[:-3])
+    with pytest.raises(ValueError, match="truncated"):
+        datasets.read_idx(path)
+
+
+def test_idx_mismatched_counts(idx_dir):
+    directory, _ = idx_dir
+    write_idx(directory / "train-labels-idx1-ubyte", fake_labels(29))
+    with pytest.raises(ValueError, match="30 images but .* 29 labels"):
+        datasets.load_arrays("mnist", source="files", data_dir=str(directory))
+
+
+def test_cifar_python_format(tmp_path):
+    _, expected = write_cifar_python(tmp_path)
+    (x_train, y_train), (x_test, y_test) = datasets.load_arrays(
+        "cifar10", source="files", data_dir=str(tmp_path)
+    )
+    assert x_train.shape == (20, 32, 32, 3) and x_test.shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(x_train[:4], expected["data_batch_1"][0])
+    np.testing.assert_array_equal(x_test, expected["test_batch"][0])
+    np.testing.assert_array_equal(y_test, expected["test_batch"][1])
+
+
+def test_cifar_binary_format(tmp_path):
+    _, expected = write_cifar_binary(tmp_path)
+    (x_train, y_train), (x_test, y_test) = datasets.load_arrays(
+        "cifar10", source="files", data_dir=str(tmp_path)
+    )
+    np.testing.assert_array_equal(x_train[3:6], expected["data_batch_2"][0])
+    np.testing.assert_array_equal(y_train[3:6], expected["data_batch_2"][1])
+    np.testing.assert_array_equal(x_test, expected["test_batch"][0])
+
+
+def test_cifar_binary_wrong_record_size(tmp_path):
+    directory, _ = write_cifar_binary(tmp_path)
+    path = os.path.join(directory, "test_batch.bin")
+    open(path, "ab").write(b"\x00\x01")
+    with pytest.raises(ValueError, match="3073-byte"):
+        datasets.load_arrays("cifar10", source="files", data_dir=str(tmp_path))
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/keras_kd_pwned",))
+
+
+def test_cifar_pickle_with_foreign_objects_is_refused(tmp_path):
+    directory, _ = write_cifar_python(tmp_path)
+    with open(os.path.join(directory, "test_batch"), "wb") as f:
+        pickle.dump({b"data": _Exploit(), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(ValueError, match="forbidden"):
+        datasets.load_arrays("cifar10", source="files", data_dir=str(tmp_path))
+    assert not os.path.exists("/tmp/keras_kd_pwned")
+
+
+def test_npz_file(tmp_path):
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=fake_images(12, (28, 28)), y_train=fake_labels(12),
+        x_test=fake_images(5, (28, 28)), y_test=fake_labels(5),
+    )
+    (x_train, _), (x_test, _) = datasets.load_arrays("mnist", data_dir=str(tmp_path))
+    assert x_train.shape == (12, 28, 28, 1) and x_test.shape == (5, 28, 28, 1)
+
+
+def test_keras_cache_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    os.makedirs(tmp_path / "datasets")
+    write_cifar_python(str(tmp_path / "datasets"))
+    (x_train, _), _ = datasets.load_arrays("cifar10", source="keras")
+    assert x_train.shape == (20, 32, 32, 3)
+
+
+def test_tfds_source_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        (x_train, y_train), (x_test, _) = datasets.load_arrays("mnist", source="tfds")
+    assert x_train.shape == (12, 28, 28, 1)
+    assert y_train.dtype == np.int64
+
+
+def test_bundled_sample_checksum_and_counts():
+    (x_train, y_train), (x_test, y_test) = datasets.load_arrays("mnist", source="sample")
+    assert x_train.shape == (8000, 28, 28, 1) and x_test.shape == (2000, 28, 28, 1)
+    np.testing.assert_array_equal(
+        np.bincount(y_train), [796, 880, 787, 806, 789, 699, 814, 860, 766, 803]
+    )
+    np.testing.assert_array_equal(
+        np.bincount(y_test), [205, 247, 204, 226, 191, 164, 200, 210, 178, 175]
+    )
+
+
+def test_damaged_sample_is_detected(tmp_path, monkeypatch):
+    damaged = tmp_path / "mnist-10k.npz"
+    content = bytearray(open(datasets.sample_path(), "rb").read())
+    content[-100] ^= 0xFF
+    damaged.write_bytes(bytes(content))
+    monkeypatch.setattr(datasets, "sample_path", lambda: str(damaged))
+    with pytest.raises(ValueError, match="damaged"):
+        datasets.load_sample()
+
+
+def test_nothing_reachable_fails_fast_with_places(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    start = time.monotonic()
+    with pytest.raises(datasets.DataNotFoundError) as error:
+        datasets.load_arrays("cifar10", data_dir=str(tmp_path))
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    assert str(tmp_path) in message and "Keras cache" in message
+    assert "cifar-10-batches-py" in message and "data_dir" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "fashion"}, "name='fashion'"),
+        ({"name": "mnist", "source": "web"}, "source='web'"),
+        ({"name": "cifar10", "source": "sample"}, "only for MNIST"),
+        ({"name": "mnist", "data_dir": "/no/such/dir"}, "does not exist"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        datasets.load_arrays(**kwargs)
+
+
+def test_labels_out_of_range():
+    images = fake_images(4, (28, 28))
+    with pytest.raises(ValueError, match="label 12 is outside"):
+        datasets.make_dataset(images, np.array([0, 1, 12, 3]))
+
+
+def test_empty_input_and_excluding_everything():
+    with pytest.raises(ValueError, match="empty"):
+        datasets.make_dataset(np.zeros((0, 28, 28), np.uint8), np.zeros(0))
+    with pytest.raises(ValueError, match="removes every example"):
+        datasets.select("mnist", source="sample", exclude_classes=range(10))
+
+
+def test_exclude_classes_applies_to_training_only():
+    x, y = datasets.select("mnist", source="sample", exclude_classes=(3,))
+    assert 3 not in y and len(y) == 8000 - 806
+    _, y_test = datasets.select("mnist", "test", source="sample", exclude_classes=(3,))
+    assert (y_test == 3).sum() == 226
+
+
+def test_validation_split_is_deterministic_and_stratified():
+    labels = np.repeat(np.arange(10), 50)
+    train_a, val_a = datasets.stratified_split(labels, 0.2, seed=1)
+    train_b, val_b = datasets.stratified_split(labels, 0.2, seed=1)
+    _, val_c = datasets.stratified_split(labels, 0.2, seed=2)
+    np.testing.assert_array_equal(val_a, val_b)
+    assert not np.array_equal(val_a, val_c)
+    assert np.all(np.bincount(labels[val_a]) == 10)
+    assert len(np.intersect1d(train_a, val_a)) == 0 and len(train_a) + len(val_a) == 500
+
+
+def _batches(dataset):
+    return np.concatenate([batch[0].numpy() for batch in dataset])
+
+
+def _is_shift_of(augmented, original, max_shift):
+    height, width = original.shape[:2]
+    padded = np.pad(original, [(max_shift,) * 2, (max_shift,) * 2, (0, 0)])
+    for dy in range(2 * max_shift + 1):
+        for dx in range(2 * max_shift + 1):
+            if np.array_equal(padded[dy : dy + height, dx : dx + width], augmented):
+                return True
+    return False
+
+
+def test_mnist_jitter_is_a_shift_of_at_most_two_pixels():
+    images, labels = datasets.select("mnist", source="sample", limit=64)
+    dataset = datasets.make_dataset(
+        images, labels, batch_size=16, augment=True, scaling="unit", seed=3
+    )
+    first, second = _batches(dataset), _batches(dataset)
+    original = images.astype("float32") / 255.0
+    assert all(_is_shift_of(a, o, 2) for a, o in zip(first, original))
+    assert not all(_is_shift_of(a, o, 1) for a, o in zip(first, original))
+    assert not np.array_equal(first, second)  # A new jitter each epoch.
+    again = _batches(
+        datasets.make_dataset(images, labels, batch_size=16, augment=True, seed=3)
+    )
+    np.testing.assert_array_equal(first, again)  # Same seed, same jitter.
+
+
+def test_cifar_crop_keeps_shape_and_flip_flips():
+    images = fake_images(32, (32, 32, 3))
+    seeds = tf.random.split(tf.constant([1, 2], tf.int64), 32)
+    cropped = [datasets.random_crop_and_flip(tf.constant(i), s).numpy() for i, s in zip(images, seeds)]
+    assert all(c.shape == (32, 32, 3) for c in cropped)
+    flipped = [
+        datasets.random_crop_and_flip(tf.constant(i), s, padding=0).numpy()
+        for i, s in zip(images, seeds)
+    ]
+    is_flip = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images)]
+    is_same = [np.array_equal(f, i) for f, i in zip(flipped, images)]
+    assert all(a or b for a, b in zip(is_flip, is_same))
+    assert any(is_flip) and any(is_same)
+
+
+@pytest.mark.parametrize(
+    "scaling, low, high", [("unit", 0.0, 1.0), ("symmetric", -1.0, 1.0)]
+)
+def test_scaling_and_flat_layout(scaling, low, high):
+    images = np.array([[[0, 255]]], np.uint8).repeat(28, 1).repeat(14, 2)[..., None]
+    images = np.broadcast_to(images, (2, 28, 28, 1))
+    dataset = datasets.make_dataset(
+        images, np.array([0, 1]), batch_size=2, scaling=scaling, layout="flat"
+    )
+    x = next(iter(dataset))[0].numpy()
+    assert x.shape == (2, 784) and x.dtype == np.float32
+    assert x.min() == low and x.max() == high
+
+
+def test_standardize_uses_channel_statistics():
+    images = np.full((1, 32, 32, 3), 255, np.uint8)
+    x = datasets.preprocess(images, "cifar10", scaling="standardize").numpy()
+    np.testing.assert_allclose(
+        x[0, 0, 0], (1 - np.array([0.4914, 0.4822, 0.4465])) / [0.2470, 0.2435, 0.2616],
+        rtol=1e-5,
+    )
+
+
+def test_weights_and_teacher_logits_travel_with_their_samples():
+    images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1).repeat(28, 1).repeat(28, 2)
+    labels = np.arange(20) % 10
+    logits = np.tile(np.arange(20, dtype=np.float32)[:, None], (1, 10))
+    weights = np.arange(20, dtype=np.float32)
+    dataset = datasets.make_dataset(
+        images, labels, batch_size=5, shuffle=True, seed=4, scaling="unit",
+        sample_weight=weights, teacher_logits=logits,
+    )
+    seen = []
+    for x, y, w in dataset:
+        ids = np.round(x.numpy()[:, 0, 0, 0] * 255).astype(int)
+        np.testing.assert_array_equal(y["labels"].numpy(), ids % 10)
+        np.testing.assert_array_equal(y["teacher_logits"].numpy()[:, 0], ids)
+        np.testing.assert_array_equal(w.numpy(), ids)
+        seen.extend(ids)
+    assert sorted(seen) == list(range(20)) and seen != list(range(20))
+
+
+def test_cached_logits_refuse_augmentation():
+    with pytest.raises(ValueError, match="un-augmented"):
+        datasets.make_dataset(
+            fake_images(4, (28, 28)), np.arange(4), augment=True,
+            teacher_logits=np.zeros((4, 10), np.float32),
+        )
+
+
+def test_load_dataset_end_to_end():
+    train = datasets.load_dataset(
+        "mnist", source="sample", batch_size=100, limit=300,
+        validation_fraction=0.1, augment=True,
+    )
+    val = datasets.load_dataset(
+        "mnist", "validation", source="sample", batch_size=100, validation_fraction=0.1
+    )
+    assert sum(int(b[0].shape[0]) for b in train) == 300
+    class_counts = [796, 880, 787, 806, 789, 699, 814, 860, 766, 803]
+    expected = sum(int(round(0.1 * c)) for c in class_counts)  # Per class.
+    assert sum(int(b[0].shape[0]) for b in val) == expected
+    with pytest.raises(ValueError, match="training only"):
+        datasets.load_dataset("mnist", "test", source="sample", augment=True)
