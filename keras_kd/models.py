@@ -53,7 +53,13 @@ def build_strided_cnn(
     >>> build_strided_cnn((256, 512)).count_params()
     1433610
     """
-    first, second = _check_positive_ints(filters, "filters")
+    filters = _check_positive_ints(filters, "filters")
+    if len(filters) != 2:
+        raise ValueError(
+            "`filters` must hold the filters of the two convolutions. "
+            f"Received: filters={filters!r}. Example: (16, 32)."
+        )
+    first, second = filters
     return keras.Sequential(
         [
             keras.Input(shape=input_shape),
