@@ -1,0 +1,7 @@
+"""`python -m keras_kd`: the keras-kd command line."""
+
+import sys
+
+from keras_kd.cli import main
+
+sys.exit(main())
