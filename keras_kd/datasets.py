@@ -623,23 +623,28 @@ def preprocess(images, name, scaling="unit", layout="image"):
         images: uint8 images `(..., h, w, c)`.
         name: `"mnist"` or `"cifar10"`, for the standardisation statistics.
         scaling: `"unit"` ([0, 1]), `"symmetric"` ([-1, 1] as
-            `(x - 0.5) / 0.5`) or `"standardize"` (per-channel mean/std).
+            `(x - 0.5) / 0.5`), `"standardize"` (per-channel mean/std) or
+            `None` for inputs that are already preprocessed (only cast to
+            float32).
         layout: `"image"` keeps `(h, w, c)`; `"flat"` gives vectors (784 for
             MNIST, for MLPs).
 
     Returns:
         A float32 tensor.
     """
-    validate_choice(scaling, "scaling", set(SCALINGS))
+    validate_choice(scaling, "scaling", set(SCALINGS) | {None})
     validate_choice(layout, "layout", set(LAYOUTS))
-    x = tf.cast(images, tf.float32) / 255.0
+    if scaling is None:
+        x = tf.cast(images, tf.float32)
+    else:
+        x = tf.cast(images, tf.float32) / 255.0
     if scaling == "symmetric":
         x = (x - 0.5) / 0.5
     elif scaling == "standardize":
         mean, std = _MEAN_STD[name]
         x = (x - tf.constant(mean)) / tf.constant(std)
     if layout == "flat":
-        x = tf.reshape(x, tf.concat([tf.shape(x)[:-3], [-1]], axis=0))
+        x = tf.reshape(x, [tf.shape(x)[0], -1])
     return x
 
 
@@ -656,7 +661,7 @@ def make_dataset(
     drop_remainder=False,
     sample_weight=None,
     teacher_logits=None,
-    num_classes=NUM_CLASSES,
+    num_classes=None,
 ):
     """Builds a ready-to-fit `tf.data.Dataset` from in-memory arrays.
 
@@ -666,10 +671,12 @@ def make_dataset(
     samples through the shuffle.
 
     Args:
-        images: uint8 images `(n, h, w)` or `(n, h, w, c)`.
+        images: uint8 images `(n, h, w)` or `(n, h, w, c)`, or any float
+            inputs `(n, ...)` with `scaling=None`.
         labels: Integer labels `(n,)`.
         name: `"mnist"` or `"cifar10"`: chooses the augmentation and the
-            standardisation statistics.
+            standardisation statistics. `None` for other arrays (with
+            `scaling=None`, no augmentation).
         batch_size: Batch size.
         shuffle: Shuffle each epoch.
         augment: Random translation by 2 px (MNIST) or 4-px-padded crop and
@@ -682,7 +689,8 @@ def make_dataset(
         teacher_logits: Optional cached teacher logits `(n, num_classes)`;
             the target then becomes `{"labels": y, "teacher_logits": t}`,
             which `Distiller` reads instead of running the teacher.
-        num_classes: Number of classes, for the label check.
+        num_classes: Number of classes, for the label check. Defaults to
+            the width of `teacher_logits` if given, else 10.
 
     Returns:
         A `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)` batches.
@@ -694,20 +702,43 @@ def make_dataset(
     >>> tuple(next(iter(dataset))[0].shape)
     (64, 28, 28, 1)
     """
-    _check_name(name)
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
+    if name is not None:
+        _check_name(name)
+    elif augment or scaling == "standardize":
         raise ValueError(
-            f"`images` must have shape (n, height, width[, channels]). "
-            f"Received shape {images.shape}."
+            "`augment` and scaling='standardize' need the dataset `name` "
+            "('mnist' or 'cifar10'). Received: name=None."
+        )
+    images = np.asarray(images)
+    if images.ndim == 3 and name is not None:
+        images = images[..., None]
+    if images.ndim < 2:
+        raise ValueError(
+            "`images` must have one row per example. Received shape "
+            f"{images.shape}."
         )
     if len(images) == 0:
         raise ValueError(
             "`images` is empty: there is nothing to train or evaluate on. "
             "Check `limit`, `exclude_classes` and the data source."
         )
+    if teacher_logits is not None:
+        teacher_logits = np.asarray(teacher_logits, dtype=np.float32)
+        if teacher_logits.ndim != 2 or len(teacher_logits) != len(images):
+            raise ValueError(
+                f"`teacher_logits` must have shape ({len(images)}, "
+                f"num_classes), one row per image. Received "
+                f"{teacher_logits.shape}."
+            )
+        if num_classes is None:
+            num_classes = teacher_logits.shape[1]
+        elif teacher_logits.shape[1] != num_classes:
+            raise ValueError(
+                f"`teacher_logits` have {teacher_logits.shape[1]} classes but "
+                f"num_classes={num_classes}."
+            )
+    if num_classes is None:
+        num_classes = NUM_CLASSES
     check_labels(labels, images, "`labels`", num_classes)
     if augment and images.dtype != np.uint8:
         raise ValueError(
@@ -720,17 +751,11 @@ def make_dataset(
             "so they do not match augmented inputs. Turn `augment` off, or "
             "let the Distiller run the teacher on each augmented batch."
         )
-    validate_choice(scaling, "scaling", set(SCALINGS))
+    validate_choice(scaling, "scaling", set(SCALINGS) | {None})
     validate_choice(layout, "layout", set(LAYOUTS))
 
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if teacher_logits is not None:
-        teacher_logits = np.asarray(teacher_logits, dtype=np.float32)
-        if teacher_logits.shape != (len(images), num_classes):
-            raise ValueError(
-                f"`teacher_logits` must have shape ({len(images)}, "
-                f"{num_classes}). Received {teacher_logits.shape}."
-            )
         targets = {
             cache_module.LABELS_KEY: labels,
             cache_module.TEACHER_LOGITS_KEY: teacher_logits,
