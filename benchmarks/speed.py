@@ -1,0 +1,198 @@
+"""Speed benchmark: keras_kd against keras.distillation and the student alone.
+
+Side by side, on the same data (the bundled MNIST sample, 8,000 training
+digits) and the same models (the E1 CNN pair and the E3 MLP pair), each
+configuration in its own process so that peak resident memory is its own:
+
+  (a) student      `student.fit` alone: the floor
+  (b) keras        `keras.distillation.Distiller`, configured correctly
+                   (an explicit `keras.losses.KLDivergence()` instance)
+  (c) online       `keras_kd.Distiller`, teacher run on every step
+  (d) cached       `keras_kd.Distiller` on cached teacher logits; the
+                   cache-building pass is timed separately
+  (e) evaluate()   of each, against `student.evaluate`
+
+Each fit runs a warm-up epoch, then `--epochs` timed epochs; the table shows
+the median seconds per epoch and the ratios the performance targets name.
+
+    python benchmarks/speed.py                 # both pairs, 3 timed epochs
+    python benchmarks/speed.py --pairs e3 --epochs 5
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = ("student", "keras", "online", "cached")
+BATCH_SIZE = 64
+
+
+def _load(pair):
+    from keras_kd import datasets
+    from keras_kd import models
+
+    layout = "flat" if pair == "e3" else "image"
+    (x, y), _ = datasets.load_arrays("mnist", source="sample")
+    x = datasets.preprocess(x, "mnist", layout=layout).numpy()
+    if pair == "e1":
+        return x, y, models.build_keras_io_teacher(), models.build_keras_io_student()
+    return x, y, models.build_hinton_teacher(), models.build_hinton_student()
+
+
+def _timed_fit(model, dataset, epochs):
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            durations.append(time.perf_counter() - self.start)
+
+    durations = []
+    model.fit(dataset, epochs=epochs + 1, verbose=0, callbacks=[EpochTimer()])
+    return durations[1:]  # Drop the warm-up epoch (tracing, XLA).
+
+
+def _timed_evaluate(model, x, y, repeats=3):
+    model.evaluate(x, y, batch_size=256, verbose=0)  # Warm-up.
+    durations = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.evaluate(x, y, batch_size=256, verbose=0)
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
+
+
+def run_worker(pair, config, epochs):
+    """Runs one configuration and returns its measurements."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    import keras_kd
+    from keras_kd import cache
+    from keras_kd import datasets
+
+    keras.utils.set_random_seed(0)
+    x, y, teacher, student = _load(pair)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    metrics = ["sparse_categorical_accuracy"]
+    result = {"pair": pair, "config": config}
+
+    def pipeline(teacher_logits=None):
+        # Every configuration reads the same tf.data pipeline, so the ratios
+        # compare training steps, not Keras' NumPy adapter with tf.data.
+        return datasets.make_dataset(
+            x, y, name=None, scaling=None, batch_size=BATCH_SIZE,
+            shuffle=True, teacher_logits=teacher_logits,
+        )
+
+    if config == "student":
+        student.compile(optimizer="adam", loss=loss, metrics=metrics)
+        result["epochs"] = _timed_fit(student, pipeline(), epochs)
+        result["evaluate"] = _timed_evaluate(student, x, y)
+    elif config == "keras":
+        from keras import distillation
+
+        distiller = distillation.Distiller(
+            teacher=teacher,
+            student=student,
+            distillation_losses=distillation.LogitsDistillation(
+                temperature=3.0, loss=keras.losses.KLDivergence()
+            ),
+            student_loss_weight=0.1,
+        )
+        distiller.compile(optimizer="adam", loss=loss, metrics=metrics)
+        result["epochs"] = _timed_fit(distiller, pipeline(), epochs)
+        result["evaluate"] = _timed_evaluate(distiller, x, y)
+    else:
+        distiller = keras_kd.Distiller(student=student, teacher=teacher)
+        distiller.compile(optimizer="adam", metrics=metrics, temperature=3.0)
+        if config == "online":
+            data = pipeline()
+        else:
+            start = time.perf_counter()
+            logits = cache.compute_teacher_logits(teacher, x, batch_size=256)
+            result["cache_pass"] = time.perf_counter() - start
+            data = pipeline(logits)
+        result["epochs"] = _timed_fit(distiller, data, epochs)
+        result["evaluate"] = _timed_evaluate(distiller, x, y)
+    result["epoch_median"] = statistics.median(result["epochs"])
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _run_in_subprocess(pair, config, epochs):
+    command = [sys.executable, __file__, "--worker", pair, config, "--epochs", str(epochs)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def report(results, epochs):
+    import keras
+    import tensorflow as tf
+
+    print(
+        f"\nkeras-kd speed benchmark, {time.strftime('%Y-%m-%d')}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"TF {tf.__version__}, Keras {keras.__version__}; MNIST sample 8,000 "
+        f"digits, batch {BATCH_SIZE}, median of {epochs} epochs after 1 warm-up"
+    )
+    for pair in sorted({r["pair"] for r in results}):
+        rows = {r["config"]: r for r in results if r["pair"] == pair}
+        print(f"\n{pair.upper()} pair")
+        print("| configuration | s/epoch | evaluate s | peak RSS MB | extra |")
+        print("|---|---|---|---|---|")
+        for config in CONFIGS:
+            row = rows[config]
+            extra = f"cache pass {row['cache_pass']:.2f} s" if "cache_pass" in row else ""
+            print(
+                f"| ({'abcd'[CONFIGS.index(config)]}) {config} | {row['epoch_median']:.2f} "
+                f"| {row['evaluate']:.2f} | {row['peak_rss_mb']:.0f} | {extra} |"
+            )
+        student, rival = rows["student"], rows["keras"]
+        online, cached = rows["online"], rows["cached"]
+        five_rival = 5 * rival["epoch_median"]
+        five_cached = cached["cache_pass"] + 5 * cached["epoch_median"]
+        ratios = [
+            ("(c) online / (b) keras per epoch", online["epoch_median"] / rival["epoch_median"], "<= 1.05"),
+            ("(b) keras 5 epochs / (d) cached 5 epochs incl. cache", five_rival / five_cached, ">= 3"),
+            ("(d) cached / (a) student per epoch", cached["epoch_median"] / student["epoch_median"], "<= 1.3"),
+            ("(e) keras_kd evaluate / student.evaluate", online["evaluate"] / student["evaluate"], "<= 1.1"),
+            ("(e) keras evaluate / student.evaluate", rival["evaluate"] / student["evaluate"], "-"),
+        ]
+        print("\n| ratio | value | target |")
+        print("|---|---|---|")
+        for name, value, target in ratios:
+            print(f"| {name} | {value:.2f} | {target} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", nargs="+", default=["e1", "e3"], choices=["e1", "e3"])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
+    parser.add_argument("--json", help="also write the raw measurements here")
+    parser.add_argument("--worker", nargs=2, metavar=("PAIR", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(*args.worker, args.epochs)))
+        return
+    results = []
+    for pair in args.pairs:
+        for config in CONFIGS:
+            print(f"running {pair} {config} ...", flush=True)
+            results.append(_run_in_subprocess(pair, config, args.epochs))
+    report(results, args.epochs)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
