@@ -483,3 +483,42 @@ def test_tf_data_input_with_cached_teacher_logits(tiny_data):
     online.fit(x, y, batch_size=16, shuffle=False, verbose=0)
     for a, b in zip(cached.student.weights, online.student.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"])
+def test_mixed_precision_loss_matches_float32(tiny_data, policy):
+    """At T=20 a float16 softmax loses the soft targets: the losses must be
+    computed in float32 (or wider) whatever the layers' policy."""
+    x, y = tiny_data
+    keras.utils.set_random_seed(12)
+    reference = make_distiller(seed=12, temperature=20.0, alpha=0.2)
+    weights = [m.get_weights() for m in (reference.student, reference.teacher)]
+    expected = reference.test_on_batch(x, y, return_dict=True)
+    expected_train = reference.train_on_batch(x, y, return_dict=True)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        mixed = make_distiller(seed=12, temperature=20.0, alpha=0.2)
+        assert mixed.student.layers[0].compute_dtype != "float32"
+        for model, values in zip((mixed.student, mixed.teacher), weights):
+            model.set_weights(values)
+        logs = mixed.train_on_batch(x, y, return_dict=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert expected["student_loss"] > 0
+    for key in ("loss", "student_loss", "distillation_loss"):
+        np.testing.assert_allclose(logs[key], expected_train[key], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_loss_on_low_precision_logits_is_computed_in_float32(dtype):
+    rng = np.random.default_rng(13)
+    teacher = tf.cast(rng.normal(size=(32, 10)) * 5, dtype)
+    student = tf.cast(rng.normal(size=(32, 10)) * 5, dtype)
+    distiller = make_distiller(temperature=20.0)
+    value = float(distiller.compute_distillation_loss(teacher, student))
+    t64 = tf.cast(teacher, "float64").numpy()
+    s64 = tf.cast(student, "float64").numpy()
+    log_t = np.log(softmax64(t64 / 20))
+    log_s = np.log(softmax64(s64 / 20))
+    expected = 400 * np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=1))
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
