@@ -60,6 +60,7 @@ def run_demo(args):
     from keras_kd import Distiller
     from keras_kd import datasets
     from keras_kd import models
+    from keras_kd.cache import compute_teacher_logits
 
     files = ("results.json", "demo.png", "student.keras")
     _check_output_dir(args.output, args.overwrite, files)
@@ -88,12 +89,22 @@ def run_demo(args):
     student = models.build_keras_io_student()
     initial_weights = student.get_weights()
 
+    def pipeline(teacher_logits=None):
+        # Both students see the same seeded batches.
+        return datasets.make_dataset(
+            x_train, y_train, name=None, scaling=None, batch_size=64,
+            shuffle=True, seed=args.seed, teacher_logits=teacher_logits,
+        )
+
     print(f"\n2/3 student from scratch ({args.student_epochs} epochs)")
     scratch = compiled(keras.models.clone_model(student))
     scratch.set_weights(initial_weights)
-    scratch.fit(x_train, y_train, batch_size=64, epochs=args.student_epochs, verbose=verbose)
+    scratch.fit(pipeline(), epochs=args.student_epochs, verbose=verbose)
 
     print(f"\n3/3 distilled student ({args.student_epochs} epochs, T={args.temperature})")
+    # The teacher is frozen and the inputs are not augmented: its logits are
+    # computed once, and each distillation epoch costs a student epoch.
+    teacher_logits = compute_teacher_logits(teacher, x_train)
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(
         optimizer="adam",
@@ -101,7 +112,7 @@ def run_demo(args):
         alpha=args.alpha,
         temperature=args.temperature,
     )
-    distiller.fit(x_train, y_train, batch_size=64, epochs=args.student_epochs, verbose=verbose)
+    distiller.fit(pipeline(teacher_logits), epochs=args.student_epochs, verbose=verbose)
 
     accuracy = "sparse_categorical_accuracy"
     results = {
