@@ -24,6 +24,7 @@ import hashlib
 import io
 import os
 import pickle
+import zipfile
 from importlib import resources
 
 import numpy as np
@@ -91,24 +92,26 @@ def load_sample():
 
 
 def _load_npz(file, description):
+    keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(file, allow_pickle=False) as data:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(data)
-            if missing:
-                raise ValueError(
-                    f"{description} lacks the arrays {sorted(missing)}. "
-                    "Expected the layout of keras.datasets' mnist.npz: "
-                    "x_train, y_train, x_test, y_test."
-                )
-            arrays = [data[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except (OSError, EOFError, ValueError) as error:
-        if isinstance(error, ValueError) and "lacks the arrays" in str(error):
-            raise
+            arrays = {k: data[k] for k in keys if k in data}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"Cannot read {description} as an .npz file: {error}. Replace it "
             "with an intact copy."
         ) from error
-    return (arrays[0], arrays[1]), (arrays[2], arrays[3])
+    missing = set(keys) - set(arrays)
+    if missing:
+        raise ValueError(
+            f"{description} lacks the arrays {sorted(missing)}. "
+            "Expected the layout of keras.datasets' mnist.npz: "
+            "x_train, y_train, x_test, y_test."
+        )
+    return (arrays["x_train"], arrays["y_train"]), (
+        arrays["x_test"],
+        arrays["y_test"],
+    )
 
 
 def _open_maybe_gzip(path):

@@ -162,6 +162,19 @@ def test_npz_file(tmp_path):
     assert x_train.shape == (12, 28, 28, 1) and x_test.shape == (5, 28, 28, 1)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "missing arrays"])
+def test_bad_npz_file(tmp_path, damage):
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_train=fake_images(3, (28, 28)))
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+        match = "Cannot read .* as an .npz file"
+    else:
+        match = r"lacks the arrays \['x_test', 'y_test', 'y_train'\]"
+    with pytest.raises(ValueError, match=match):
+        datasets.load_arrays("mnist", source="files", data_dir=str(tmp_path))
+
+
 def test_keras_cache_layout(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     os.makedirs(tmp_path / "datasets")
