@@ -2,7 +2,12 @@
 
 Commands:
 
-    keras-kd demo       distil the keras.io MNIST CNN offline, in minutes
+    keras-kd demo           distil the keras.io MNIST CNN offline, in minutes
+    keras-kd train-teacher  train a teacher, resumable
+    keras-kd distill        distil a saved teacher into a student, resumable
+    keras-kd sweep          distil over temperatures, alphas and seeds
+    keras-kd evaluate       test accuracy of a saved model
+    keras-kd export         SavedModel and TFLite files of a saved student
 """
 
 import argparse
@@ -143,6 +148,494 @@ def run_demo(args):
     print(f"Wrote {', '.join(files)} to {args.output}")
 
 
+ACCURACY = "sparse_categorical_accuracy"
+DEFAULT_SCALING = {"mnist": "unit", "cifar10": "standardize"}
+
+
+def _load_keras_model(path, argument):
+    """Loads a `.keras` file in Keras' safe mode, with a clear error."""
+    import keras
+
+    import keras_kd  # noqa: F401  (registers the serializable classes)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{argument} {path}: no such file. Pass a model saved with "
+            "`model.save('....keras')`, e.g. the model.keras of a "
+            "`keras-kd train-teacher` run."
+        )
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many types for foreign files.
+        raise ValueError(
+            f"{argument} {path} could not be loaded as a Keras model "
+            f"({type(error).__name__}: {error}). Pass a `.keras` file written "
+            "by `model.save`."
+        ) from None
+
+
+def _optimizer(args):
+    import keras
+
+    if args.optimizer == "sgd":
+        return keras.optimizers.SGD(args.learning_rate, momentum=0.9)
+    return keras.optimizers.Adam(args.learning_rate)
+
+
+class _Data:
+    """The splits of one command, as raw uint8 images and labels."""
+
+    def __init__(self, args, layout):
+        from keras_kd import datasets
+
+        self.name = args.dataset
+        self.layout = layout
+        self.scaling = args.scaling or DEFAULT_SCALING[args.dataset]
+        source = dict(
+            source=args.source, data_dir=args.data_dir,
+            validation_fraction=args.validation_fraction, seed=args.seed,
+        )
+        self.x_train, self.y_train = datasets.select(
+            args.dataset, "train", exclude_classes=tuple(args.exclude_classes or ()),
+            limit=args.limit, **source,
+        )
+        self.validation = None
+        if args.validation_fraction:
+            self.validation = datasets.select(args.dataset, "validation", **source)
+        self.x_test, self.y_test = datasets.select(args.dataset, "test", **source)
+        self.image_shape = self.x_train.shape[1:]
+
+    def inputs(self, images):
+        """Preprocessed float32 inputs, as NumPy."""
+        from keras_kd import datasets
+
+        return datasets.preprocess(images, self.name, self.scaling, self.layout).numpy()
+
+    def evaluation_dataset(self, images, labels, batch_size):
+        from keras_kd import datasets
+
+        return datasets.make_dataset(
+            images, labels, name=self.name, batch_size=batch_size,
+            scaling=self.scaling, layout=self.layout,
+        )
+
+
+def _fit_run(args, model, data, teacher_logits=None):
+    """Trains `model` (a model or a distiller) resumably in args.output."""
+    from keras_kd import datasets
+    from keras_kd import runs
+
+    if teacher_logits is not None:
+        x_train = data.inputs(data.x_train)
+
+        def train_dataset(start_epoch):
+            return datasets.make_dataset(
+                x_train, data.y_train, name=None, scaling=None,
+                batch_size=args.batch_size, shuffle=True, seed=args.seed,
+                teacher_logits=teacher_logits, start_epoch=start_epoch,
+            )
+    else:
+
+        def train_dataset(start_epoch):
+            return datasets.make_dataset(
+                data.x_train, data.y_train, name=data.name,
+                batch_size=args.batch_size, shuffle=True, seed=args.seed,
+                augment=args.augment, scaling=data.scaling, layout=data.layout,
+                start_epoch=start_epoch,
+            )
+
+    validation = None
+    if data.validation is not None:
+        validation = data.evaluation_dataset(*data.validation, args.batch_size)
+    start = runs.restored_epoch(args.output)
+    if start:
+        print(f"Resuming {args.output} at epoch {start + 1} of {args.epochs}")
+    runs.fit_resumable(
+        model,
+        train_dataset,
+        datasets.steps_per_epoch(len(data.x_train), args.batch_size),
+        args.epochs,
+        args.output,
+        seed=args.seed,
+        validation_data=validation,
+        verbose=0 if args.quiet else 2,
+    )
+
+
+def _test_results(model, data, batch_size):
+    test = data.evaluation_dataset(data.x_test, data.y_test, batch_size)
+    results = model.evaluate(test, verbose=0, return_dict=True)
+    return {"test_accuracy": float(results[ACCURACY]), "test_examples": len(data.x_test)}
+
+
+def _compile_classifier(model, optimizer="adam"):
+    import keras
+
+    from keras_kd.distiller import _ends_in_softmax
+
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=not _ends_in_softmax(model)
+        ),
+        metrics=[ACCURACY],
+    )
+    return model
+
+
+def _settings(args):
+    return {
+        k: v for k, v in vars(args).items() if k not in ("run", "command", "output")
+    }
+
+
+def run_train_teacher(args):
+    _quiet_tensorflow()
+    from keras_kd import models
+    from keras_kd import runs
+
+    runs.prepare_run_dir(args.output, "train-teacher", _settings(args), args.resume, args.overwrite)
+    runs.set_determinism(args.seed)
+    _, layout = models.build_model(args.model, (1, 1, 1))
+    data = _Data(args, layout)
+    model, _ = models.build_model(args.model, data.image_shape)
+    _compile_classifier(model, _optimizer(args))
+    _fit_run(args, model, data)
+    model.save(os.path.join(args.output, "model.keras"))
+    results = _test_results(model, data, args.batch_size)
+    runs.finish_run(args.output, results)
+    print(f"{args.model}: test accuracy {100 * results['test_accuracy']:.2f}% "
+          f"on {results['test_examples']} examples; wrote {args.output}/model.keras")
+
+
+def run_distill(args):
+    _quiet_tensorflow()
+    from keras_kd import Distiller
+    from keras_kd import models
+    from keras_kd import runs
+    from keras_kd.cache import compute_teacher_logits
+
+    teacher = _load_keras_model(args.teacher, "--teacher")
+    runs.prepare_run_dir(args.output, "distill", _settings(args), args.resume, args.overwrite)
+    runs.set_determinism(args.seed)
+    layout = models.input_layout(teacher)
+    _, student_layout = models.build_model(args.student, (1, 1, 1))
+    if layout != student_layout:
+        raise ValueError(
+            f"--teacher {args.teacher} takes {layout} inputs but --student "
+            f"{args.student} takes {student_layout} inputs; they must read the "
+            "same inputs. Choose a matching pair (e.g. hinton-teacher and "
+            "hinton-student)."
+        )
+    data = _Data(args, layout)
+    student, _ = models.build_model(args.student, data.image_shape)
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer=_optimizer(args), metrics=[ACCURACY], alpha=args.alpha,
+        temperature=args.temperature, distillation_loss_fn=args.loss,
+    )
+    teacher_logits = None
+    if not args.augment:
+        # Un-augmented inputs: the teacher runs once, and each epoch costs
+        # a student epoch. The file is keyed and re-used on --resume.
+        teacher_logits = compute_teacher_logits(
+            teacher, data.inputs(data.x_train),
+            path=os.path.join(args.output, "teacher_logits.npz"),
+        )
+    _fit_run(args, distiller, data, teacher_logits)
+    student.save(os.path.join(args.output, "model.keras"))
+    results = _test_results(distiller, data, args.batch_size)
+    runs.finish_run(args.output, results)
+    print(f"{args.student} distilled from {args.teacher}: test accuracy "
+          f"{100 * results['test_accuracy']:.2f}% on {results['test_examples']} "
+          f"examples; wrote {args.output}/model.keras")
+
+
+def run_evaluate(args):
+    _quiet_tensorflow()
+    from keras_kd import Distiller
+    from keras_kd import datasets
+    from keras_kd import models
+
+    model = _load_keras_model(args.model, "model")
+    if isinstance(model, Distiller):
+        model = model.student
+    _compile_classifier(model)
+    args.validation_fraction = args.validation_fraction if args.split == "validation" else 0.0
+    images, labels = datasets.select(
+        args.dataset, args.split, source=args.source, data_dir=args.data_dir,
+        validation_fraction=args.validation_fraction, seed=args.seed, limit=args.limit,
+    )
+    dataset = datasets.make_dataset(
+        images, labels, name=args.dataset, batch_size=args.batch_size,
+        scaling=args.scaling or DEFAULT_SCALING[args.dataset],
+        layout=models.input_layout(model),
+    )
+    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    report = {
+        "model": args.model, "dataset": args.dataset, "split": args.split,
+        "examples": len(labels), "accuracy": float(results[ACCURACY]),
+        "loss": float(results["loss"]),
+    }
+    print(f"{args.model} on {args.dataset} {args.split} ({len(labels)} examples): "
+          f"accuracy {100 * report['accuracy']:.2f}%, loss {report['loss']:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def _add_data_arguments(parser, augment=True, validation_fraction=0.0):
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist", help="default: %(default)s")
+    group.add_argument(
+        "--source", choices=("auto", "sample", "files", "keras", "tfds"), default="auto",
+        help="where to read the data: auto tries --data-dir, the Keras cache, "
+        "tfds, then the bundled MNIST sample (default: %(default)s)",
+    )
+    group.add_argument("--data-dir", default=None, help="directory with the dataset files")
+    group.add_argument("--scaling", choices=("unit", "symmetric", "standardize"), default=None,
+                       help="default: unit for mnist, standardize for cifar10")
+    group.add_argument("--limit", type=int, default=None, help="use only this many training examples")
+    group.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    group.add_argument("--validation-fraction", type=float, default=validation_fraction,
+                       help="fraction of each training class held out for validation (default: %(default)s)")
+    group.add_argument("--exclude-classes", type=int, nargs="*", default=[],
+                       help="classes removed from the training split, e.g. 3")
+    if augment:
+        group.add_argument("--augment", action="store_true",
+                           help="random 2-px shifts (mnist) or crop and flip (cifar10); "
+                           "the teacher then runs online")
+
+
+def _add_training_arguments(parser, epochs):
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=epochs,
+                       help="total epochs; raise it with --resume to train in stages (default: %(default)s)")
+    group.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="sgd uses momentum 0.9 (default: %(default)s)")
+    group.add_argument("--learning-rate", type=float, default=1e-3, help="default: %(default)s")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seeds everything and turns on TF op determinism: the same "
+                       "seed gives the same weights (default: %(default)s)")
+    group.add_argument("--output", required=True, help="run directory: checkpoints, logs, model.keras")
+    group.add_argument("--resume", action="store_true", help="continue the run in --output from its last epoch")
+    group.add_argument("--overwrite", action="store_true", help="delete the run in --output and start again")
+    group.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+
+def _add_distillation_arguments(parser):
+    group = parser.add_argument_group("distillation")
+    group.add_argument("--teacher", required=True, help="the trained teacher, a .keras file")
+    group.add_argument("--student", required=True, metavar="MODEL", help="student builder (see train-teacher --help)")
+    group.add_argument("--loss", default="kl_divergence", choices=("kl_divergence", "cse", "mse"),
+                       help="soft loss: KL divergence, soft-target cross-entropy or MSE (default: %(default)s)")
+
+
+SWEEP_FILES = ("cells.jsonl", "summary.csv", "summary.json", "summary.md", "sweep.png")
+
+
+def _read_cells(path):
+    if not os.path.exists(path):
+        return []
+    cells = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    cells.append(json.loads(line))
+                except json.JSONDecodeError:
+                    # A line cut short by a crash: that cell runs again.
+                    continue
+    return cells
+
+
+def _cell_key(cell):
+    return (cell["kind"], cell["alpha"], cell["temperature"], cell["seed"], cell["epochs"])
+
+
+def _summarise(cells):
+    """Mean and std over seeds per (kind, alpha, temperature)."""
+    import numpy as np
+
+    groups = {}
+    for cell in cells:
+        groups.setdefault((cell["kind"], cell["alpha"], cell["temperature"]), []).append(cell)
+    rows = []
+    for (kind, alpha, temperature), members in sorted(
+        groups.items(), key=lambda item: (item[0][0] != "scratch", item[0][1] or 0, item[0][2] or 0)
+    ):
+        test = np.array([m["test_accuracy"] for m in members])
+        row = {
+            "setting": kind, "alpha": alpha, "temperature": temperature,
+            "seeds": len(members), "test_accuracy_mean": float(test.mean()),
+            "test_accuracy_std": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
+        }
+        if members[0].get("validation_accuracy") is not None:
+            row["validation_accuracy_mean"] = float(np.mean([m["validation_accuracy"] for m in members]))
+        rows.append(row)
+    return rows
+
+
+def _write_sweep_report(output, rows, calibrated_temperature, title):
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fields = ["setting", "alpha", "temperature", "seeds", "test_accuracy_mean",
+              "test_accuracy_std", "validation_accuracy_mean"]
+    with open(os.path.join(output, "summary.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    distilled = [r for r in rows if r["setting"] == "distilled"]
+    best = None
+    if distilled and "validation_accuracy_mean" in distilled[0]:
+        best = max(distilled, key=lambda r: r["validation_accuracy_mean"])
+    with open(os.path.join(output, "summary.json"), "w") as f:
+        json.dump({
+            "rows": rows,
+            "calibrated_temperature": calibrated_temperature,
+            "best_temperature_on_validation": best and best["temperature"],
+            "best_alpha_on_validation": best and best["alpha"],
+        }, f, indent=2)
+    lines = [f"### {title}", "",
+             "| setting | alpha | T | seeds | test accuracy (%) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['setting']} | {'' if r['alpha'] is None else r['alpha']} | "
+            f"{'' if r['temperature'] is None else r['temperature']} | {r['seeds']} | "
+            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} |"
+        )
+    lines.append("")
+    if calibrated_temperature is not None:
+        lines.append(f"Calibrated teacher temperature (validation NLL): {calibrated_temperature:.2f}.")
+    if best is not None:
+        lines.append(f"Best setting on validation: alpha {best['alpha']}, T {best['temperature']}.")
+    with open(os.path.join(output, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for alpha in sorted({r["alpha"] for r in distilled}):
+        points = sorted((r for r in distilled if r["alpha"] == alpha), key=lambda r: r["temperature"])
+        axis.errorbar(
+            [p["temperature"] for p in points],
+            [100 * p["test_accuracy_mean"] for p in points],
+            yerr=[100 * p["test_accuracy_std"] for p in points],
+            marker="o", capsize=3, label=f"distilled, alpha {alpha}",
+        )
+    for r in rows:
+        if r["setting"] == "scratch":
+            axis.axhline(100 * r["test_accuracy_mean"], color="grey", linestyle="--", label="student from scratch")
+    if calibrated_temperature is not None:
+        axis.axvline(calibrated_temperature, color="#c44e52", linestyle=":", label="calibrated T")
+    axis.set_xscale("log")
+    axis.set_xlabel("temperature T")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(os.path.join(output, "sweep.png"), dpi=120)
+    plt.close(figure)
+    return "\n".join(lines)
+
+
+def run_sweep(args):
+    _quiet_tensorflow()
+    import keras
+
+    from keras_kd import Distiller
+    from keras_kd import datasets
+    from keras_kd import models
+    from keras_kd import runs
+    from keras_kd.cache import compute_teacher_logits
+    from keras_kd.calibration import calibrate_temperature
+
+    teacher = _load_keras_model(args.teacher, "--teacher")
+    # The grid may grow between runs; everything else must match.
+    exists = os.path.exists(os.path.join(args.output, runs.RUN_FILE))
+    runs.prepare_run_dir(
+        args.output, "sweep", _settings(args), resume=exists and not args.overwrite,
+        overwrite=args.overwrite,
+        resumable=runs.RESUMABLE_SETTINGS + ("temperatures", "alphas", "seeds"),
+    )
+    tf_seed = args.seeds[0]
+    runs.set_determinism(tf_seed)
+    layout = models.input_layout(teacher)
+    args.seed = tf_seed
+    args.augment = False
+    data = _Data(args, layout)
+    x_train = data.inputs(data.x_train)
+    # One teacher pass for every cell of the sweep.
+    teacher_logits = compute_teacher_logits(
+        teacher, x_train, path=os.path.join(args.output, "teacher_logits.npz")
+    )
+    calibrated = None
+    validation = None
+    if data.validation is not None:
+        x_val, y_val = data.validation
+        x_val = data.inputs(x_val)
+        calibrated = calibrate_temperature(teacher, (x_val, y_val))
+        validation = (x_val, y_val)
+    x_test = data.inputs(data.x_test)
+
+    cells_path = os.path.join(args.output, "cells.jsonl")
+    finished = {_cell_key(c) for c in _read_cells(cells_path)}
+    grid = []
+    for seed in args.seeds:
+        if not args.no_scratch:
+            grid.append(("scratch", None, None, seed))
+        for alpha in args.alphas:
+            for temperature in args.temperatures:
+                grid.append(("distilled", alpha, temperature, seed))
+    todo = [g for g in grid if (*g, args.epochs) not in finished]
+    print(f"Sweep: {len(grid)} cells, {len(grid) - len(todo)} already finished in {args.output}")
+    progress = None if args.quiet else keras.utils.Progbar(len(todo), unit_name="cell")
+    for index, (kind, alpha, temperature, seed) in enumerate(todo):
+        start = time.monotonic()
+        keras.utils.set_random_seed(seed)
+        student, _ = models.build_model(args.student, data.image_shape)
+        if kind == "scratch":
+            model = _compile_classifier(student, _optimizer(args))
+            logits = None
+        else:
+            model = Distiller(student=student, teacher=teacher)
+            model.compile(optimizer=_optimizer(args), metrics=[ACCURACY], alpha=alpha,
+                          temperature=temperature, distillation_loss_fn=args.loss)
+            logits = teacher_logits
+        train = datasets.make_dataset(
+            x_train, data.y_train, name=None, scaling=None, batch_size=args.batch_size,
+            shuffle=True, seed=seed, teacher_logits=logits,
+        )
+        model.fit(train, epochs=args.epochs, verbose=0)
+        cell = {"kind": kind, "alpha": alpha, "temperature": temperature, "seed": seed,
+                "epochs": args.epochs}
+        cell["test_accuracy"] = float(
+            model.evaluate(x_test, data.y_test, verbose=0, return_dict=True)[ACCURACY])
+        if validation is not None:
+            cell["validation_accuracy"] = float(
+                model.evaluate(*validation, verbose=0, return_dict=True)[ACCURACY])
+        cell["seconds"] = round(time.monotonic() - start, 2)
+        with open(cells_path, "a") as f:
+            f.write(json.dumps(cell) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if progress is not None:
+            progress.update(index + 1)
+
+    wanted = {(*g, args.epochs) for g in grid}
+    cells = [c for c in _read_cells(cells_path) if _cell_key(c) in wanted]
+    rows = _summarise(cells)
+    title = f"{args.student} from {os.path.basename(args.teacher)}, {args.dataset}, {args.epochs} epochs"
+    table = _write_sweep_report(args.output, rows, calibrated, title)
+    runs.finish_run(args.output, {"rows": rows, "calibrated_temperature": calibrated})
+    print()
+    print(table)
+    print(f"Wrote {', '.join(SWEEP_FILES)} to {args.output}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-kd",
@@ -165,14 +658,73 @@ def build_parser():
     demo.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files")
     demo.set_defaults(run=run_demo)
+
+    from keras_kd.models import MODEL_BUILDERS
+
+    model_names = ", ".join(MODEL_BUILDERS)
+    teacher = commands.add_parser(
+        "train-teacher", help="train a teacher (resumable)",
+        description="Train a reference model on MNIST or CIFAR-10 in a run "
+        "directory: checkpoints, CSV and TensorBoard logs, model.keras. "
+        f"Models: {model_names}.",
+    )
+    teacher.add_argument("--model", required=True, choices=list(MODEL_BUILDERS), metavar="MODEL",
+                         help=f"one of: {model_names}")
+    _add_data_arguments(teacher)
+    _add_training_arguments(teacher, epochs=5)
+    teacher.set_defaults(run=run_train_teacher)
+
+    distill = commands.add_parser(
+        "distill", help="distil a saved teacher into a student (resumable)",
+        description="Distil a trained teacher (.keras) into a reference student "
+        "in a run directory. Without --augment the teacher's logits are "
+        "computed once and cached in the run directory.",
+    )
+    _add_distillation_arguments(distill)
+    distill.add_argument("--temperature", type=float, default=3.0, help="default: %(default)s")
+    distill.add_argument("--alpha", type=float, default=0.1, help="weight of the label loss (default: %(default)s)")
+    _add_data_arguments(distill)
+    _add_training_arguments(distill, epochs=3)
+    distill.set_defaults(run=run_distill)
+
+    sweep = commands.add_parser(
+        "sweep", help="distil over temperatures, alphas and seeds",
+        description="Distil one saved teacher into fresh students for every "
+        "temperature x alpha x seed (plus a scratch student per seed), from one "
+        "cache of teacher logits. Writes summary.csv/.json/.md and sweep.png, "
+        "with the teacher's calibrated temperature. Running it again with the "
+        "same --output skips the finished cells.",
+    )
+    _add_distillation_arguments(sweep)
+    sweep.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 10.0])
+    sweep.add_argument("--alphas", type=float, nargs="+", default=[0.1])
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sweep.add_argument("--no-scratch", action="store_true", help="skip the students trained from scratch")
+    _add_data_arguments(sweep, augment=False, validation_fraction=0.1)
+    _add_training_arguments(sweep, epochs=3)
+    sweep.set_defaults(run=run_sweep)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="test accuracy of a saved model",
+        description="Evaluate a saved model (.keras; a saved distiller is "
+        "evaluated through its student) on a dataset split.",
+    )
+    evaluate.add_argument("model", help="a .keras file")
+    evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    evaluate.add_argument("--json", default=None, help="also write the results to this file")
+    _add_data_arguments(evaluate, augment=False)
+    evaluate.set_defaults(run=run_evaluate)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from keras_kd.callbacks import NonFiniteLossError
+
     try:
         args.run(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
         # keras_kd's own errors already say what to do: no traceback.
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -54,6 +54,8 @@ _IDX_FILES = {
 }
 _CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 _CIFAR_RECORD_BYTES = 1 + 32 * 32 * 3
+# Upper bound of the epoch stream of `make_dataset(start_epoch=...)`.
+_MAX_EPOCHS = 1_000_000
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -665,6 +667,7 @@ def make_dataset(
     sample_weight=None,
     teacher_logits=None,
     num_classes=None,
+    start_epoch=None,
 ):
     """Builds a ready-to-fit `tf.data.Dataset` from in-memory arrays.
 
@@ -694,6 +697,13 @@ def make_dataset(
             which `Distiller` reads instead of running the teacher.
         num_classes: Number of classes, for the label check. Defaults to
             the width of `teacher_logits` if given, else 10.
+        start_epoch: `None` (default) for a dataset of one epoch that
+            reshuffles each time it is iterated. An integer gives instead an
+            endless stream of epochs `start_epoch, start_epoch + 1, ...`
+            whose order and augmentation depend only on `(seed, epoch)`, so
+            a run resumed at epoch `k` sees the same batches as an
+            uninterrupted one. Fit it with `steps_per_epoch` (see
+            `steps_per_epoch`) and `initial_epoch=start_epoch`.
 
     Returns:
         A `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)` batches.
@@ -769,31 +779,93 @@ def make_dataset(
     if sample_weight is not None:
         elements += (np.asarray(sample_weight, dtype=np.float32).reshape(-1),)
     dataset = tf.data.Dataset.from_tensor_slices(elements).cache()
-    if shuffle:
-        dataset = dataset.shuffle(
-            len(images), seed=seed, reshuffle_each_iteration=True
-        )
+    augment_fn = None
     if augment:
         augment_fn = random_translate if name == "mnist" else random_crop_and_flip
-        # One stateless seed per sample, different each epoch yet the same
-        # for the same `seed`, whatever order the parallel map runs in.
-        seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        ).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds)
+    if start_epoch is None:
+        dataset = _shuffled_and_augmented(
+            dataset, len(images), shuffle, augment_fn, seed, reshuffle=True
+        )
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(
+                "`start_epoch` must be a non-negative integer or None. "
+                f"Received: start_epoch={start_epoch!r}."
+            )
 
-        def augment_element(element, element_seed):
-            image, *rest = element
-            return (augment_fn(image, element_seed), *rest)
+        tensors = tf.nest.map_structure(tf.convert_to_tensor, elements)
+        size = len(images)
 
-        dataset = dataset.map(augment_element, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        def one_epoch(epoch):
+            # Stateless ops keyed by (seed, epoch), not Dataset.shuffle: its
+            # seed must be a Python int, and here the epoch is a tensor.
+            epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
+            if shuffle:
+                order = tf.argsort(tf.random.stateless_uniform([size], epoch_seed))
+            else:
+                order = tf.range(size)
+            epoch_data = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
+            if augment_fn is None:
+                epoch_data = epoch_data.map(
+                    lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
+                )
+            else:
+                # One stateless seed per position in the epoch.
+                def gather_and_augment(position, i):
+                    image, *rest = tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
+                    element_seed = tf.stack([epoch_seed[0] * 1_000_003 + epoch, position])
+                    return (augment_fn(image, element_seed), *rest)
+
+                epoch_data = epoch_data.enumerate().map(
+                    gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE
+                )
+            # Batched inside the epoch: no batch straddles two epochs.
+            return epoch_data.batch(batch_size, drop_remainder=drop_remainder)
+
+        dataset = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(one_epoch)
 
     def preprocess_batch(batch_images, *rest):
         return (preprocess(batch_images, name, scaling, layout), *rest)
 
     dataset = dataset.map(preprocess_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _shuffled_and_augmented(dataset, size, shuffle, augment_fn, seed, reshuffle):
+    if shuffle:
+        dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=reshuffle)
+    if augment_fn is None:
+        return dataset
+    # One stateless seed per sample, the same for the same `seed` whatever
+    # order the parallel map runs in (and different each epoch when
+    # `reshuffle`).
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle).batch(2)
+
+    def augment_element(element, element_seed):
+        image, *rest = element
+        return (augment_fn(image, element_seed), *rest)
+
+    return tf.data.Dataset.zip(dataset, seeds).map(
+        augment_element, num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
+    """Number of batches in one epoch of `num_examples`.
+
+    Args:
+        num_examples: Examples per epoch.
+        batch_size: Batch size.
+        drop_remainder: Whether the last incomplete batch is dropped.
+
+    Returns:
+        The number of batches, for `fit(steps_per_epoch=...)` on a dataset
+        built with `make_dataset(start_epoch=...)`.
+    """
+    if drop_remainder:
+        return num_examples // batch_size
+    return -(-num_examples // batch_size)
 
 
 def load_dataset(

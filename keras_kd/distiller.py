@@ -169,6 +169,9 @@ class Distiller(keras.Model):
         self.student_loss_fn = None
         self.distillation_loss_fn = None
         self._default_student_loss = True
+        # The distiller owns no weights of its own: it is built once both
+        # models are (BackupAndRestore and load_weights need a built model).
+        self.built = bool(student.built and teacher.built)
 
     def compile(
         self,

@@ -484,3 +484,58 @@ def build_frozen_backbone_teacher(
         x = layers.Dropout(head_dropout, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, name="head")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+# Builders by name, for the command line and configuration files, with the
+# input layout each expects ("image" with a channel axis, or "flat" vectors).
+MODEL_BUILDERS = {
+    "keras-io-teacher": (build_keras_io_teacher, "image"),
+    "keras-io-student": (build_keras_io_student, "image"),
+    "batchnorm-teacher": (build_batchnorm_cnn_teacher, "image"),
+    "batchnorm-student": (build_batchnorm_cnn_student, "image"),
+    "hinton-teacher": (build_hinton_teacher, "flat"),
+    "hinton-student": (build_hinton_student, "flat"),
+    "vgg16-teacher": (build_vgg16_teacher, "image"),
+    "cifar-student": (build_cifar_student, "image"),
+    "resnet34-student": (build_resnet34_student, "image"),
+}
+
+
+def build_model(name, image_shape, num_classes=10):
+    """Builds a named reference model for images of `image_shape`.
+
+    Args:
+        name: One of `MODEL_BUILDERS` (e.g. `"keras-io-student"`).
+        image_shape: `(height, width, channels)` of the images; models with
+            a `"flat"` layout get vectors of their product.
+        num_classes: Number of classes.
+
+    Returns:
+        `(model, layout)`: the built model and the input layout that
+        `datasets.preprocess` must produce for it.
+
+    Example:
+
+    >>> model, layout = build_model("hinton-student", (28, 28, 1))
+    >>> model.input_shape, layout
+    ((None, 784), 'flat')
+    """
+    if name not in MODEL_BUILDERS:
+        raise ValueError(
+            f"Unknown model {name!r}. Choose one of: "
+            f"{', '.join(sorted(MODEL_BUILDERS))}; or build your own Keras "
+            "model in Python."
+        )
+    builder, layout = MODEL_BUILDERS[name]
+    input_shape = tuple(image_shape)
+    if layout == "flat":
+        size = 1
+        for dimension in input_shape:
+            size *= dimension
+        input_shape = (size,)
+    return builder(input_shape=input_shape, num_classes=num_classes), layout
+
+
+def input_layout(model):
+    """`"flat"` for a model that takes vectors, else `"image"`."""
+    return "flat" if len(model.inputs[0].shape) == 2 else "image"

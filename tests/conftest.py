@@ -1,5 +1,9 @@
 """Shared fixtures. Two logical CPU devices are set up before TensorFlow runs
-any op, so that MirroredStrategy tests can use two replicas on one CPU."""
+any op, so that MirroredStrategy tests can use two replicas on one CPU.
+
+Op determinism is on for the whole session: the CLI turns it on (it cannot
+be turned off in a process), so every test runs under it, whatever the
+order of the tests."""
 
 import os
 
@@ -15,6 +19,7 @@ tf.config.set_logical_device_configuration(
     _cpus[0],
     [tf.config.LogicalDeviceConfiguration()] * 2,
 )
+tf.config.experimental.enable_op_determinism()
 
 
 def make_mlp(hidden_units, num_inputs=6, num_classes=4, name=None, **dense):

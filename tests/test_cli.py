@@ -52,3 +52,143 @@ def test_help_lists_the_demo():
 def test_unknown_command_is_an_error():
     with pytest.raises(SystemExit):
         cli.main(["distil-everything"])
+
+
+KERAS_KD = [sys.executable, "-m", "keras_kd"]
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    """A small trained teacher, via `keras-kd train-teacher`."""
+    output = tmp_path_factory.mktemp("runs") / "teacher"
+    assert cli.main([
+        "train-teacher", "--model", "keras-io-student", "--source", "sample",
+        "--limit", "512", "--epochs", "1", "--output", str(output), "--quiet",
+    ]) == 0
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "finished"
+    assert 0.0 <= record["results"]["test_accuracy"] <= 1.0
+    for name in ("model.keras", "checkpoint.keras", "log.csv"):
+        assert (output / name).exists(), name
+    assert any((output / "tensorboard").rglob("*tfevents*"))
+    return output / "model.keras"
+
+
+def test_distill_then_evaluate(teacher_file, tmp_path):
+    output = tmp_path / "distill"
+    arguments = [
+        "distill", "--teacher", str(teacher_file), "--student", "keras-io-student",
+        "--source", "sample", "--limit", "256", "--epochs", "1", "--output",
+        str(output), "--quiet", "--validation-fraction", "0.1",
+    ]
+    assert cli.main(arguments) == 0
+    results = json.loads((output / "run.json").read_text())["results"]
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and results["test_examples"] == 2000
+    assert (output / "teacher_logits.npz").exists()
+    log = (output / "log.csv").read_text().splitlines()
+    assert "val_sparse_categorical_accuracy" in log[0] and len(log) == 2
+
+    report = tmp_path / "evaluate.json"
+    assert cli.main([
+        "evaluate", str(output / "model.keras"), "--source", "sample", "--json", str(report),
+    ]) == 0
+    evaluated = json.loads(report.read_text())
+    # The evaluate command agrees with the run's own test accuracy.
+    assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    # The distiller checkpoint is evaluated through its student.
+    assert cli.main([
+        "evaluate", str(output / "checkpoint.keras"), "--source", "sample", "--json", str(report),
+    ]) == 0
+    assert json.loads(report.read_text())["accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-6)
+
+    # A second run into the same directory is refused; --resume with other
+    # settings too; --resume with more epochs continues (training in stages).
+    assert cli.main(arguments) == 2
+    changed = arguments + ["--resume", "--alpha", "0.5"]
+    assert cli.main(changed) == 2
+    # (argparse keeps the last value of a repeated option.)
+    assert cli.main(arguments + ["--epochs", "2", "--resume"]) == 0
+    assert len((output / "log.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["distill", "--teacher", "missing.keras", "--student", "keras-io-student"], "no such file"),
+        (["distill", "--teacher", "{teacher}", "--student", "hinton-student"], "same inputs"),
+        (["distill", "--teacher", "{teacher}", "--student", "keras-io-student", "--resume"], "Nothing to resume"),
+        (["distill", "--teacher", "{teacher}", "--student", "keras-io-student", "--temperature", "0"], "temperature"),
+        (["train-teacher", "--model", "keras-io-teacher", "--source", "files", "--data-dir", "nowhere"], "nowhere"),
+        (["evaluate", "{not_a_model}"], "could not be loaded"),
+    ],
+)
+def test_bad_input_is_a_clear_error(arguments, message, teacher_file, tmp_path, capsys):
+    not_a_model = tmp_path / "notes.keras"
+    not_a_model.write_text("not a model")
+    arguments = [a.format(teacher=teacher_file, not_a_model=not_a_model) for a in arguments]
+    if arguments[0] != "evaluate":
+        arguments += ["--output", str(tmp_path / "run"), "--source", "sample"][
+            : 2 if "--source" in arguments else 4
+        ]
+    assert cli.main(arguments + ["--quiet"] * (arguments[0] != "evaluate")) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_writes_a_table_and_skips_finished_cells(teacher_file, tmp_path):
+    output = tmp_path / "sweep"
+    arguments = [
+        "sweep", "--teacher", str(teacher_file), "--student", "keras-io-student",
+        "--source", "sample", "--limit", "256", "--epochs", "1",
+        "--temperatures", "1", "4", "--seeds", "0", "1", "--output", str(output), "--quiet",
+    ]
+    assert cli.main(arguments) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    settings = {(r["setting"], r["temperature"]) for r in summary["rows"]}
+    assert settings == {("scratch", None), ("distilled", 1.0), ("distilled", 4.0)}
+    assert all(r["seeds"] == 2 and 0 <= r["test_accuracy_mean"] <= 1 for r in summary["rows"])
+    assert summary["calibrated_temperature"] > 0
+    table = (output / "summary.md").read_text()
+    assert table.count("| distilled |") == 2 and "Calibrated teacher temperature" in table
+
+    from matplotlib import image
+
+    assert image.imread(output / "sweep.png").std() > 0.05
+    cells = (output / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == 6
+
+    # Again, with one more temperature: only the 2 new cells run.
+    assert cli.main(arguments + ["--temperatures", "1", "4", "10"]) == 0
+    assert len((output / "cells.jsonl").read_text().splitlines()) == 8
+
+
+def test_distill_killed_mid_epoch_resumes_to_the_same_weights(teacher_file, tmp_path):
+    import signal
+    import time
+
+    import keras
+
+    def command(output, epochs=3):
+        return KERAS_KD + [
+            "distill", "--teacher", str(teacher_file), "--student", "keras-io-student",
+            "--source", "sample", "--limit", "4096", "--epochs", str(epochs),
+            "--output", str(output), "--quiet", "--seed", "5",
+        ]
+
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(command(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = interrupted / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 300
+    while not metadata.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # Into the second epoch.
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it was killed"
+    assert not (interrupted / "model.keras").exists()
+
+    subprocess.run(command(interrupted) + ["--resume"], check=True, capture_output=True)
+    whole = keras.models.load_model(tmp_path / "whole" / "model.keras").get_weights()
+    resumed = keras.models.load_model(interrupted / "model.keras").get_weights()
+    for expected, actual in zip(whole, resumed):
+        np.testing.assert_array_equal(actual, expected)
