@@ -20,6 +20,9 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration()] * 2,
 )
 tf.config.experimental.enable_op_determinism()
+# Under op determinism, random ops need a global seed (e.g. the shuffle of
+# `fit(x, y)` on arrays).
+keras.utils.set_random_seed(0)
 
 
 def make_mlp(hidden_units, num_inputs=6, num_classes=4, name=None, **dense):

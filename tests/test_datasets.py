@@ -380,3 +380,31 @@ def test_load_dataset_end_to_end():
     assert sum(int(b[0].shape[0]) for b in val) == expected
     with pytest.raises(ValueError, match="training only"):
         datasets.load_dataset("mnist", "test", source="sample", augment=True)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_epoch_indexed_dataset_resumes_at_any_epoch(augment):
+    x, y = datasets.select("mnist", "train", source="sample", limit=40)
+
+    def epochs(start, count):
+        dataset = datasets.make_dataset(
+            x, y, batch_size=16, shuffle=True, augment=augment, seed=4, start_epoch=start
+        )
+        steps = datasets.steps_per_epoch(len(x), 16)
+        batches = list(dataset.take(steps * count))
+        return [batches[i * steps:(i + 1) * steps] for i in range(count)]
+
+    from_start = epochs(0, 3)
+    from_two = epochs(2, 1)
+    for a, b in zip(from_start[2], from_two[0]):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    # Each epoch is a permutation of the whole set, in a new order.
+    labels = [np.concatenate([b[1] for b in epoch]) for epoch in from_start]
+    assert all(sorted(l) == sorted(y) for l in labels)
+    assert not np.array_equal(labels[0], labels[1])
+
+
+def test_steps_per_epoch():
+    assert datasets.steps_per_epoch(100, 32) == 4
+    assert datasets.steps_per_epoch(100, 32, drop_remainder=True) == 3

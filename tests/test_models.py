@@ -116,3 +116,18 @@ def test_frozen_backbone_bad_name():
 def test_bad_builder_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", sorted(models.MODEL_BUILDERS))
+def test_registry_builds_each_model_for_its_layout(name):
+    if name in ("vgg16-teacher", "resnet34-student"):
+        pytest.skip("large: built in the architecture tests")
+    model, layout = models.build_model(name, (28, 28, 1))
+    assert layout == models.input_layout(model)
+    expected = (None, 784) if layout == "flat" else (None, 28, 28, 1)
+    assert model.input_shape == expected and model.output_shape == (None, 10)
+
+
+def test_registry_rejects_unknown_names():
+    with pytest.raises(ValueError, match="Unknown model 'resnet-1000'.*keras-io-student"):
+        models.build_model("resnet-1000", (28, 28, 1))
