@@ -192,3 +192,15 @@ def test_distill_killed_mid_epoch_resumes_to_the_same_weights(teacher_file, tmp_
     resumed = keras.models.load_model(interrupted / "model.keras").get_weights()
     for expected, actual in zip(whole, resumed):
         np.testing.assert_array_equal(actual, expected)
+
+
+def test_export_command_checks_each_file(teacher_file, tmp_path):
+    output = tmp_path / "export"
+    arguments = ["export", str(teacher_file), "--output", str(output), "--source", "sample", "--limit", "200"]
+    assert cli.main(arguments) == 0
+    report = json.loads((output / "export.json").read_text())
+    assert set(report["formats"]) == {"keras", "saved_model", "tflite", "tflite_int8"}
+    assert report["formats"]["saved_model"]["max_abs_difference"] < 1e-5
+    assert report["formats"]["tflite"]["max_abs_difference"] < 1e-5
+    assert all(0 <= row["accuracy"] <= 1 for row in report["formats"].values())
+    assert cli.main(arguments) == 2  # Refuses to overwrite.
