@@ -378,7 +378,8 @@ class Distiller(keras.Model):
         self.distillation_loss_tracker.update_state(
             distillation_loss, sample_weight=batch_size
         )
-        return self.compute_metrics(x, y, student_logits, sample_weight)
+        logs = self.compute_metrics(x, y, student_logits, sample_weight)
+        return self._for_multi_worker_reduction(logs)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -399,7 +400,43 @@ class Distiller(keras.Model):
         )
         logs = self.compute_metrics(x, y, student_logits, sample_weight)
         logs.pop(self.distillation_loss_tracker.name, None)
-        return logs
+        return self._for_multi_worker_reduction(logs)
+
+    def _for_multi_worker_reduction(self, logs):
+        # Across workers, Keras averages the step's logs with
+        # `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
+        # (keras-team/keras#20585). One-element vectors average to the same
+        # scalar.
+        strategy = tf.distribute.get_strategy()
+        in_multi_worker_mode = getattr(
+            strategy.extended, "_in_multi_worker_mode", lambda: False
+        )
+        if not in_multi_worker_mode():
+            return logs
+        return {
+            name: ops.reshape(value, (1,)) if len(ops.shape(value)) == 0 else value
+            for name, value in logs.items()
+        }
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TF trainer averages a first batch across replicas with
+        # `strategy.reduce` only to learn its structure. Under
+        # MultiWorkerMirroredStrategy that collective fails on PerReplica
+        # inputs (keras-team/keras#20585). The first local replica's batch
+        # has the same structure and needs no communication.
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    self._first_local_value, next(batches)
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _first_local_value(self, value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return self.distribute_strategy.experimental_local_results(value)[0]
+        return value
 
     def get_config(self):
         config = super().get_config()

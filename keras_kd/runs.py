@@ -152,17 +152,45 @@ def finish_run(path, results):
     return record
 
 
+def _backup_dir(path):
+    if is_chief():
+        return os.path.join(path, BACKUP_DIR)
+    task_id = tf.distribute.cluster_resolver.TFConfigClusterResolver().task_id
+    return os.path.join(path, f"{BACKUP_DIR}-worker-{task_id}")
+
+
 def restored_epoch(path):
     """The epoch a resumed run in `path` starts from (0 for a new run)."""
-    metadata = os.path.join(path, BACKUP_DIR, _BACKUP_METADATA)
+    metadata = os.path.join(_backup_dir(path), _BACKUP_METADATA)
     if not os.path.exists(metadata):
         return 0
     with open(metadata) as f:
         return int(json.load(f)["epoch"])
 
 
+def is_chief():
+    """Whether this process writes the run's files (one writer per cluster).
+
+    True without a cluster (no `TF_CONFIG`), for the `chief` task, and for
+    worker 0 of a cluster that has no `chief` task (TensorFlow's rule).
+    """
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    task_type = resolver.task_type
+    if not task_type:
+        return True
+    if task_type == "chief":
+        return True
+    jobs = resolver.cluster_spec().as_dict()
+    return task_type == "worker" and resolver.task_id == 0 and "chief" not in jobs
+
+
 def run_callbacks(path, seed, checkpoint=True, tensorboard=True):
     """Keras callbacks of a resumable run in `path`, in the order they must run.
+
+    In a multi-worker cluster only the chief (`is_chief`) writes the
+    checkpoint, the CSV log and TensorBoard; every worker keeps its own
+    backup (`backup/` on the chief, `backup-worker-N/` on the others) so that
+    all of them resume at the same epoch.
 
     Args:
         path: The run directory.
@@ -173,15 +201,18 @@ def run_callbacks(path, seed, checkpoint=True, tensorboard=True):
     Returns:
         A list of callbacks for `fit`.
     """
+    chief = is_chief()
     callbacks = [
         # First: raises before anything saves a NaN model.
         StopOnNonFiniteLoss(),
-        keras.callbacks.BackupAndRestore(
-            os.path.join(path, BACKUP_DIR), delete_checkpoint=False
-        ),
+        keras.callbacks.BackupAndRestore(_backup_dir(path), delete_checkpoint=False),
         EpochSeeds(seed),
-        keras.callbacks.CSVLogger(os.path.join(path, LOG_FILE), append=True),
     ]
+    if not chief:
+        return callbacks
+    callbacks.append(
+        keras.callbacks.CSVLogger(os.path.join(path, LOG_FILE), append=True)
+    )
     if checkpoint:
         callbacks.append(
             keras.callbacks.ModelCheckpoint(os.path.join(path, CHECKPOINT_FILE))

@@ -231,9 +231,14 @@ def test_reported_losses_are_epoch_means(tiny_data):
     )
 
 
-def test_mirrored_strategy_matches_one_device():
+@pytest.mark.parametrize("cached", [False, True])
+def test_mirrored_strategy_matches_one_device(cached):
     """Two replicas give the same update as one device at the same global
-    batch, and report the same (unhalved) per-term losses."""
+    batch, and report the same (unhalved) per-term losses; also when the
+    teacher's logits come from the cache."""
+    from keras_kd import cache
+    from keras_kd import datasets
+
     rng = np.random.default_rng(2)
     x = rng.normal(size=(64, 6)).astype("float32")
     y = rng.integers(0, 4, size=64)
@@ -249,10 +254,18 @@ def test_mirrored_strategy_matches_one_device():
             distiller.compile(
                 optimizer=keras.optimizers.SGD(0.2), alpha=0.3, temperature=2.0
             )
-        history = distiller.fit(
-            x, y, sample_weight=sample_weight, batch_size=32, epochs=2,
-            shuffle=False, verbose=0,
-        )
+        if cached:
+            logits = cache.compute_teacher_logits(distiller.teacher, x)
+            train = datasets.make_dataset(
+                x, y, name=None, scaling=None, batch_size=32, num_classes=4,
+                sample_weight=sample_weight, teacher_logits=logits,
+            )
+            history = distiller.fit(train, epochs=2, verbose=0)
+        else:
+            history = distiller.fit(
+                x, y, sample_weight=sample_weight, batch_size=32, epochs=2,
+                shuffle=False, verbose=0,
+            )
         return [w.numpy() for w in distiller.student.weights], history.history
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
