@@ -1,6 +1,7 @@
 """The `Distiller` model: trains a student on labels and a frozen teacher."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -417,6 +418,48 @@ class Distiller(keras.Model):
             name: ops.reshape(value, (1,)) if len(ops.shape(value)) == 0 else value
             for name, value in logs.items()
         }
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        self._check_inputs(x, "x")
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_inputs(x, "x")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _check_inputs(self, x, argument):
+        """Clear errors for inputs the student cannot take, before Keras'."""
+        if len(self.student.inputs or []) != 1:
+            return  # Several inputs: left to Keras.
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            spec = spec[0] if isinstance(spec, tuple) else spec
+            if not isinstance(spec, tf.TensorSpec):
+                return
+            shape, dtype = tuple(spec.shape), spec.dtype.name
+            numeric = spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype.is_bool
+        elif hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, tf.Tensor):
+            x = np.asarray(x)
+            shape, dtype = (None,) + x.shape[1:], str(x.dtype)
+            numeric = x.dtype.kind in "biuf"
+        else:
+            return
+        if not numeric:
+            raise ValueError(
+                f"`{argument}` has dtype {dtype}; the student needs numeric "
+                f"inputs. Convert them, e.g. `{argument}.astype('float32')`."
+            )
+        expected = tuple(self.student.inputs[0].shape)
+        if len(shape) != len(expected) or any(
+            e is not None and g is not None and e != g
+            for e, g in zip(expected[1:], shape[1:])
+        ):
+            raise ValueError(
+                f"`{argument}` has examples of shape {shape[1:]}, but the "
+                f"student takes inputs of shape {expected[1:]}. Reshape the "
+                "inputs (e.g. flatten images for an MLP, or add the channel "
+                "axis for a CNN) or build the student for this shape."
+            )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' TF trainer averages a first batch across replicas with

@@ -535,3 +535,29 @@ def test_loss_on_low_precision_logits_is_computed_in_float32(dtype):
     log_s = np.log(softmax64(s64 / 20))
     expected = 400 * np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=1))
     np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make_x, message",
+    [
+        (lambda: np.zeros((8, 5), "float32"), r"shape \(5,\).*\(6,\)"),
+        (lambda: np.zeros((8, 6, 1), "float32"), r"shape \(6, 1\)"),
+        (lambda: np.array([["a"] * 6] * 8), "numeric"),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices(
+                (np.zeros((8, 3), "float32"), np.zeros(8, "int64"))
+            ).batch(4),
+            r"shape \(3,\)",
+        ),
+    ],
+)
+def test_inputs_of_the_wrong_shape_or_dtype_are_named(make_x, message):
+    keras.utils.set_random_seed(8)
+    distiller = Distiller(student=make_mlp([4]), teacher=make_mlp([4]))
+    distiller.compile(optimizer="sgd")
+    x = make_x()
+    y = None if isinstance(x, tf.data.Dataset) else np.zeros(8, "int64")
+    with pytest.raises(ValueError, match=message):
+        distiller.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        distiller.evaluate(x, y, verbose=0)
