@@ -58,26 +58,35 @@ def fit_run(path, digits, epochs, callbacks=()):
     return model
 
 
-class CrashAt(keras.callbacks.Callback):
-    """Simulates a crash in the middle of an epoch."""
+class AtBatch(keras.callbacks.Callback):
+    """Calls `action(model)` before one batch of one epoch."""
 
-    def __init__(self, epoch, batch):
+    def __init__(self, epoch, batch, action):
         super().__init__()
-        self.crash = (epoch, batch)
+        self.at = (epoch, batch)
+        self.action = action
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        if (self.epoch, batch) == self.crash:
-            raise KeyboardInterrupt("simulated crash")
+        if (self.epoch, batch) == self.at:
+            self.action(self.model)
+
+
+def crash(model):
+    raise KeyboardInterrupt("simulated crash")
+
+
+def crash_at(epoch, batch):
+    return AtBatch(epoch, batch, crash)
 
 
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, digits):
     uninterrupted = fit_run(tmp_path / "a", digits, epochs=3)
     with pytest.raises(KeyboardInterrupt):
-        fit_run(tmp_path / "b", digits, epochs=3, callbacks=[CrashAt(epoch=1, batch=3)])
+        fit_run(tmp_path / "b", digits, epochs=3, callbacks=[crash_at(epoch=1, batch=3)])
     assert runs.restored_epoch(str(tmp_path / "b")) == 1
     resumed = fit_run(tmp_path / "b", digits, epochs=3)
     for expected, actual in zip(uninterrupted.get_weights(), resumed.get_weights()):
@@ -95,7 +104,7 @@ def test_without_epoch_seeds_the_resumed_dropout_masks_differ(tmp_path, digits, 
     monkeypatch.setattr(callbacks.EpochSeeds, "on_epoch_begin", lambda *args, **kwargs: None)
     uninterrupted = fit_run(tmp_path / "a", digits, epochs=3)
     with pytest.raises(KeyboardInterrupt):
-        fit_run(tmp_path / "b", digits, epochs=3, callbacks=[CrashAt(epoch=1, batch=3)])
+        fit_run(tmp_path / "b", digits, epochs=3, callbacks=[crash_at(epoch=1, batch=3)])
     resumed = fit_run(tmp_path / "b", digits, epochs=3)
     assert not np.array_equal(uninterrupted.get_weights()[0], resumed.get_weights()[0])
 
@@ -109,25 +118,15 @@ def test_two_runs_with_the_same_seed_are_bitwise_identical(tmp_path, digits):
         np.testing.assert_array_equal(first, second)
 
 
-class PoisonWeights(keras.callbacks.Callback):
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at = (epoch, batch)
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            kernel = self.model.layers[0].kernel
-            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+def poison_first_kernel(model):
+    kernel = model.layers[0].kernel
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits):
     path = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 3"):
-        fit_run(path, digits, epochs=3, callbacks=[PoisonWeights(epoch=1, batch=2)])
+        fit_run(path, digits, epochs=3, callbacks=[AtBatch(1, 2, poison_first_kernel)])
     assert runs.restored_epoch(str(path)) == 1
     checkpoint = keras.models.load_model(path / runs.CHECKPOINT_FILE)
     assert all(np.isfinite(w).all() for w in checkpoint.get_weights())
