@@ -134,7 +134,21 @@ def _run_in_subprocess(pair, config, epochs):
     return json.loads(output.strip().splitlines()[-1])
 
 
-def report(results, epochs):
+def _median_over_rounds(per_round):
+    merged = {}
+    for result in per_round:
+        merged.setdefault((result["pair"], result["config"]), []).append(result)
+    results = []
+    for (pair, config), rounds in merged.items():
+        row = {"pair": pair, "config": config}
+        for key in ("epoch_median", "evaluate", "cache_pass", "peak_rss_mb"):
+            if key in rounds[0]:
+                row[key] = statistics.median(r[key] for r in rounds)
+        results.append(row)
+    return results
+
+
+def report(results, epochs, rounds=1):
     import keras
     import tensorflow as tf
 
@@ -142,7 +156,8 @@ def report(results, epochs):
         f"\nkeras-kd speed benchmark, {time.strftime('%Y-%m-%d')}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"TF {tf.__version__}, Keras {keras.__version__}; MNIST sample 8,000 "
-        f"digits, batch {BATCH_SIZE}, median of {epochs} epochs after 1 warm-up"
+        f"digits, batch {BATCH_SIZE}, median of {epochs} epochs after 1 warm-up, "
+        f"median over {rounds} interleaved round(s)"
     )
     for pair in sorted({r["pair"] for r in results}):
         rows = {r["config"]: r for r in results if r["pair"] == pair}
@@ -177,21 +192,28 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", nargs="+", default=["e1", "e3"], choices=["e1", "e3"])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds; figures are medians over rounds")
     parser.add_argument("--json", help="also write the raw measurements here")
     parser.add_argument("--worker", nargs=2, metavar=("PAIR", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_worker(*args.worker, args.epochs)))
         return
-    results = []
-    for pair in args.pairs:
-        for config in CONFIGS:
-            print(f"running {pair} {config} ...", flush=True)
-            results.append(_run_in_subprocess(pair, config, args.epochs))
-    report(results, args.epochs)
+    # Rounds interleave the configurations (a, b, c, d, a, b, ...): this
+    # machine's speed drifts over minutes, and a configuration measured
+    # only once, minutes after another, would carry that drift.
+    per_round = []
+    for round_index in range(args.rounds):
+        for pair in args.pairs:
+            for config in CONFIGS:
+                print(f"round {round_index + 1}/{args.rounds}: {pair} {config} ...", flush=True)
+                per_round.append(_run_in_subprocess(pair, config, args.epochs))
+    results = _median_over_rounds(per_round)
+    report(results, args.epochs, args.rounds)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(per_round, f, indent=2)
 
 
 if __name__ == "__main__":
