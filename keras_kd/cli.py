@@ -294,10 +294,10 @@ def run_train_teacher(args):
     from keras_kd import models
     from keras_kd import runs
 
+    # Data first: a missing dataset must not leave a half-made run behind.
+    data = _Data(args, models.model_layout(args.model))
     runs.prepare_run_dir(args.output, "train-teacher", _settings(args), args.resume, args.overwrite)
     runs.set_determinism(args.seed, ops=not args.nondeterministic)
-    _, layout = models.build_model(args.model, (1, 1, 1))
-    data = _Data(args, layout)
     model, _ = models.build_model(args.model, data.image_shape)
     _compile_classifier(model, _optimizer(args))
     _fit_run(args, model, data)
@@ -308,18 +308,13 @@ def run_train_teacher(args):
           f"on {results['test_examples']} examples; wrote {args.output}/model.keras")
 
 
-def run_distill(args):
-    _quiet_tensorflow()
-    from keras_kd import Distiller
+def _teacher_and_layout(args):
+    """The --teacher model and the input layout it shares with --student."""
     from keras_kd import models
-    from keras_kd import runs
-    from keras_kd.cache import compute_teacher_logits
 
     teacher = _load_keras_model(args.teacher, "--teacher")
-    runs.prepare_run_dir(args.output, "distill", _settings(args), args.resume, args.overwrite)
-    runs.set_determinism(args.seed, ops=not args.nondeterministic)
     layout = models.input_layout(teacher)
-    _, student_layout = models.build_model(args.student, (1, 1, 1))
+    student_layout = models.model_layout(args.student)
     if layout != student_layout:
         raise ValueError(
             f"--teacher {args.teacher} takes {layout} inputs but --student "
@@ -327,7 +322,27 @@ def run_distill(args):
             "same inputs. Choose a matching pair (e.g. hinton-teacher and "
             "hinton-student)."
         )
+    return teacher, layout
+
+
+def run_distill(args):
+    _quiet_tensorflow()
+    from keras_kd import Distiller
+    from keras_kd import models
+    from keras_kd import runs
+    from keras_kd.cache import compute_teacher_logits
+
+    from keras_kd.validation import validate_fraction
+    from keras_kd.validation import validate_temperature
+
+    # Everything that can be refused is checked before the run directory
+    # is made, so a refused command leaves nothing behind.
+    validate_temperature(args.temperature, "--temperature")
+    validate_fraction(args.alpha, "--alpha")
+    teacher, layout = _teacher_and_layout(args)
     data = _Data(args, layout)
+    runs.prepare_run_dir(args.output, "distill", _settings(args), args.resume, args.overwrite)
+    runs.set_determinism(args.seed, ops=not args.nondeterministic)
     student, _ = models.build_model(args.student, data.image_shape)
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(
@@ -609,20 +624,18 @@ def run_sweep(args):
     from keras_kd.cache import compute_teacher_logits
     from keras_kd.calibration import calibrate_temperature
 
-    teacher = _load_keras_model(args.teacher, "--teacher")
+    teacher, layout = _teacher_and_layout(args)
+    args.seed = args.seeds[0]  # Seed of the validation split.
+    args.augment = False
+    data = _Data(args, layout)
     # The grid may grow between runs; everything else must match.
     exists = os.path.exists(os.path.join(args.output, runs.RUN_FILE))
     runs.prepare_run_dir(
         args.output, "sweep", _settings(args), resume=exists and not args.overwrite,
         overwrite=args.overwrite,
-        resumable=runs.RESUMABLE_SETTINGS + ("temperatures", "alphas", "seeds"),
+        resumable=runs.RESUMABLE_SETTINGS + ("temperatures", "alphas", "seeds", "seed"),
     )
-    tf_seed = args.seeds[0]
-    runs.set_determinism(tf_seed, ops=not args.nondeterministic)
-    layout = models.input_layout(teacher)
-    args.seed = tf_seed
-    args.augment = False
-    data = _Data(args, layout)
+    runs.set_determinism(args.seed, ops=not args.nondeterministic)
     x_train = data.inputs(data.x_train)
     # One teacher pass for every cell of the sweep.
     teacher_logits = compute_teacher_logits(

@@ -520,13 +520,8 @@ def build_model(name, image_shape, num_classes=10):
     >>> model.input_shape, layout
     ((None, 784), 'flat')
     """
-    if name not in MODEL_BUILDERS:
-        raise ValueError(
-            f"Unknown model {name!r}. Choose one of: "
-            f"{', '.join(sorted(MODEL_BUILDERS))}; or build your own Keras "
-            "model in Python."
-        )
-    builder, layout = MODEL_BUILDERS[name]
+    layout = model_layout(name)
+    builder = MODEL_BUILDERS[name][0]
     input_shape = tuple(image_shape)
     if layout == "flat":
         size = 1
@@ -534,6 +529,17 @@ def build_model(name, image_shape, num_classes=10):
             size *= dimension
         input_shape = (size,)
     return builder(input_shape=input_shape, num_classes=num_classes), layout
+
+
+def model_layout(name):
+    """The input layout (`"image"` or `"flat"`) of a named reference model."""
+    if name not in MODEL_BUILDERS:
+        raise ValueError(
+            f"Unknown model {name!r}. Choose one of: "
+            f"{', '.join(sorted(MODEL_BUILDERS))}; or build your own Keras "
+            "model in Python."
+        )
+    return MODEL_BUILDERS[name][1]
 
 
 def input_layout(model):

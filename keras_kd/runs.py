@@ -15,6 +15,7 @@ layers each epoch (`EpochSeeds`), so a run killed in the middle of an epoch
 and resumed ends with the same weights as one that was never interrupted.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -33,6 +34,13 @@ LOG_FILE = "log.csv"
 TENSORBOARD_DIR = "tensorboard"
 # Written by keras.callbacks.BackupAndRestore next to its weights.
 _BACKUP_METADATA = "training_metadata.json"
+# What a run writes; --overwrite deletes these and nothing else in the
+# directory (it may hold the user's own files).
+RUN_FILES = (
+    RUN_FILE, BACKUP_DIR, f"{BACKUP_DIR}-worker-*", CHECKPOINT_FILE, LOG_FILE,
+    TENSORBOARD_DIR, "model.keras", "teacher_logits.npz", "cells.jsonl",
+    "summary.csv", "summary.json", "summary.md", "sweep.png",
+)
 # Settings that may change between the parts of one run.
 RESUMABLE_SETTINGS = ("epochs", "resume", "overwrite", "quiet")
 
@@ -135,7 +143,7 @@ def prepare_run_dir(
                 "directory."
             )
         if exists:
-            shutil.rmtree(path)
+            _remove_run_files(path)
         record = {
             "command": command,
             "settings": settings,
@@ -145,6 +153,15 @@ def prepare_run_dir(
     os.makedirs(path, exist_ok=True)
     _write_run_file(path, record)
     return _read_run_file(path)
+
+
+def _remove_run_files(path):
+    for pattern in RUN_FILES:
+        for entry in glob.glob(os.path.join(glob.escape(path), pattern)):
+            if os.path.isdir(entry):
+                shutil.rmtree(entry)
+            else:
+                os.remove(entry)
 
 
 def finish_run(path, results):

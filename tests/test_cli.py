@@ -132,6 +132,8 @@ def test_bad_input_is_a_clear_error(arguments, message, teacher_file, tmp_path, 
         ]
     assert cli.main(arguments + ["--quiet"] * (arguments[0] != "evaluate")) == 2
     assert message in capsys.readouterr().err
+    # A refused command leaves no run behind.
+    assert not (tmp_path / "run" / "run.json").exists()
 
 
 def test_sweep_writes_a_table_and_skips_finished_cells(teacher_file, tmp_path):

@@ -147,8 +147,13 @@ def test_prepare_run_dir_guards_other_runs(tmp_path):
     runs.finish_run(path, {"test_accuracy": 0.5})
     with open(os.path.join(path, runs.RUN_FILE)) as f:
         assert json.load(f)["status"] == "finished"
+    (tmp_path / "run" / runs.LOG_FILE).write_text("epoch\n")
+    (tmp_path / "run" / "my_notes.txt").write_text("the user's own file")
     record = runs.prepare_run_dir(path, "train-teacher", {}, overwrite=True)
     assert record["command"] == "train-teacher"
+    # --overwrite deletes the run's files, not the user's.
+    assert not (tmp_path / "run" / runs.LOG_FILE).exists()
+    assert (tmp_path / "run" / "my_notes.txt").read_text() == "the user's own file"
 
 
 def test_damaged_run_file_is_reported(tmp_path):
