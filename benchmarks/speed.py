@@ -17,6 +17,8 @@ the median seconds per epoch and the ratios the performance targets name.
 
     python benchmarks/speed.py                 # both pairs, 3 timed epochs
     python benchmarks/speed.py --pairs e3 --epochs 5
+    python benchmarks/speed.py --epochs 3 --rounds 3   # interleaved rounds
+    python benchmarks/speed.py --evaluate-only 15      # (e) alternating in one process
 """
 
 import argparse
@@ -128,6 +130,45 @@ def run_worker(pair, config, epochs):
     return result
 
 
+def evaluate_side_by_side(pair, repeats):
+    """(e) in one process: the evaluates alternate, so drift hits all alike."""
+    import keras
+    from keras import distillation
+
+    import keras_kd
+
+    keras.utils.set_random_seed(0)
+    x, y, teacher, student = _load(pair)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    metrics = ["sparse_categorical_accuracy"]
+    student.compile(optimizer="adam", loss=loss, metrics=metrics)
+    ours = keras_kd.Distiller(student=student, teacher=teacher)
+    ours.compile(optimizer="adam", metrics=metrics)
+    rival = distillation.Distiller(
+        teacher=teacher, student=student,
+        distillation_losses=distillation.LogitsDistillation(
+            temperature=3.0, loss=keras.losses.KLDivergence()),
+        student_loss_weight=0.1,
+    )
+    rival.compile(optimizer="adam", loss=loss, metrics=metrics)
+    models = {"student.evaluate": student, "keras_kd": ours, "keras.distillation": rival}
+    durations = {name: [] for name in models}
+    for model in models.values():
+        model.evaluate(x, y, batch_size=256, verbose=0)  # Warm-up: tracing.
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.evaluate(x, y, batch_size=256, verbose=0)
+            durations[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(d) for name, d in durations.items()}
+    print(f"\n{pair.upper()} evaluate side by side, one process, {repeats} alternating repeats, "
+          f"{len(x)} digits, batch 256")
+    print("| evaluate | median s | / student.evaluate |")
+    print("|---|---|---|")
+    for name, value in medians.items():
+        print(f"| {name} | {value:.3f} | {value / medians['student.evaluate']:.2f} |")
+
+
 def _run_in_subprocess(pair, config, epochs):
     command = [sys.executable, __file__, "--worker", pair, config, "--epochs", str(epochs)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -195,10 +236,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=1,
                         help="interleaved rounds; figures are medians over rounds")
     parser.add_argument("--json", help="also write the raw measurements here")
+    parser.add_argument("--evaluate-only", type=int, metavar="REPEATS", default=None,
+                        help="only (e), all evaluates alternating in one process")
     parser.add_argument("--worker", nargs=2, metavar=("PAIR", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_worker(*args.worker, args.epochs)))
+        return
+    if args.evaluate_only:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        for pair in args.pairs:
+            evaluate_side_by_side(pair, args.evaluate_only)
         return
     # Rounds interleave the configurations (a, b, c, d, a, b, ...): this
     # machine's speed drifts over minutes, and a configuration measured
