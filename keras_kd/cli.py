@@ -486,7 +486,7 @@ def _add_training_arguments(parser, epochs):
                        "seed gives the same weights (default: %(default)s)")
     group.add_argument("--nondeterministic", action="store_true",
                        help="seed everything but skip TF op determinism: faster "
-                       "(deterministic convolutions cost ~1.7x on CPU), not bitwise repeatable")
+                       "(deterministic kernels cost ~1.2x per step on CPU), not bitwise repeatable")
     group.add_argument("--output", required=True, help="run directory: checkpoints, logs, model.keras")
     group.add_argument("--resume", action="store_true", help="continue the run in --output from its last epoch")
     group.add_argument("--overwrite", action="store_true", help="delete the run in --output and start again")

@@ -55,8 +55,8 @@ def set_determinism(seed, ops=True):
     Two runs with the same seed then give bitwise-identical weights on the
     same machine (CPU; on GPU, as far as TensorFlow's deterministic kernels
     go). Op determinism cannot be turned off again in the process, and its
-    deterministic kernels are slower (about 1.7x per step for the E1
-    teacher's convolutions on CPU).
+    deterministic kernels are slower (1.17x per step for the E1 teacher on
+    2 CPU cores, `benchmarks/determinism.py`).
 
     Args:
         seed: Integer seed.
