@@ -778,52 +778,17 @@ def make_dataset(
     elements = (images, targets)
     if sample_weight is not None:
         elements += (np.asarray(sample_weight, dtype=np.float32).reshape(-1),)
-    dataset = tf.data.Dataset.from_tensor_slices(elements).cache()
     augment_fn = None
     if augment:
         augment_fn = random_translate if name == "mnist" else random_crop_and_flip
     if start_epoch is None:
-        dataset = _shuffled_and_augmented(
-            dataset, len(images), shuffle, augment_fn, seed, reshuffle=True
-        )
+        dataset = tf.data.Dataset.from_tensor_slices(elements).cache()
+        dataset = _shuffled_and_augmented(dataset, len(images), shuffle, augment_fn, seed)
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     else:
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(
-                "`start_epoch` must be a non-negative integer or None. "
-                f"Received: start_epoch={start_epoch!r}."
-            )
-
-        tensors = tf.nest.map_structure(tf.convert_to_tensor, elements)
-        size = len(images)
-
-        def one_epoch(epoch):
-            # Stateless ops keyed by (seed, epoch), not Dataset.shuffle: its
-            # seed must be a Python int, and here the epoch is a tensor.
-            epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
-            if shuffle:
-                order = tf.argsort(tf.random.stateless_uniform([size], epoch_seed))
-            else:
-                order = tf.range(size)
-            epoch_data = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
-            if augment_fn is None:
-                epoch_data = epoch_data.map(
-                    lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
-                )
-            else:
-                # One stateless seed per position in the epoch.
-                def gather_and_augment(position, i):
-                    image, *rest = tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
-                    element_seed = tf.stack([epoch_seed[0] * 1_000_003 + epoch, position])
-                    return (augment_fn(image, element_seed), *rest)
-
-                epoch_data = epoch_data.enumerate().map(
-                    gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE
-                )
-            # Batched inside the epoch: no batch straddles two epochs.
-            return epoch_data.batch(batch_size, drop_remainder=drop_remainder)
-
-        dataset = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(one_epoch)
+        dataset = _epoch_stream(
+            elements, start_epoch, shuffle, augment_fn, seed, batch_size, drop_remainder
+        )
 
     def preprocess_batch(batch_images, *rest):
         return (preprocess(batch_images, name, scaling, layout), *rest)
@@ -832,15 +797,15 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _shuffled_and_augmented(dataset, size, shuffle, augment_fn, seed, reshuffle):
+def _shuffled_and_augmented(dataset, size, shuffle, augment_fn, seed):
+    """One epoch per iteration, reshuffled and re-augmented each time."""
     if shuffle:
-        dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=reshuffle)
+        dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
     if augment_fn is None:
         return dataset
     # One stateless seed per sample, the same for the same `seed` whatever
-    # order the parallel map runs in (and different each epoch when
-    # `reshuffle`).
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle).batch(2)
+    # order the parallel map runs in, and different each epoch.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def augment_element(element, element_seed):
         image, *rest = element
@@ -849,6 +814,46 @@ def _shuffled_and_augmented(dataset, size, shuffle, augment_fn, seed, reshuffle)
     return tf.data.Dataset.zip(dataset, seeds).map(
         augment_element, num_parallel_calls=tf.data.AUTOTUNE
     )
+
+
+def _epoch_stream(elements, start_epoch, shuffle, augment_fn, seed, batch_size, drop_remainder):
+    """Epochs `start_epoch, start_epoch + 1, ...`, each a function of `(seed, epoch)`."""
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+        raise ValueError(
+            "`start_epoch` must be a non-negative integer or None. "
+            f"Received: start_epoch={start_epoch!r}."
+        )
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, elements)
+    size = len(elements[0])
+
+    def gather(i):
+        return tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
+
+    def one_epoch(epoch):
+        # Stateless ops keyed by (seed, epoch), not Dataset.shuffle: its seed
+        # must be a Python int, and here the epoch is a tensor.
+        epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
+        if shuffle:
+            order = tf.argsort(tf.random.stateless_uniform([size], epoch_seed))
+        else:
+            order = tf.range(size)
+        epoch_data = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
+        if augment_fn is None:
+            epoch_data = epoch_data.map(gather)
+        else:
+            # One stateless seed per position in the epoch.
+            def gather_and_augment(position, i):
+                image, *rest = gather(i)
+                element_seed = tf.stack([epoch_seed[0] * 1_000_003 + epoch, position])
+                return (augment_fn(image, element_seed), *rest)
+
+            epoch_data = epoch_data.enumerate().map(
+                gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE
+            )
+        # Batched inside the epoch: no batch straddles two epochs.
+        return epoch_data.batch(batch_size, drop_remainder=drop_remainder)
+
+    return tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(one_epoch)
 
 
 def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
