@@ -32,8 +32,8 @@ def _check_output_dir(path, overwrite, expected_files):
     """Refuses to overwrite results of an earlier run without --overwrite."""
     existing = [f for f in expected_files if os.path.exists(os.path.join(path, f))]
     if existing and not overwrite:
-        raise SystemExit(
-            f"error: --output {path} already holds {', '.join(existing)} from "
+        raise ValueError(
+            f"--output {path} already holds {', '.join(existing)} from "
             "an earlier run. Choose another directory or pass --overwrite."
         )
     os.makedirs(path, exist_ok=True)
@@ -174,6 +174,18 @@ def _load_keras_model(path, argument):
         ) from None
 
 
+def _load_student(path):
+    """A saved model; for a saved distiller, its student."""
+    from keras_kd import Distiller
+
+    model = _load_keras_model(path, "model")
+    return model.student if isinstance(model, Distiller) else model
+
+
+def _scaling(args):
+    return args.scaling or DEFAULT_SCALING[args.dataset]
+
+
 def _optimizer(args):
     import keras
 
@@ -190,7 +202,7 @@ class _Data:
 
         self.name = args.dataset
         self.layout = layout
-        self.scaling = args.scaling or DEFAULT_SCALING[args.dataset]
+        self.scaling = _scaling(args)
         source = dict(
             source=args.source, data_dir=args.data_dir,
             validation_fraction=args.validation_fraction, seed=args.seed,
@@ -368,13 +380,10 @@ def run_distill(args):
 
 def run_evaluate(args):
     _quiet_tensorflow()
-    from keras_kd import Distiller
     from keras_kd import datasets
     from keras_kd import models
 
-    model = _load_keras_model(args.model, "model")
-    if isinstance(model, Distiller):
-        model = model.student
+    model = _load_student(args.model)
     _compile_classifier(model)
     args.validation_fraction = args.validation_fraction if args.split == "validation" else 0.0
     images, labels = datasets.select(
@@ -383,7 +392,7 @@ def run_evaluate(args):
     )
     dataset = datasets.make_dataset(
         images, labels, name=args.dataset, batch_size=args.batch_size,
-        scaling=args.scaling or DEFAULT_SCALING[args.dataset],
+        scaling=_scaling(args),
         layout=models.input_layout(model),
     )
     results = model.evaluate(dataset, verbose=0, return_dict=True)
@@ -404,23 +413,17 @@ def run_export(args):
     import numpy as np
     import tensorflow as tf
 
-    from keras_kd import Distiller
     from keras_kd import datasets
     from keras_kd import export
     from keras_kd import models
 
-    model = _load_keras_model(args.model, "model")
-    if isinstance(model, Distiller):
-        model = model.student
-    existing = [f for f in ("saved_model", "student.tflite", "student_int8.tflite", "export.json")
-                if os.path.exists(os.path.join(args.output, f))]
-    if existing and not args.overwrite:
-        raise ValueError(
-            f"--output {args.output} already holds {', '.join(existing)}. Choose "
-            "another directory or pass --overwrite."
-        )
+    model = _load_student(args.model)
+    _check_output_dir(
+        args.output, args.overwrite,
+        ("saved_model", "student.tflite", "student_int8.tflite", "export.json"),
+    )
     layout = models.input_layout(model)
-    scaling = args.scaling or DEFAULT_SCALING[args.dataset]
+    scaling = _scaling(args)
     source = dict(source=args.source, data_dir=args.data_dir)
     x_train, _ = datasets.select(args.dataset, "train", limit=500, **source)
     x_test, y_test = datasets.select(args.dataset, "test", limit=args.limit, **source)
