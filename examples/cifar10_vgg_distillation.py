@@ -27,7 +27,6 @@ import json
 import os
 
 import keras
-import numpy as np
 
 from keras_kd import Distiller
 from keras_kd import datasets
@@ -143,7 +142,7 @@ for soft_loss in args.soft_losses:
             print(f"{soft_loss}, soft weight {soft_weight:g}, T={temperature:g}: {results[key]:.2f}%")
 
 # 5. The table next to the published figures (full CIFAR-10, 300 epochs).
-print(f"\n| student | test accuracy (%) | published |")
+print("\n| student | test accuracy (%) | published |")
 print("|---|---|---|")
 for key, value in results.items():
     name = key if isinstance(key, str) else f"{key[0]}, soft weight {key[1]:g}, T={key[2]:g}"

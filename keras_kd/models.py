@@ -6,6 +6,7 @@ that outputs logits: no softmax, as the `Distiller` expects. Builders take
 wrappers that pass the reference widths to one generic builder.
 """
 
+import math
 import os
 
 import keras
@@ -524,10 +525,7 @@ def build_model(name, image_shape, num_classes=10):
     builder = MODEL_BUILDERS[name][0]
     input_shape = tuple(image_shape)
     if layout == "flat":
-        size = 1
-        for dimension in input_shape:
-            size *= dimension
-        input_shape = (size,)
+        input_shape = (math.prod(input_shape),)
     return builder(input_shape=input_shape, num_classes=num_classes), layout
 
 
