@@ -15,10 +15,15 @@ configuration in its own process so that peak resident memory is its own:
 Each fit runs a warm-up epoch, then `--epochs` timed epochs; the table shows
 the median seconds per epoch and the ratios the performance targets name.
 
+By default each runs with its library's default `jit_compile` (Keras: XLA off
+on CPU-only machines; keras_kd: on wherever Keras allows it);
+`--jit-compile on|off` sets one value for all four.
+
     python benchmarks/speed.py                 # both pairs, 3 timed epochs
     python benchmarks/speed.py --pairs e3 --epochs 5
     python benchmarks/speed.py --epochs 3 --rounds 3   # interleaved rounds
     python benchmarks/speed.py --evaluate-only 15      # (e) alternating in one process
+    python benchmarks/speed.py --jit-compile off       # all without XLA
 """
 
 import argparse
@@ -72,7 +77,7 @@ def _timed_evaluate(model, x, y, repeats=3):
     return statistics.median(durations)
 
 
-def run_worker(pair, config, epochs):
+def run_worker(pair, config, epochs, jit_compile="default"):
     """Runs one configuration and returns its measurements."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -86,6 +91,7 @@ def run_worker(pair, config, epochs):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     metrics = ["sparse_categorical_accuracy"]
     result = {"pair": pair, "config": config}
+    options = {} if jit_compile == "default" else {"jit_compile": jit_compile == "on"}
 
     def pipeline(teacher_logits=None):
         # Every configuration reads the same tf.data pipeline, so the ratios
@@ -96,7 +102,7 @@ def run_worker(pair, config, epochs):
         )
 
     if config == "student":
-        student.compile(optimizer="adam", loss=loss, metrics=metrics)
+        student.compile(optimizer="adam", loss=loss, metrics=metrics, **options)
         result["epochs"] = _timed_fit(student, pipeline(), epochs)
         result["evaluate"] = _timed_evaluate(student, x, y)
     elif config == "keras":
@@ -110,12 +116,12 @@ def run_worker(pair, config, epochs):
             ),
             student_loss_weight=0.1,
         )
-        distiller.compile(optimizer="adam", loss=loss, metrics=metrics)
+        distiller.compile(optimizer="adam", loss=loss, metrics=metrics, **options)
         result["epochs"] = _timed_fit(distiller, pipeline(), epochs)
         result["evaluate"] = _timed_evaluate(distiller, x, y)
     else:
         distiller = keras_kd.Distiller(student=student, teacher=teacher)
-        distiller.compile(optimizer="adam", metrics=metrics, temperature=3.0)
+        distiller.compile(optimizer="adam", metrics=metrics, temperature=3.0, **options)
         if config == "online":
             data = pipeline()
         else:
@@ -125,6 +131,7 @@ def run_worker(pair, config, epochs):
             data = pipeline(logits)
         result["epochs"] = _timed_fit(distiller, data, epochs)
         result["evaluate"] = _timed_evaluate(distiller, x, y)
+    result["xla"] = bool((student if config == "student" else distiller).jit_compile)
     result["epoch_median"] = statistics.median(result["epochs"])
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -169,8 +176,9 @@ def evaluate_side_by_side(pair, repeats):
         print(f"| {name} | {value:.3f} | {value / medians['student.evaluate']:.2f} |")
 
 
-def _run_in_subprocess(pair, config, epochs):
-    command = [sys.executable, __file__, "--worker", pair, config, "--epochs", str(epochs)]
+def _run_in_subprocess(pair, config, epochs, jit_compile):
+    command = [sys.executable, __file__, "--worker", pair, config, "--epochs", str(epochs),
+               "--jit-compile", jit_compile]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -182,14 +190,14 @@ def _median_over_rounds(per_round):
     results = []
     for (pair, config), rounds in merged.items():
         row = {"pair": pair, "config": config}
-        for key in ("epoch_median", "evaluate", "cache_pass", "peak_rss_mb"):
+        for key in ("epoch_median", "evaluate", "cache_pass", "peak_rss_mb", "xla"):
             if key in rounds[0]:
                 row[key] = statistics.median(r[key] for r in rounds)
         results.append(row)
     return results
 
 
-def report(results, epochs, rounds=1):
+def report(results, epochs, rounds=1, jit_compile="default"):
     import keras
     import tensorflow as tf
 
@@ -198,18 +206,19 @@ def report(results, epochs, rounds=1):
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"TF {tf.__version__}, Keras {keras.__version__}; MNIST sample 8,000 "
         f"digits, batch {BATCH_SIZE}, median of {epochs} epochs after 1 warm-up, "
-        f"median over {rounds} interleaved round(s)"
+        f"median over {rounds} interleaved round(s); jit_compile: {jit_compile}"
     )
     for pair in sorted({r["pair"] for r in results}):
         rows = {r["config"]: r for r in results if r["pair"] == pair}
         print(f"\n{pair.upper()} pair")
-        print("| configuration | s/epoch | evaluate s | peak RSS MB | extra |")
-        print("|---|---|---|---|---|")
+        print("| configuration | XLA | s/epoch | evaluate s | peak RSS MB | extra |")
+        print("|---|---|---|---|---|---|")
         for config in CONFIGS:
             row = rows[config]
             extra = f"cache pass {row['cache_pass']:.2f} s" if "cache_pass" in row else ""
             print(
-                f"| ({'abcd'[CONFIGS.index(config)]}) {config} | {row['epoch_median']:.2f} "
+                f"| ({'abcd'[CONFIGS.index(config)]}) {config} | {'on' if row['xla'] else 'off'} "
+                f"| {row['epoch_median']:.2f} "
                 f"| {row['evaluate']:.2f} | {row['peak_rss_mb']:.0f} | {extra} |"
             )
         student, rival = rows["student"], rows["keras"]
@@ -235,13 +244,15 @@ def main():
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
     parser.add_argument("--rounds", type=int, default=1,
                         help="interleaved rounds; figures are medians over rounds")
+    parser.add_argument("--jit-compile", choices=("default", "on", "off"), default="default",
+                        help="XLA for all configurations, or each library's default")
     parser.add_argument("--json", help="also write the raw measurements here")
     parser.add_argument("--evaluate-only", type=int, metavar="REPEATS", default=None,
                         help="only (e), all evaluates alternating in one process")
     parser.add_argument("--worker", nargs=2, metavar=("PAIR", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_worker(*args.worker, args.epochs)))
+        print(json.dumps(run_worker(*args.worker, args.epochs, args.jit_compile)))
         return
     if args.evaluate_only:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -256,9 +267,9 @@ def main():
         for pair in args.pairs:
             for config in CONFIGS:
                 print(f"round {round_index + 1}/{args.rounds}: {pair} {config} ...", flush=True)
-                per_round.append(_run_in_subprocess(pair, config, args.epochs))
+                per_round.append(_run_in_subprocess(pair, config, args.epochs, args.jit_compile))
     results = _median_over_rounds(per_round)
-    report(results, args.epochs, args.rounds)
+    report(results, args.epochs, args.rounds, args.jit_compile)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(per_round, f, indent=2)

@@ -42,7 +42,7 @@ RUN_FILES = (
     "summary.csv", "summary.json", "summary.md", "sweep.png",
 )
 # Settings that may change between the parts of one run.
-RESUMABLE_SETTINGS = ("epochs", "resume", "overwrite", "quiet")
+RESUMABLE_SETTINGS = ("epochs", "resume", "overwrite", "quiet", "steps_per_execution")
 
 
 class RunError(ValueError):

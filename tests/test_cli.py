@@ -107,9 +107,20 @@ def test_distill_then_evaluate(teacher_file, tmp_path):
     assert cli.main(arguments) == 2
     changed = arguments + ["--resume", "--alpha", "0.5"]
     assert cli.main(changed) == 2
-    # (argparse keeps the last value of a repeated option.)
-    assert cli.main(arguments + ["--epochs", "2", "--resume"]) == 0
+    # (argparse keeps the last value of a repeated option.) A speed setting
+    # may change between stages.
+    assert cli.main(arguments + ["--epochs", "2", "--resume", "--steps-per-execution", "4"]) == 0
     assert len((output / "log.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "four"])
+def test_steps_per_execution_must_be_a_positive_integer(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["distill", "--teacher", "t.keras", "--student", "keras-io-student",
+                  "--output", "run", "--steps-per-execution", value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--steps-per-execution" in error and repr(value) in error
 
 
 @pytest.mark.parametrize(

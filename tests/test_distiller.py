@@ -561,3 +561,50 @@ def test_inputs_of_the_wrong_shape_or_dtype_are_named(make_x, message):
         distiller.fit(x, y, verbose=0)
     with pytest.raises(ValueError, match=message):
         distiller.evaluate(x, y, verbose=0)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("steps_per_execution", [3, 16])
+def test_steps_per_execution_gives_the_same_weights(tiny_data, cached, steps_per_execution):
+    """Several steps per compiled call (3 does not divide the 4 batches of an
+    epoch, 16 exceeds them) train exactly as one step per call."""
+    x, y = tiny_data
+    trained = []
+    for value in (1, steps_per_execution):
+        distiller = make_distiller(seed=14, steps_per_execution=value)
+        logits = distiller.teacher.predict(x, verbose=0) if cached else None
+        dataset = keras_kd.datasets.make_dataset(
+            x, y, name=None, scaling=None, batch_size=16, shuffle=True, seed=3,
+            teacher_logits=logits,
+        )
+        history = distiller.fit(dataset, epochs=2, verbose=0)
+        trained.append(([w.numpy() for w in distiller.student.weights], history.history))
+    (reference, reference_history), (weights, history) = trained
+    for expected, actual in zip(reference, weights):
+        np.testing.assert_array_equal(actual, expected)
+    assert history == reference_history
+
+
+def test_xla_is_on_by_default_on_cpu_and_trains_like_plain_tf(tmp_path):
+    """Keras keeps XLA off on CPU-only machines; the Distiller turns it on
+    unless op determinism or tf.distribute is in use. Run in a fresh process:
+    this test session has op determinism on, under which Keras refuses XLA."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    job = os.path.join(os.path.dirname(__file__), "xla_job.py")
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    output = subprocess.run(
+        [sys.executable, job], check=True, capture_output=True, text=True,
+        env=environment, timeout=300,
+    ).stdout
+    report = json.loads(output.strip().splitlines()[-1])
+    assert report["auto"] is True
+    assert report["off_when_asked"] is False
+    assert report["under_mirrored_strategy"] is False
+    assert report["student_alone_auto"] is False  # Keras' own rule, unchanged.
+    assert report["under_op_determinism"] is False
+    assert report["max_weight_difference"] < 1e-5
+    assert report["max_weight_change"] > 1e-3  # Training did move the weights.
