@@ -126,7 +126,7 @@ def run_worker(pair, config, epochs, jit_compile="default"):
             data = pipeline()
         else:
             start = time.perf_counter()
-            logits = cache.compute_teacher_logits(teacher, x, batch_size=256)
+            logits = cache.compute_teacher_logits(teacher, x)
             result["cache_pass"] = time.perf_counter() - start
             data = pipeline(logits)
         result["epochs"] = _timed_fit(distiller, data, epochs)

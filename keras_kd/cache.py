@@ -17,6 +17,9 @@ import tempfile
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+from keras_kd.xla import auto_jit_compile
 
 LABELS_KEY = "labels"
 TEACHER_LOGITS_KEY = "teacher_logits"
@@ -75,7 +78,13 @@ def _logits_checksum(logits):
 
 
 def compute_teacher_logits(
-    teacher, x, batch_size=256, path=None, rebuild=False, teacher_outputs="logits"
+    teacher,
+    x,
+    batch_size=64,
+    path=None,
+    rebuild=False,
+    teacher_outputs="logits",
+    jit_compile="auto",
 ):
     """Computes a frozen teacher's logits once, optionally cached on disk.
 
@@ -97,6 +106,9 @@ def compute_teacher_logits(
         rebuild: Recompute and overwrite when the key of `path` differs.
         teacher_outputs: `"logits"` or `"probabilities"` (turned into
             logits with `log`, as `Distiller` does).
+        jit_compile: Run the forward pass with XLA. `"auto"` does where
+            the `Distiller` would (every layer supports it, no op
+            determinism, no `tf.distribute` strategy).
 
     Returns:
         A float32 array of shape `(len(x), num_classes)`.
@@ -115,6 +127,11 @@ def compute_teacher_logits(
     ```
     """
     x = np.asarray(x)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(
+            "`x` must hold at least one input for the teacher. Received: "
+            f"x of shape {x.shape}."
+        )
     key = json.dumps(
         {
             "format": CACHE_FORMAT_VERSION,
@@ -135,13 +152,33 @@ def compute_teacher_logits(
                 "it, choose another path, or pass rebuild=True (--rebuild-"
                 "cache) to recompute it."
             )
-    logits = teacher.predict(x, batch_size=batch_size, verbose=0)
-    logits = np.asarray(logits, dtype=np.float32)
+    if jit_compile == "auto":
+        jit_compile = auto_jit_compile(teacher)
+    logits = _forward_pass(teacher, x, batch_size, bool(jit_compile))
     if teacher_outputs == "probabilities":
         logits = np.log(np.maximum(logits, 1e-30)).astype(np.float32)
     if path is not None:
         _write_cache(path, key, logits)
     return logits
+
+
+def _forward_pass(teacher, x, batch_size, jit_compile):
+    # One compiled function over equal-sized batches: at batch 64 with XLA
+    # this takes 0.80x the time of `teacher.predict` at batch 256 for the E1
+    # teacher on CPU (benchmarks/cache_pass.py).
+    forward = tf.function(
+        lambda batch: teacher(batch, training=False), jit_compile=jit_compile
+    )
+    outputs = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        size = len(batch)
+        if size < batch_size:  # Pad the last batch: one shape, one compilation.
+            padding = np.zeros((batch_size - size,) + batch.shape[1:], batch.dtype)
+            batch = np.concatenate([batch, padding])
+        logits = keras.ops.convert_to_numpy(forward(batch))
+        outputs.append(logits[:size].astype(np.float32))
+    return np.concatenate(outputs)
 
 
 def _write_cache(path, key, logits):

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
-from keras.src.trainers.trainer import model_supports_jit
 
 from keras_kd import cache as cache_module
 from keras_kd.losses import DistillationLoss
@@ -12,6 +11,7 @@ from keras_kd.losses import get_distillation_loss
 from keras_kd.validation import validate_choice
 from keras_kd.validation import validate_fraction
 from keras_kd.validation import validate_temperature
+from keras_kd.xla import auto_jit_compile
 
 # Student losses named by string are resolved on logits: Keras' own strings
 # resolve to functions that expect probabilities.
@@ -239,16 +239,8 @@ class Distiller(keras.Model):
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def _resolve_auto_jit_compile(self):
-        # Keras keeps XLA off on CPU-only machines. For distillation it pays
-        # there too: 0.87-0.92x per epoch for the E1 pair, more with
-        # `steps_per_execution` (benchmarks/fast_paths.py). The remaining
-        # exclusions are Keras' own: tf.distribute, op determinism (in
-        # `model_supports_jit`) and layers without XLA support.
-        if keras.backend.backend() == "tensorflow" and (
-            self._distribute_strategy is not None or tf.distribute.has_strategy()
-        ):
-            return False
-        return model_supports_jit(self)
+        # XLA also on CPU-only machines, unlike Keras: see keras_kd/xla.py.
+        return auto_jit_compile(self, self._distribute_strategy)
 
     @staticmethod
     def _resolve_student_loss(identifier):

@@ -34,20 +34,39 @@ def test_cached_and_online_training_give_the_same_weights(teacher, tiny_data):
         np.testing.assert_allclose(cached, online, atol=1e-6)
 
 
-def test_cache_file_round_trip_and_reuse(teacher, tiny_data, tmp_path):
+def test_cache_file_round_trip_and_reuse(teacher, tiny_data, tmp_path, monkeypatch):
     x, _ = tiny_data
     path = tmp_path / "teacher.npz"
+    calls = []
+    forward_pass = cache._forward_pass
+
+    def counted_forward_pass(*args):
+        calls.append(1)
+        return forward_pass(*args)
+
+    monkeypatch.setattr(cache, "_forward_pass", counted_forward_pass)
     first = cache.compute_teacher_logits(teacher, x, path=path)
     np.testing.assert_allclose(first, teacher.predict(x, verbose=0), rtol=1e-6)
-    assert path.exists()
+    assert path.exists() and calls == [1]
 
     # A matching key is read from disk: the teacher is not run again.
-    calls = []
-    original_predict = teacher.predict
-    teacher.predict = lambda *a, **k: calls.append(1) or original_predict(*a, **k)
     second = cache.compute_teacher_logits(teacher, x, path=path)
-    assert calls == []
+    assert calls == [1]
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("num_samples, batch_size", [(64, 16), (50, 16), (5, 64), (1, 1)])
+def test_forward_pass_matches_predict_for_any_last_batch(teacher, num_samples, batch_size):
+    """The last batch is padded to one shape; the padding never leaks out."""
+    x = np.random.default_rng(22).normal(size=(num_samples, 6)).astype("float32")
+    logits = cache.compute_teacher_logits(teacher, x, batch_size=batch_size)
+    assert logits.shape == (num_samples, 4) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, teacher.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_inputs_are_refused(teacher):
+    with pytest.raises(ValueError, match=r"`x` must hold at least one input.*\(0, 6\)"):
+        cache.compute_teacher_logits(teacher, np.zeros((0, 6), "float32"))
 
 
 def test_changed_teacher_or_data_invalidates_the_key(teacher, tiny_data, tmp_path):

@@ -608,3 +608,6 @@ def test_xla_is_on_by_default_on_cpu_and_trains_like_plain_tf(tmp_path):
     assert report["under_op_determinism"] is False
     assert report["max_weight_difference"] < 1e-5
     assert report["max_weight_change"] > 1e-3  # Training did move the weights.
+    # The cache pass uses XLA too, with the same logits.
+    assert report["cache_auto_xla"] is True
+    assert report["cache_max_difference"] < 1e-5

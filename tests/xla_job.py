@@ -16,6 +16,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_kd  # noqa: E402
+import keras_kd.cache  # noqa: E402
+import keras_kd.xla  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
@@ -59,6 +61,14 @@ report["max_weight_difference"] = max(
 report["max_weight_change"] = max(
     float(np.max(np.abs(a - b))) for a, b in zip(trained["auto"], initial)
 )
+
+teacher = model.teacher
+x_odd = rng.normal(size=(50, 6)).astype("float32")  # A short last batch.
+report["cache_max_difference"] = float(np.max(np.abs(
+    keras_kd.cache.compute_teacher_logits(teacher, x_odd, batch_size=16)
+    - keras_kd.cache.compute_teacher_logits(teacher, x_odd, batch_size=16, jit_compile=False)
+)))
+report["cache_auto_xla"] = keras_kd.xla.auto_jit_compile(teacher)
 
 student = mlp(8, "alone")
 student.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
