@@ -25,8 +25,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_kd import cache  # noqa: E402
-from keras_kd import datasets  # noqa: E402
-from keras_kd import models  # noqa: E402
+from pairs import PAIRS  # noqa: E402
+from pairs import build_pair  # noqa: E402
+from pairs import load_sample  # noqa: E402
 
 
 def forward_pass(teacher, x, batch_size, jit_compile):
@@ -43,16 +44,13 @@ def forward_pass(teacher, x, batch_size, jit_compile):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pair", choices=("e1", "e3"), default="e1")
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="e1")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
-    layout = "flat" if args.pair == "e3" else "image"
-    (x, _), _ = datasets.load_arrays("mnist", source="sample")
-    x = datasets.preprocess(x, "mnist", layout=layout).numpy()
-    teacher = (models.build_keras_io_teacher() if args.pair == "e1"
-               else models.build_hinton_teacher())
+    x, _ = load_sample(args.pair)
+    teacher, _ = build_pair(args.pair)
 
     ways = {
         f"teacher.predict, batch {size}": (

@@ -37,23 +37,12 @@ import tensorflow as tf  # noqa: E402
 import keras_kd  # noqa: E402
 from keras_kd import cache  # noqa: E402
 from keras_kd import datasets  # noqa: E402
-from keras_kd import models  # noqa: E402
+from pairs import PAIRS  # noqa: E402
+from pairs import build_pair  # noqa: E402
+from pairs import load_sample  # noqa: E402
 
 BATCH_SIZE = 64
 KINDS = ("student", "online", "cached")
-
-
-def load_pair(pair):
-    layout = "flat" if pair == "e3" else "image"
-    (x, y), _ = datasets.load_arrays("mnist", source="sample")
-    x = datasets.preprocess(x, "mnist", layout=layout).numpy()
-    return x, y
-
-
-def build_pair(pair):
-    if pair == "e1":
-        return models.build_keras_io_teacher(), models.build_keras_io_student()
-    return models.build_hinton_teacher(), models.build_hinton_student()
 
 
 def build_config(pair, kind, jit_compile, steps_per_execution, x, y, teacher_logits):
@@ -87,7 +76,7 @@ def timed_epoch(model, dataset):
 
 def run_pair(pair, rounds, steps_per_execution_values):
     keras.utils.set_random_seed(0)
-    x, y = load_pair(pair)
+    x, y = load_sample(pair)
     teacher, _ = build_pair(pair)
     start = time.perf_counter()
     teacher_logits = cache.compute_teacher_logits(teacher, x)
@@ -146,7 +135,7 @@ def report(pair, configs, cache_pass, rounds, steps_per_execution_values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", nargs="+", default=["e1", "e3"], choices=["e1", "e3"])
+    parser.add_argument("--pairs", nargs="+", default=sorted(PAIRS), choices=sorted(PAIRS))
     parser.add_argument("--rounds", type=int, default=3,
                         help="timed epochs per configuration, round robin")
     parser.add_argument("--steps-per-execution", type=int, nargs="+", default=[1, 16],

@@ -36,20 +36,14 @@ import subprocess
 import sys
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pairs import PAIRS  # noqa: E402
+from pairs import build_pair  # noqa: E402
+from pairs import load_sample  # noqa: E402
+
 CONFIGS = ("student", "keras", "online", "cached")
 BATCH_SIZE = 64
-
-
-def _load(pair):
-    from keras_kd import datasets
-    from keras_kd import models
-
-    layout = "flat" if pair == "e3" else "image"
-    (x, y), _ = datasets.load_arrays("mnist", source="sample")
-    x = datasets.preprocess(x, "mnist", layout=layout).numpy()
-    if pair == "e1":
-        return x, y, models.build_keras_io_teacher(), models.build_keras_io_student()
-    return x, y, models.build_hinton_teacher(), models.build_hinton_student()
 
 
 def _timed_fit(model, dataset, epochs):
@@ -79,7 +73,6 @@ def _timed_evaluate(model, x, y, repeats=3):
 
 def run_worker(pair, config, epochs, jit_compile="default"):
     """Runs one configuration and returns its measurements."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     import keras_kd
@@ -87,7 +80,8 @@ def run_worker(pair, config, epochs, jit_compile="default"):
     from keras_kd import datasets
 
     keras.utils.set_random_seed(0)
-    x, y, teacher, student = _load(pair)
+    x, y = load_sample(pair)
+    teacher, student = build_pair(pair)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     metrics = ["sparse_categorical_accuracy"]
     result = {"pair": pair, "config": config}
@@ -145,7 +139,8 @@ def evaluate_side_by_side(pair, repeats):
     import keras_kd
 
     keras.utils.set_random_seed(0)
-    x, y, teacher, student = _load(pair)
+    x, y = load_sample(pair)
+    teacher, student = build_pair(pair)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     metrics = ["sparse_categorical_accuracy"]
     student.compile(optimizer="adam", loss=loss, metrics=metrics)
@@ -240,7 +235,7 @@ def report(results, epochs, rounds=1, jit_compile="default"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", nargs="+", default=["e1", "e3"], choices=["e1", "e3"])
+    parser.add_argument("--pairs", nargs="+", default=sorted(PAIRS), choices=sorted(PAIRS))
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
     parser.add_argument("--rounds", type=int, default=1,
                         help="interleaved rounds; figures are medians over rounds")
@@ -255,7 +250,6 @@ def main():
         print(json.dumps(run_worker(*args.worker, args.epochs, args.jit_compile)))
         return
     if args.evaluate_only:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         for pair in args.pairs:
             evaluate_side_by_side(pair, args.evaluate_only)
         return
