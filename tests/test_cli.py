@@ -111,6 +111,11 @@ def test_distill_then_evaluate(teacher_file, tmp_path):
     # may change between stages.
     assert cli.main(arguments + ["--epochs", "2", "--resume", "--steps-per-execution", "4"]) == 0
     assert len((output / "log.csv").read_text().splitlines()) == 3
+    import keras
+
+    # The option reaches compile (saved with the distiller's compile config).
+    resumed = keras.models.load_model(output / "checkpoint.keras")
+    assert resumed.steps_per_execution == 4
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "four"])

@@ -585,7 +585,7 @@ def test_steps_per_execution_gives_the_same_weights(tiny_data, cached, steps_per
     assert history == reference_history
 
 
-def test_xla_is_on_by_default_on_cpu_and_trains_like_plain_tf(tmp_path):
+def test_xla_is_on_by_default_on_cpu_and_trains_like_plain_tf():
     """Keras keeps XLA off on CPU-only machines; the Distiller turns it on
     unless op determinism or tf.distribute is in use. Run in a fresh process:
     this test session has op determinism on, under which Keras refuses XLA."""
