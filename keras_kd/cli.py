@@ -354,7 +354,6 @@ def run_distill(args):
     from keras_kd import models
     from keras_kd import runs
     from keras_kd.cache import compute_teacher_logits
-
     from keras_kd.validation import validate_fraction
     from keras_kd.validation import validate_temperature
 
