@@ -15,9 +15,9 @@ configuration in its own process so that peak resident memory is its own:
 Each fit runs a warm-up epoch, then `--epochs` timed epochs; the table shows
 the median seconds per epoch and the ratios the performance targets name.
 
-By default each runs with its library's default `jit_compile` (Keras: XLA off
-on CPU-only machines; keras_kd: on wherever Keras allows it);
-`--jit-compile on|off` sets one value for all four.
+By default each runs with its library's default `jit_compile` (both follow
+Keras' rule: XLA off on CPU-only machines); `--jit-compile on|off` sets one
+value for all four.
 
     python benchmarks/speed.py                 # both pairs, 3 timed epochs
     python benchmarks/speed.py --pairs e3 --epochs 5

@@ -1,9 +1,12 @@
 """keras-kd: knowledge distillation for Keras 3 on TensorFlow."""
 
 from keras_kd.calibration import calibrate_temperature as calibrate_temperature
+from keras_kd.callbacks import AlphaScheduler as AlphaScheduler
 from keras_kd.callbacks import EpochSeeds as EpochSeeds
 from keras_kd.callbacks import NonFiniteLossError as NonFiniteLossError
 from keras_kd.callbacks import StopOnNonFiniteLoss as StopOnNonFiniteLoss
+from keras_kd.callbacks import TemperatureScheduler as TemperatureScheduler
+from keras_kd.distiller import UNLABELLED as UNLABELLED
 from keras_kd.distiller import Distiller as Distiller
 from keras_kd.export import export_student as export_student
 from keras_kd.losses import DistillationLoss as DistillationLoss
@@ -19,6 +22,7 @@ from keras_kd.runs import set_determinism as set_determinism
 from keras_kd.version import __version__ as __version__
 
 __all__ = [
+    "AlphaScheduler",
     "Distiller",
     "DistillationLoss",
     "DistillationMeanSquaredError",
@@ -27,6 +31,8 @@ __all__ = [
     "NonFiniteLossError",
     "SoftTargetCrossEntropy",
     "StopOnNonFiniteLoss",
+    "TemperatureScheduler",
+    "UNLABELLED",
     "calibrate_temperature",
     "export_student",
     "fit_resumable",

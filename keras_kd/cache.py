@@ -24,6 +24,10 @@ from keras_kd.xla import auto_jit_compile
 LABELS_KEY = "labels"
 TEACHER_LOGITS_KEY = "teacher_logits"
 
+# The label of a sample without one, in a batch of integer labels: it gets
+# only the distillation term (see `Distiller`).
+UNLABELLED = -1
+
 
 def split_targets(y):
     """Splits a target into `(labels, teacher_logits)`.
@@ -106,9 +110,9 @@ def compute_teacher_logits(
         rebuild: Recompute and overwrite when the key of `path` differs.
         teacher_outputs: `"logits"` or `"probabilities"` (turned into
             logits with `log`, as `Distiller` does).
-        jit_compile: Run the forward pass with XLA. `"auto"` does where
-            the `Distiller` would (every layer supports it, no op
-            determinism, no `tf.distribute` strategy).
+        jit_compile: Run the forward pass with XLA. `"auto"` follows
+            Keras' rule, as the `Distiller` does: XLA on GPU/TPU machines
+            when every layer supports it; `True` turns it on anywhere.
 
     Returns:
         A float32 array of shape `(len(x), num_classes)`.
@@ -163,9 +167,9 @@ def compute_teacher_logits(
 
 
 def _forward_pass(teacher, x, batch_size, jit_compile):
-    # One compiled function over equal-sized batches: at batch 64 with XLA
-    # this takes 0.80x the time of `teacher.predict` at batch 256 for the E1
-    # teacher on CPU (benchmarks/cache_pass.py).
+    # One compiled function over equal-sized batches: at batch 64 this takes
+    # 0.86x (0.80x with XLA) the time of `teacher.predict` at batch 256 for
+    # the E1 teacher on CPU (benchmarks/cache_pass.py).
     forward = tf.function(
         lambda batch: teacher(batch, training=False), jit_compile=jit_compile
     )

@@ -293,12 +293,12 @@ def _test_results(model, data, batch_size):
 def _compile_classifier(model, optimizer="adam", steps_per_execution=1):
     import keras
 
-    from keras_kd.distiller import _ends_in_softmax
+    from keras_kd.distiller import ends_in_softmax
 
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=not _ends_in_softmax(model)
+            from_logits=not ends_in_softmax(model)
         ),
         metrics=[ACCURACY],
         steps_per_execution=steps_per_execution,

@@ -468,7 +468,10 @@ def _validated(splits, name, origin):
     return tuple(checked)
 
 
-def check_labels(labels, images=None, origin="labels", num_classes=NUM_CLASSES):
+def check_labels(
+    labels, images=None, origin="labels", num_classes=NUM_CLASSES,
+    allow_unlabelled=False,
+):
     """Raises a clear error for labels outside `[0, num_classes)`.
 
     Args:
@@ -476,6 +479,7 @@ def check_labels(labels, images=None, origin="labels", num_classes=NUM_CLASSES):
         images: Optional images whose count must match.
         origin: Where the labels came from, for the message.
         num_classes: Number of classes.
+        allow_unlabelled: Also accept `UNLABELLED` (-1).
     """
     labels = np.asarray(labels)
     if images is not None and len(images) != len(labels):
@@ -483,6 +487,8 @@ def check_labels(labels, images=None, origin="labels", num_classes=NUM_CLASSES):
             f"{origin}: {len(images)} images but {len(labels)} labels. Each "
             "image needs exactly one label."
         )
+    if allow_unlabelled:
+        labels = labels[labels != cache_module.UNLABELLED]
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)][0]
         raise ValueError(
@@ -677,9 +683,13 @@ def make_dataset(
     samples through the shuffle.
 
     Args:
-        images: uint8 images `(n, h, w)` or `(n, h, w, c)`, or any float
-            inputs `(n, ...)` with `scaling=None`.
-        labels: Integer labels `(n,)`.
+        images: uint8 images `(n, h, w)` or `(n, h, w, c)` (float values
+            0-255 work too), or any float inputs `(n, ...)` with
+            `scaling=None`. Floats already in [0, 1] with a `scaling` that
+            divides by 255 are refused, not scaled twice.
+        labels: Integer labels `(n,)`; `UNLABELLED` (-1) marks samples
+            without a label. `None` for an unlabelled transfer set (fit it
+            with `alpha=0`).
         name: `"mnist"` or `"cifar10"`: chooses the augmentation and the
             standardisation statistics. `None` for other arrays (with
             `scaling=None`, no augmentation).
@@ -752,7 +762,21 @@ def make_dataset(
             )
     if num_classes is None:
         num_classes = NUM_CLASSES
-    check_labels(labels, images, "`labels`", num_classes)
+    if labels is not None:
+        check_labels(labels, images, "`labels`", num_classes, allow_unlabelled=True)
+    elif sample_weight is not None:
+        raise ValueError(
+            "`sample_weight` needs `labels`: a batch of `(x, sample_weight)` "
+            "reads as `(x, y)`. Pass labels, with -1 (`UNLABELLED`) for "
+            "samples that have none."
+        )
+    if scaling is not None and images.dtype.kind == "f" and np.max(images) <= 1.0:
+        raise ValueError(
+            f"`images` are floats in [{np.min(images):g}, {np.max(images):g}] "
+            f"(dtype {images.dtype}), already scaled, but scaling={scaling!r} "
+            "divides by 255 again. Pass `scaling=None` for inputs that are "
+            "already preprocessed, or the raw uint8 images."
+        )
     if augment and images.dtype != np.uint8:
         raise ValueError(
             "Augmentation works on raw uint8 images. Received dtype "
@@ -767,15 +791,14 @@ def make_dataset(
     validate_choice(scaling, "scaling", set(SCALINGS) | {None})
     validate_choice(layout, "layout", set(LAYOUTS))
 
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    targets = {}
+    if labels is not None:
+        targets[cache_module.LABELS_KEY] = np.asarray(labels, np.int64).reshape(-1)
     if teacher_logits is not None:
-        targets = {
-            cache_module.LABELS_KEY: labels,
-            cache_module.TEACHER_LOGITS_KEY: teacher_logits,
-        }
-    else:
-        targets = labels
-    elements = (images, targets)
+        targets[cache_module.TEACHER_LOGITS_KEY] = teacher_logits
+    if teacher_logits is None:
+        targets = targets.get(cache_module.LABELS_KEY)
+    elements = (images,) if targets is None else (images, targets)
     if sample_weight is not None:
         elements += (np.asarray(sample_weight, dtype=np.float32).reshape(-1),)
     augment_fn = None

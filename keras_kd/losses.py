@@ -8,8 +8,10 @@ probabilities at 1e-7, which is far off for confident teachers.
 They are ordinary `keras.losses.Loss` objects: they can be called on their
 own, reduce with `sample_weight`, and round-trip through `get_config`.
 A `Distiller` calls their `compute_per_sample` method with its own
-`temperature`, so the temperature given to `Distiller.compile` wins over the
-one stored in the loss.
+temperature variable. A loss built with a `temperature` sets the Distiller's
+temperature at `compile` (a different `compile(temperature=...)` is refused),
+and the Distiller keeps the loss's `temperature` attribute equal to its own
+when it changes, so the two never disagree.
 """
 
 import keras
@@ -31,8 +33,9 @@ class DistillationLoss(keras.losses.Loss):
     returning one value per sample.
 
     Args:
-        temperature: Softmax temperature used when the loss is called on its
-            own. A `Distiller` passes its compiled temperature instead.
+        temperature: Softmax temperature. `None` (default) leaves it to the
+            `Distiller` (1.0 when the loss is called on its own); a number
+            also sets the Distiller's temperature at `compile`.
         precision: Dtype of the log-space arithmetic. `"float64"` (default)
             keeps the loss within 1e-5 relative of the exact value even where
             `log p_teacher - log p_student` cancels; it costs little, since
@@ -47,20 +50,23 @@ class DistillationLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        temperature=1.0,
+        temperature=None,
         precision="float64",
         reduction="sum_over_batch_size",
         name=None,
         dtype="float32",
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.temperature = validate_temperature(temperature)
+        if temperature is not None:
+            temperature = validate_temperature(temperature)
+        self.temperature = temperature
         self.precision = validate_choice(
             precision, "precision", {"float32", "float64"}
         )
 
     def call(self, y_true, y_pred):
-        return self.compute_per_sample(y_true, y_pred, self.temperature)
+        temperature = 1.0 if self.temperature is None else self.temperature
+        return self.compute_per_sample(y_true, y_pred, temperature)
 
     def compute_per_sample(self, teacher_logits, student_logits, temperature):
         """Returns the loss of each sample, shape `(batch,)`, in `dtype`.
@@ -68,7 +74,8 @@ class DistillationLoss(keras.losses.Loss):
         Args:
             teacher_logits: Teacher logits, shape `(batch, num_classes)`.
             student_logits: Student logits, same shape.
-            temperature: Softmax temperature, a positive float.
+            temperature: Softmax temperature, a positive float or scalar
+                tensor (a `Distiller` passes its temperature variable).
 
         Returns:
             A tensor of shape `(batch,)`.
@@ -76,7 +83,7 @@ class DistillationLoss(keras.losses.Loss):
         values = self.per_sample_loss(
             ops.cast(teacher_logits, self.precision),
             ops.cast(student_logits, self.precision),
-            temperature,
+            ops.cast(temperature, self.precision),
         )
         return ops.cast(values, self.dtype)
 
@@ -104,7 +111,7 @@ class KLDivergenceWithTemperature(DistillationLoss):
     exactly 0 for identical logits and never negative.
 
     Args:
-        temperature: Softmax temperature when called on its own.
+        temperature: Softmax temperature, or `None` for the Distiller's.
         scale_by_temperature_squared: Multiply by `T**2` (default). Set to
             `False` to reproduce the keras.io example, which does not.
         precision: Dtype of the arithmetic, `"float64"` by default.
@@ -123,7 +130,7 @@ class KLDivergenceWithTemperature(DistillationLoss):
 
     def __init__(
         self,
-        temperature=1.0,
+        temperature=None,
         scale_by_temperature_squared=True,
         precision="float64",
         reduction="sum_over_batch_size",
@@ -169,7 +176,7 @@ class SoftTargetCrossEntropy(DistillationLoss):
     of the CIFAR-10 reference experiment (E4).
 
     Args:
-        temperature: Softmax temperature when called on its own.
+        temperature: Softmax temperature, or `None` for the Distiller's.
         scale_by_temperature_squared: Multiply by `T**2` (default).
         precision: Dtype of the arithmetic, `"float64"` by default.
         reduction: Keras reduction.
@@ -186,7 +193,7 @@ class SoftTargetCrossEntropy(DistillationLoss):
 
     def __init__(
         self,
-        temperature=1.0,
+        temperature=None,
         scale_by_temperature_squared=True,
         precision="float64",
         reduction="sum_over_batch_size",
@@ -228,7 +235,7 @@ class DistillationMeanSquaredError(DistillationLoss):
     The mean is over the class axis; no `T**2` factor is applied.
 
     Args:
-        temperature: Softmax temperature when called on its own.
+        temperature: Softmax temperature, or `None` for the Distiller's.
         space: `"probabilities"` or `"logits"`.
         precision: Dtype of the arithmetic, `"float64"` by default.
         reduction: Keras reduction.
@@ -245,7 +252,7 @@ class DistillationMeanSquaredError(DistillationLoss):
 
     def __init__(
         self,
-        temperature=1.0,
+        temperature=None,
         space="probabilities",
         precision="float64",
         reduction="sum_over_batch_size",

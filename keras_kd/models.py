@@ -12,6 +12,7 @@ import os
 import keras
 from keras import layers
 
+from keras_kd import compat
 from keras_kd.validation import validate_fraction
 
 
@@ -541,5 +542,20 @@ def model_layout(name):
 
 
 def input_layout(model):
-    """`"flat"` for a model that takes vectors, else `"image"`."""
-    return "flat" if len(model.inputs[0].shape) == 2 else "image"
+    """`"flat"` for a model that takes vectors, else `"image"`.
+
+    Args:
+        model: A built Keras model of any kind (a subclassed model knows its
+            input shape once it has been called or trained).
+
+    Raises:
+        ValueError: for a subclassed model that was never built.
+    """
+    shape = compat.built_input_shape(model)
+    if shape is None:
+        raise ValueError(
+            f"Cannot tell the input layout of {type(model).__name__} "
+            f"'{model.name}': it is a subclassed model that was never built. "
+            "Call it once on a batch (or train it) before saving it."
+        )
+    return "flat" if len(shape) == 2 else "image"

@@ -1,28 +1,29 @@
-"""When keras_kd compiles with XLA by default.
+"""When keras_kd compiles with XLA by default: Keras' own rule.
 
-Keras' `jit_compile="auto"` keeps XLA off on CPU-only machines. For
-distillation it pays on CPU too (`benchmarks/fast_paths.py`,
-`benchmarks/cache_pass.py`), so keras_kd's "auto" only keeps Keras' other
-exclusions: layers without XLA support, op determinism (Keras refuses XLA
-under it) and `tf.distribute` strategies.
+`jit_compile="auto"` means XLA only on machines with a GPU or TPU, outside
+`tf.distribute` strategies, when every layer supports it and op determinism
+is off, exactly as `keras.Model.compile` decides. On CPU-only machines XLA
+is a measured opt-in (`jit_compile=True`; `benchmarks/fast_paths.py`).
 """
 
 import tensorflow as tf
-from keras.src.trainers.trainer import model_supports_jit
+
+from keras_kd import compat
 
 
-def auto_jit_compile(model, distribute_strategy=None):
+def auto_jit_compile(model):
     """Returns whether `jit_compile="auto"` means XLA for `model`.
 
     Args:
-        model: A Keras model (or a distiller holding its student and teacher).
-        distribute_strategy: The strategy the model was built under, if any.
+        model: A Keras model.
 
     Returns:
-        `True` when every layer supports XLA, op determinism is off and no
-        `tf.distribute` strategy is in use.
+        `True` on a machine with an accelerator, outside a `tf.distribute`
+        strategy, when every layer supports XLA and op determinism is off.
     """
-    if distribute_strategy is not None or tf.distribute.has_strategy():
+    devices = tf.config.list_physical_devices()
+    if all(device.device_type == "CPU" for device in devices):
         return False
-    # Also checks every layer's `supports_jit` and op determinism.
-    return model_supports_jit(model)
+    if compat.has_strategy():
+        return False
+    return compat.model_supports_jit(model)

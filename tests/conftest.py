@@ -1,9 +1,10 @@
 """Shared fixtures. Two logical CPU devices are set up before TensorFlow runs
 any op, so that MirroredStrategy tests can use two replicas on one CPU.
 
-Op determinism is on for the whole session: the CLI turns it on (it cannot
-be turned off in a process), so every test runs under it, whatever the
-order of the tests."""
+Op determinism is on for the session, as the CLI turns it on. Tests of the
+library's default configuration (no op determinism) use the
+`library_defaults` fixture, which turns it off for the test and back on
+after it."""
 
 import os
 
@@ -13,6 +14,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from keras_kd import compat  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
@@ -32,6 +35,17 @@ def make_mlp(hidden_units, num_inputs=6, num_classes=4, name=None, **dense):
         model.add(keras.layers.Dense(units, activation="relu", **dense))
     model.add(keras.layers.Dense(num_classes, **dense))
     return model
+
+
+@pytest.fixture
+def library_defaults():
+    """Runs a test as a user's process runs: without op determinism."""
+    compat.disable_op_determinism()
+    assert not compat.is_op_determinism_enabled()
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_op_determinism()
 
 
 @pytest.fixture

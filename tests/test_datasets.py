@@ -408,3 +408,35 @@ def test_epoch_indexed_dataset_resumes_at_any_epoch(augment):
 def test_steps_per_epoch():
     assert datasets.steps_per_epoch(100, 32) == 4
     assert datasets.steps_per_epoch(100, 32, drop_remainder=True) == 3
+
+
+def test_float_images_already_scaled_are_not_scaled_twice():
+    images = np.random.default_rng(0).uniform(size=(8, 28, 28)).astype("float32")
+    with pytest.raises(ValueError, match=r"already scaled.*scaling=None"):
+        datasets.make_dataset(images, np.zeros(8, "int64"))
+    # The fix the message names: the values pass through unchanged.
+    x, _ = next(iter(datasets.make_dataset(images, np.zeros(8, "int64"), scaling=None)))
+    np.testing.assert_array_equal(x.numpy()[..., 0], images)
+    # Floats holding 0-255 values are scaled like the uint8 images.
+    raw = (images * 255).round()
+    x, _ = next(iter(datasets.make_dataset(raw, np.zeros(8, "int64"))))
+    np.testing.assert_allclose(x.numpy()[..., 0], raw / 255, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_unlabelled_and_marked_samples(cached):
+    images = np.random.default_rng(1).integers(0, 255, (8, 28, 28)).astype("uint8")
+    logits = np.ones((8, 10), "float32") if cached else None
+    unlabelled = datasets.make_dataset(images, None, teacher_logits=logits, batch_size=8)
+    batch = next(iter(unlabelled))
+    if cached:
+        assert set(batch[1]) == {"teacher_logits"}
+    else:
+        assert len(batch) == 1  # Just x: `fit(dataset)` sees no labels.
+    marked = np.array([0, -1, 2, -1, 4, 5, 6, 7])
+    batch = next(iter(datasets.make_dataset(images, marked, batch_size=8)))
+    np.testing.assert_array_equal(batch[1].numpy(), marked)
+    with pytest.raises(ValueError, match="label -2"):
+        datasets.make_dataset(images, marked - 1)
+    with pytest.raises(ValueError, match="`sample_weight` needs `labels`"):
+        datasets.make_dataset(images, None, sample_weight=np.ones(8))

@@ -541,7 +541,7 @@ def test_loss_on_low_precision_logits_is_computed_in_float32(dtype):
     "make_x, message",
     [
         (lambda: np.zeros((8, 5), "float32"), r"shape \(5,\).*\(6,\)"),
-        (lambda: np.zeros((8, 6, 1), "float32"), r"shape \(6, 1\)"),
+        (lambda: np.zeros((8, 6, 2), "float32"), r"shape \(6, 2\)"),
         (lambda: np.array([["a"] * 6] * 8), "numeric"),
         (
             lambda: tf.data.Dataset.from_tensor_slices(
@@ -585,10 +585,11 @@ def test_steps_per_execution_gives_the_same_weights(tiny_data, cached, steps_per
     assert history == reference_history
 
 
-def test_xla_is_on_by_default_on_cpu_and_trains_like_plain_tf():
-    """Keras keeps XLA off on CPU-only machines; the Distiller turns it on
-    unless op determinism or tf.distribute is in use. Run in a fresh process:
-    this test session has op determinism on, under which Keras refuses XLA."""
+def test_xla_follows_keras_rule_and_trains_like_plain_tf():
+    """`jit_compile="auto"` is Keras' rule (off on CPU-only machines, as for
+    the student alone); `jit_compile=True` turns XLA on and trains to the
+    same weights. Run in a fresh process: this test session has op
+    determinism on, under which Keras refuses XLA."""
     import json
     import os
     import subprocess
@@ -601,13 +602,218 @@ def test_xla_is_on_by_default_on_cpu_and_trains_like_plain_tf():
         env=environment, timeout=300,
     ).stdout
     report = json.loads(output.strip().splitlines()[-1])
-    assert report["auto"] is True
+    assert report["auto"] is False  # CPU-only machine: Keras' rule.
+    assert report["student_alone_auto"] is False
+    assert report["on_when_asked"] is True
     assert report["off_when_asked"] is False
     assert report["under_mirrored_strategy"] is False
-    assert report["student_alone_auto"] is False  # Keras' own rule, unchanged.
-    assert report["under_op_determinism"] is False
+    assert report["under_op_determinism"] is False  # Keras refuses XLA then.
     assert report["max_weight_difference"] < 1e-5
     assert report["max_weight_change"] > 1e-3  # Training did move the weights.
-    # The cache pass uses XLA too, with the same logits.
-    assert report["cache_auto_xla"] is True
+    # The cache pass follows the same rule, with the same logits under XLA.
+    assert report["cache_auto_xla"] is False
     assert report["cache_max_difference"] < 1e-5
+
+
+def test_positional_models_are_refused_with_the_keyword_form():
+    student, teacher = make_mlp([8]), make_mlp([16])
+    with pytest.raises(TypeError, match=r"Distiller\(student=student, teacher=teacher\)"):
+        Distiller(student, teacher)
+    with pytest.raises(TypeError, match="teacher=None"):
+        Distiller(student=student)
+
+
+def test_unlabelled_fit_needs_alpha_zero(tiny_data):
+    x, _ = tiny_data
+    distiller = make_distiller(alpha=0.3)
+    with pytest.raises(ValueError, match=r"no labels.*alpha=0.3.*alpha=0"):
+        distiller.fit(x, epochs=1, verbose=0)
+    distiller.alpha = 0.0
+    history = distiller.fit(x, epochs=1, verbose=0)
+    assert history.history["student_loss"] == [0.0]
+    assert history.history["loss"] == history.history["distillation_loss"]
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_unlabelled_samples_get_only_the_distillation_term(tiny_data, one_hot):
+    """A marked sample's label and input do not enter the hard term: its
+    label can be anything; the hard term is the mean over the others."""
+    x, y = tiny_data
+    x, y = x[:16], y[:16].copy()
+    marked = np.arange(16) % 4 == 0
+    y[marked] = keras_kd.UNLABELLED
+    labels = np.where(marked[:, None], 0.0, np.eye(4)[np.maximum(y, 0)]) if one_hot else y
+    distiller = make_distiller(alpha=0.5, temperature=2.0)
+    logits = distiller.student.predict(x, verbose=0)
+    teacher_logits = distiller.teacher.predict(x, verbose=0)
+    logs = distiller.train_on_batch(x, labels.astype("float32") if one_hot else labels,
+                                    return_dict=True)
+    log_p = np.log(softmax64(logits))
+    hard = -np.mean(log_p[~marked, y[~marked]])
+    p_t, p_s = softmax64(teacher_logits / 2), softmax64(logits / 2)
+    soft = 4 * np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
+    np.testing.assert_allclose(logs["student_loss"], hard, rtol=1e-5)
+    np.testing.assert_allclose(logs["distillation_loss"], soft, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], 0.5 * hard + 0.5 * soft, rtol=1e-5)
+
+
+def test_mixed_labels_under_mirrored_strategy_match_one_device():
+    """Replicas see different numbers of labelled samples; the hard term is
+    still the mean over the global batch's labelled samples."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.integers(0, 4, size=64)
+    y[:24] = keras_kd.UNLABELLED  # Mostly in the first replica's half.
+
+    def run(strategy):
+        with strategy.scope():
+            distiller = make_distiller(seed=21, alpha=0.6, temperature=2.0)
+        history = distiller.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        return [w.numpy() for w in distiller.student.weights], history.history
+
+    single = run(tf.distribute.get_strategy())
+    mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    for a, b in zip(single[0], mirrored[0]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for key in ("loss", "student_loss", "distillation_loss"):
+        np.testing.assert_allclose(single[1][key], mirrored[1][key], rtol=1e-5)
+
+
+def test_alpha_and_temperature_are_read_at_every_step(tiny_data):
+    """Set between fits, the new values change the loss of the traced step."""
+    x, y = tiny_data
+    distiller = make_distiller(optimizer=keras.optimizers.SGD(0.0))
+    first = distiller.fit(x, y, batch_size=64, verbose=0).history
+    distiller.temperature = 10.0
+    distiller.alpha = 0.7
+    second = distiller.fit(x, y, batch_size=64, verbose=0).history
+    teacher_logits = distiller.teacher.predict(x, verbose=0)
+    student_logits = distiller.student.predict(x, verbose=0)
+    p_t, p_s = softmax64(teacher_logits / 10), softmax64(student_logits / 10)
+    soft = 100 * np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
+    np.testing.assert_allclose(second["distillation_loss"][0], soft, rtol=1e-5)
+    np.testing.assert_allclose(
+        second["loss"][0],
+        0.7 * second["student_loss"][0] + 0.3 * soft, rtol=1e-5,
+    )
+    assert first["distillation_loss"][0] != pytest.approx(soft, rel=1e-2)
+    assert distiller.temperature == 10.0 and distiller.alpha == 0.7
+    with pytest.raises(ValueError, match="temperature=0"):
+        distiller.temperature = 0
+    with pytest.raises(ValueError, match="alpha=2"):
+        distiller.alpha = 2
+
+
+def test_a_loss_with_its_own_temperature_is_the_one_source():
+    loss = keras_kd.KLDivergenceWithTemperature(temperature=8.0)
+    distiller = make_distiller(distillation_loss_fn=loss)
+    assert distiller.temperature == 8.0
+    with pytest.raises(ValueError, match=r"temperature=8.0.*temperature=3.0"):
+        make_distiller(distillation_loss_fn=loss, temperature=3.0)
+    make_distiller(distillation_loss_fn=loss, temperature=8.0)  # Agrees: fine.
+    # Changing the distiller's temperature keeps the loss in step.
+    distiller.temperature = 5.0
+    assert loss.temperature == 5.0
+    plain = make_distiller(distillation_loss_fn=keras_kd.KLDivergenceWithTemperature())
+    assert plain.temperature == 3.0  # The default, the loss has none.
+
+
+@pytest.mark.parametrize(
+    "identifier", ["SparseCategoricalCrossentropy", "sparse_categorical_crossentropy",
+                   {"class_name": "SparseCategoricalCrossentropy", "config": {}}],
+)
+def test_student_loss_strings_resolve_on_logits(tiny_data, identifier):
+    x, y = tiny_data
+    by_name = make_distiller(seed=22, student_loss_fn=identifier, alpha=1.0)
+    reference = make_distiller(seed=22, alpha=1.0)
+    a = by_name.train_on_batch(x, y, return_dict=True)
+    b = reference.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(a["student_loss"], b["student_loss"], rtol=1e-6)
+
+
+def test_student_loss_reduction_and_ignore_class_are_honoured(tiny_data):
+    x, y = tiny_data
+    x, y = x[:16], y[:16]
+    weights = np.linspace(0.5, 2.0, 16).astype("float32")
+    distiller = make_distiller()
+    logits = distiller.student.predict(x, verbose=0)
+    per_sample = -np.log(softmax64(logits))[np.arange(16), y]
+
+    def student_loss(**kwargs):
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, **kwargs)
+        distiller.student_loss_fn = loss
+        distiller._default_student_loss = False
+        return float(distiller.compute_student_loss(y, logits, weights))
+
+    np.testing.assert_allclose(student_loss(reduction="sum"), np.sum(weights * per_sample), rtol=1e-5)
+    np.testing.assert_allclose(
+        student_loss(reduction="mean_with_sample_weight"),
+        np.sum(weights * per_sample) / weights.sum(), rtol=1e-5,
+    )
+    ignored = y == y[0]
+    np.testing.assert_allclose(
+        student_loss(ignore_class=int(y[0])),
+        np.sum((weights * per_sample)[~ignored]) / np.sum(~ignored), rtol=1e-5,
+    )
+    # Keras' own reduction of the same loss agrees.
+    keras_value = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=int(y[0]))(y, logits, sample_weight=weights)
+    np.testing.assert_allclose(student_loss(ignore_class=int(y[0])), float(keras_value), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "loss, match",
+    [
+        (keras.losses.SparseCategoricalCrossentropy(), "from_logits=True"),
+        (keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none"),
+         "reduction='none'"),
+    ],
+)
+def test_student_losses_that_cannot_work_are_refused(loss, match):
+    with pytest.raises(ValueError, match=match):
+        make_distiller(student_loss_fn=loss)
+
+
+def test_class_weight_works_with_cached_teacher_logits(tiny_data):
+    x, y = tiny_data
+    class_weight = {0: 0.0, 1: 2.0, 2: 1.0, 3: 0.5}
+    logits = make_distiller(seed=23).teacher.predict(x, verbose=0)
+
+    def trained(**kwargs):
+        distiller = make_distiller(seed=23)
+        dataset = keras_kd.datasets.make_dataset(
+            x, y, name=None, scaling=None, batch_size=16, teacher_logits=logits,
+            num_classes=4, sample_weight=kwargs.pop("sample_weight", None),
+        )
+        distiller.fit(dataset, epochs=2, verbose=0, **kwargs)
+        return [w.numpy() for w in distiller.student.weights]
+
+    with_class_weight = trained(class_weight=class_weight)
+    with_sample_weight = trained(
+        sample_weight=np.array([class_weight[c] for c in y], "float32"))
+    for a, b in zip(with_class_weight, with_sample_weight):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(with_class_weight, trained()))
+    with pytest.raises(ValueError, match="class_weight.*sample_weight"):
+        make_distiller().fit(x, y, class_weight=class_weight,
+                             sample_weight=np.ones(64), verbose=0)
+
+
+def test_teacher_inputs_hook_gives_the_teacher_its_own_view(tiny_data):
+    """The teacher takes twice as many features as the student; the hook
+    builds its view from the batch."""
+    x, y = tiny_data
+
+    class WideTeacherDistiller(Distiller):
+        def teacher_inputs(self, x):
+            return keras.ops.concatenate([x, keras.ops.square(x)], axis=-1)
+
+    keras.utils.set_random_seed(24)
+    teacher = make_mlp([16], num_inputs=12)
+    distiller = WideTeacherDistiller(student=make_mlp([8]), teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), temperature=2.0, alpha=0.0)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    p_t = softmax64(teacher.predict(np.concatenate([x, x**2], 1), verbose=0) / 2)
+    p_s = softmax64(distiller.student.predict(x, verbose=0) / 2)
+    expected = 4 * np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)

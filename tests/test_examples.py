@@ -125,3 +125,13 @@ def test_your_own_models(tmp_path):
     accuracy = float(stdout.split("distilled student:")[1].split("test accuracy")[1].split("%")[0])
     assert accuracy > 60  # Chance is ~40% on this easy problem.
     assert (tmp_path / "student.keras").exists()
+
+
+def test_teacher_with_other_inputs(tmp_path):
+    output = run_example("teacher_with_other_inputs.py", "--limit", "300", "--epochs", "1",
+                         "--teacher-epochs", "1", "--output", tmp_path / "student.keras")
+    assert "teacher (56x56 images" in output and "distilled student (784 vectors" in output
+    import keras
+
+    student = keras.models.load_model(tmp_path / "student.keras")
+    assert student.input_shape == (None, 784)

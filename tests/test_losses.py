@@ -181,10 +181,21 @@ def test_sample_weight_reduction():
     )
 
 
-@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), "2", None, True])
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), "2", True])
 def test_bad_temperature_is_refused(temperature):
     with pytest.raises(ValueError, match="temperature"):
         losses.KLDivergenceWithTemperature(temperature=temperature)
+
+
+def test_temperature_none_is_one_when_called_alone():
+    teacher, student = random_logits(3.0, 20, (4, 5)), random_logits(3.0, 21, (4, 5))
+    alone = losses.KLDivergenceWithTemperature()
+    assert alone.temperature is None
+    np.testing.assert_allclose(
+        float(alone(teacher, student)),
+        float(losses.KLDivergenceWithTemperature(temperature=1.0)(teacher, student)),
+        rtol=1e-7,
+    )
 
 
 def test_get_distillation_loss():

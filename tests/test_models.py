@@ -131,3 +131,21 @@ def test_registry_builds_each_model_for_its_layout(name):
 def test_registry_rejects_unknown_names():
     with pytest.raises(ValueError, match="Unknown model 'resnet-1000'.*keras-io-student"):
         models.build_model("resnet-1000", (28, 28, 1))
+
+
+def test_input_layout_of_a_subclassed_model():
+    from keras_kd import models
+
+    class Flat(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(10)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Flat()
+    with pytest.raises(ValueError, match="never built"):
+        models.input_layout(model)
+    model(np.zeros((1, 784), "float32"))
+    assert models.input_layout(model) == "flat"

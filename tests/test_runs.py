@@ -8,6 +8,7 @@ import pytest
 from keras_kd import datasets
 from keras_kd import runs
 from keras_kd.callbacks import NonFiniteLossError
+from keras_kd.callbacks import StopOnNonFiniteLoss
 
 
 def make_dropout_mlp():
@@ -118,18 +119,31 @@ def test_two_runs_with_the_same_seed_are_bitwise_identical(tmp_path, digits):
         np.testing.assert_array_equal(first, second)
 
 
-def poison_first_kernel(model):
-    kernel = model.layers[0].kernel
-    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+def poison_output_bias(model):
+    # The output layer's bias: NaN + anything is NaN in every kernel, fused
+    # or not (a NaN *hidden* kernel can vanish in a fused MatMul+ReLU).
+    bias = model.layers[-1].bias
+    bias.assign(np.full(bias.shape, np.nan, "float32"))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits):
     path = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 3"):
-        fit_run(path, digits, epochs=3, callbacks=[AtBatch(1, 2, poison_first_kernel)])
+        fit_run(path, digits, epochs=3, callbacks=[AtBatch(1, 2, poison_output_bias)])
     assert runs.restored_epoch(str(path)) == 1
     checkpoint = keras.models.load_model(path / runs.CHECKPOINT_FILE)
     assert all(np.isfinite(w).all() for w in checkpoint.get_weights())
+
+
+def test_non_finite_weights_stop_at_epoch_end_even_with_a_finite_loss():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    callback = StopOnNonFiniteLoss()
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"loss": 0.5})  # Finite weights: no error.
+    kernel = model.layers[0].kernel
+    kernel.assign(np.where(np.eye(3, 2) > 0, np.inf, 0.0).astype("float32"))
+    with pytest.raises(NonFiniteLossError, match=r"kernel.*end of epoch 4"):
+        callback.on_epoch_end(3, {"loss": 0.5})
 
 
 def test_prepare_run_dir_guards_other_runs(tmp_path):

@@ -1,0 +1,60 @@
+"""Every Keras and TensorFlow internal keras_kd relies on, in one place.
+
+Public APIs do not offer these. Each one is used through a function here and
+checked by `tests/test_compat.py`, which fails loudly when a Keras or
+TensorFlow upgrade renames or changes it.
+"""
+
+import tensorflow as tf
+from keras.src.trainers.trainer import model_supports_jit as _supports_jit
+from tensorflow.python.framework import config as _tf_config
+
+
+def model_supports_jit(model):
+    """Keras' own test: every layer supports XLA and op determinism is off."""
+    return _supports_jit(model)
+
+
+def is_op_determinism_enabled():
+    """Whether `tf.config.experimental.enable_op_determinism` is in force."""
+    return _tf_config.is_op_determinism_enabled()
+
+
+def disable_op_determinism():
+    """Turns op determinism off again (TF has no public call for it)."""
+    _tf_config.disable_op_determinism()
+
+
+def loss_tracker(model):
+    """The `Mean` metric behind the `loss` entry of `fit`'s logs."""
+    return model._loss_tracker
+
+
+def in_multi_worker_mode(strategy):
+    """True under a strategy that spans several workers."""
+    check = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(check and check())
+
+
+def built_input_shape(model):
+    """The input shape a built model was first called with, or `None`.
+
+    Functional and Sequential models have `model.inputs`; a subclassed model
+    has no symbolic inputs, only the shapes Keras recorded when it built it.
+    """
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return tuple(inputs[0].shape)
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if len(shapes) == 1:
+        (shape,) = shapes.values()
+        if isinstance(shape, (tuple, list)) and all(
+            d is None or isinstance(d, int) for d in shape
+        ):
+            return (None,) + tuple(shape[1:])
+    return None
+
+
+def has_strategy():
+    """True inside a `tf.distribute` strategy scope."""
+    return tf.distribute.has_strategy()
