@@ -2,6 +2,6 @@
 
 import sys
 
-from keras_kd.cli import main
+from keras_kd_cli import main
 
 sys.exit(main())

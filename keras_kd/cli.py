@@ -1,32 +1,12 @@
-"""The `keras-kd` command line (also `python -m keras_kd`).
+"""The commands of the `keras-kd` command line.
 
-Commands:
-
-    keras-kd demo           distil the keras.io MNIST CNN offline, in minutes
-    keras-kd train-teacher  train a teacher, resumable
-    keras-kd distill        distil a saved teacher into a student, resumable
-    keras-kd sweep          distil over temperatures, alphas and seeds
-    keras-kd evaluate       test accuracy of a saved model
-    keras-kd export         SavedModel and TFLite files of a saved student
+`keras_kd_cli` parses the arguments (without importing TensorFlow) and calls
+one `run_*` function here with them.
 """
 
-import argparse
 import json
 import os
-import sys
 import time
-
-DEMO_DESCRIPTION = """\
-Distil the keras.io MNIST teacher CNN (1.4M parameters) into a student 70x
-smaller, offline, on the 10,000 real MNIST digits bundled with keras-kd.
-Trains the teacher, the student from scratch and the distilled student,
-prints their test accuracy, and writes a bar chart (demo.png), the results
-(results.json) and the distilled student (student.keras) to --output."""
-
-
-def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def _check_output_dir(path, overwrite, expected_files):
     """Refuses to overwrite results of an earlier run without --overwrite."""
@@ -39,113 +19,123 @@ def _check_output_dir(path, overwrite, expected_files):
     os.makedirs(path, exist_ok=True)
 
 
-def _plot_accuracies(results, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    names = list(results)
-    values = [100 * results[n] for n in names]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    bars = axis.bar(names, values, color=["#4c72b0", "#c44e52", "#55a868"])
-    axis.bar_label(bars, fmt="%.2f%%")
-    axis.set_ylim(max(0.0, min(values) - 5), 100)
-    axis.set_ylabel("test accuracy (%)")
-    axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 def run_demo(args):
-    _quiet_tensorflow()
+    """Where distillation helps: few labels, a transfer set, all labels."""
     import keras
 
-    from keras_kd import Distiller
     from keras_kd import datasets
+    from keras_kd import few_labels
     from keras_kd import models
+    from keras_kd import reporting
     from keras_kd.cache import compute_teacher_logits
 
     files = ("results.json", "demo.png", "student.keras")
     _check_output_dir(args.output, args.overwrite, files)
-    keras.utils.set_random_seed(args.seed)
-    verbose = 0 if args.quiet else 2
     start = time.monotonic()
+
+    def stage(text):
+        if not args.quiet:
+            print(f"{text} [{time.monotonic() - start:.0f} s]", flush=True)
 
     x_train, y_train = datasets.select("mnist", "train", source="sample", limit=args.limit)
     x_test, y_test = datasets.select("mnist", "test", source="sample")
+    if args.labels >= len(x_train):
+        raise ValueError(
+            f"--labels must be below the {len(x_train):,} training digits, the "
+            f"few-label budget. Received: --labels {args.labels}."
+        )
     x_train = datasets.preprocess(x_train, "mnist").numpy()
     x_test = datasets.preprocess(x_test, "mnist").numpy()
-    print(f"MNIST sample: {len(x_train)} training and {len(x_test)} test digits")
+    print(f"MNIST sample: {len(x_train):,} training and {len(x_test):,} test digits")
 
-    def compiled(model):
-        model.compile(
-            optimizer="adam",
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["sparse_categorical_accuracy"],
-        )
-        return model
-
-    print(f"\n1/3 teacher ({args.teacher_epochs} epochs)")
-    teacher = compiled(models.build_keras_io_teacher())
-    teacher.fit(x_train, y_train, batch_size=64, epochs=args.teacher_epochs, verbose=verbose)
-
-    student = models.build_keras_io_student()
-    initial_weights = student.get_weights()
-
-    def pipeline(teacher_logits=None):
-        # Both students see the same seeded batches.
-        return datasets.make_dataset(
-            x_train, y_train, name=None, scaling=None, batch_size=64,
-            shuffle=True, seed=args.seed, teacher_logits=teacher_logits,
-        )
-
-    print(f"\n2/3 student from scratch ({args.student_epochs} epochs)")
-    scratch = compiled(keras.models.clone_model(student))
-    scratch.set_weights(initial_weights)
-    scratch.fit(pipeline(), epochs=args.student_epochs, verbose=verbose)
-
-    print(f"\n3/3 distilled student ({args.student_epochs} epochs, T={args.temperature})")
-    # The teacher is frozen and the inputs are not augmented: its logits are
-    # computed once, and each distillation epoch costs a student epoch.
+    keras.utils.set_random_seed(args.seed)
+    teacher = models.build_keras_io_teacher()
+    student_parameters = models.build_keras_io_student().count_params()
+    stage(f"1/3 teacher ({teacher.count_params():,} parameters): "
+          f"{args.teacher_epochs} epochs on {len(x_train):,} labels")
+    teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    teacher.fit(x_train, y_train, batch_size=64, epochs=args.teacher_epochs,
+                verbose=0 if args.quiet else 2)
+    teacher_accuracy = few_labels.top1_accuracy(teacher, x_test, y_test)
     teacher_logits = compute_teacher_logits(teacher, x_train)
-    distiller = Distiller(student=student, teacher=teacher)
-    distiller.compile(
-        optimizer="adam",
-        metrics=["sparse_categorical_accuracy"],
-        alpha=args.alpha,
-        temperature=args.temperature,
-    )
-    distiller.fit(pipeline(teacher_logits), epochs=args.student_epochs, verbose=verbose)
+    stage(f"    teacher {100 * teacher_accuracy:.2f}%; its logits on the training "
+          "digits computed once")
 
-    accuracy = "sparse_categorical_accuracy"
-    results = {
-        "teacher": teacher.evaluate(x_test, y_test, verbose=0, return_dict=True)[accuracy],
-        "student (scratch)": scratch.evaluate(x_test, y_test, verbose=0, return_dict=True)[accuracy],
-        "student (distilled)": distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)[accuracy],
+    stage(f"2/3 students ({student_parameters:,} parameters): {args.labels:,} labels, "
+          f"then all {len(x_train):,}")
+
+    def report(record):
+        stage(f"    {record['labels']:>5,} labels, {record['method']:<12} "
+              f"{100 * record['test_accuracy']:6.2f}%")
+
+    records = few_labels.few_label_study(
+        teacher, models.build_keras_io_student, x_train, y_train, x_test, y_test,
+        label_counts=[args.labels, len(x_train)], seeds=[args.seed], steps=args.steps,
+        teacher_logits=teacher_logits, on_result=report,
+    )
+    accuracy = {(r["labels"], r["method"]): r["test_accuracy"] for r in records}
+    few, every = args.labels, len(x_train)
+    scenarios = {
+        "few_labels": (few, 0, accuracy[few, "scratch"], accuracy[few, "soft_targets"]),
+        "transfer_set": (few, every - few, accuracy[few, "scratch"], accuracy[few, "transfer_set"]),
+        "all_labels": (every, 0, accuracy[every, "scratch"], accuracy[every, "soft_targets"]),
+    }
+    scenarios = {
+        name: {"labels": labels, "unlabelled": unlabelled, "teacher": teacher_accuracy,
+               "scratch": scratch, "distilled": distilled}
+        for name, (labels, unlabelled, scratch, distilled) in scenarios.items()
     }
     elapsed = time.monotonic() - start
 
-    print(f"\nTest accuracy on {len(x_test)} held-out digits:")
-    for name, value in results.items():
-        print(f"  {name:<20} {100 * value:6.2f}%")
-    print(
-        f"  parameters: teacher {teacher.count_params():,}, "
-        f"student {student.count_params():,}; {elapsed:.0f} s"
-    )
-    distiller.student.save(os.path.join(args.output, "student.keras"))
-    _plot_accuracies(
-        results,
+    stage("3/3 results")
+    ratio = round(teacher.count_params() / student_parameters)
+    print(f"\nTest accuracy on {len(x_test):,} held-out digits (teacher "
+          f"{100 * teacher_accuracy:.2f}%, student {ratio}x smaller):")
+    print(demo_table(scenarios))
+    all_labels = scenarios["all_labels"]
+    if all_labels["distilled"] <= all_labels["scratch"]:
+        print(f"With all {every:,} labels the teacher adds nothing here: it is barely\n"
+              "better than the student alone, and matching it passes on its errors.")
+    print(f"{elapsed:.0f} s")
+
+    transfer_student = next(r["student"] for r in records if r["method"] == "transfer_set")
+    transfer_student.save(os.path.join(args.output, "student.keras"))
+    for record in records:
+        del record["student"]
+    reporting.plot_label_budget(
+        few_labels.summarise(records), teacher_accuracy,
         os.path.join(args.output, "demo.png"),
         f"keras-kd demo: MNIST sample, seed {args.seed}",
     )
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump(
-            {"test_accuracy": results, "seconds": elapsed, "arguments": vars(args)},
-            f, indent=2, default=str,
+            {"scenarios": scenarios, "records": records, "seconds": elapsed,
+             "arguments": {k: v for k, v in vars(args).items() if k != "run"}},
+            f, indent=2,
         )
     print(f"Wrote {', '.join(files)} to {args.output}")
+
+
+DEMO_SCENARIOS = {
+    "few_labels": "few labels, soft targets",
+    "transfer_set": "few labels + transfer set",
+    "all_labels": "all labels",
+}
+
+
+def demo_table(scenarios):
+    """The demo's results as a table that fits an 80-column terminal."""
+    lines = [f"  {'scenario':<27}{'labels':>7}{'unlabelled':>11}{'scratch':>9}"
+             f"{'distilled':>10}{'gain':>8}"]
+    for name, title in DEMO_SCENARIOS.items():
+        row = scenarios[name]
+        unlabelled = f"{row['unlabelled']:,}" if row["unlabelled"] else "-"
+        lines.append(
+            f"  {title:<27}{row['labels']:>7,}{unlabelled:>11}"
+            f"{100 * row['scratch']:>8.2f}%{100 * row['distilled']:>9.2f}%"
+            f"{100 * (row['distilled'] - row['scratch']):>+8.2f}"
+        )
+    return "\n".join(lines)
 
 
 ACCURACY = "sparse_categorical_accuracy"
@@ -184,16 +174,6 @@ def _load_student(path):
 
 def _scaling(args):
     return args.scaling or DEFAULT_SCALING[args.dataset]
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
-    return value
 
 
 def _optimizer(args):
@@ -313,7 +293,6 @@ def _settings(args):
 
 
 def run_train_teacher(args):
-    _quiet_tensorflow()
     from keras_kd import models
     from keras_kd import runs
 
@@ -349,7 +328,6 @@ def _teacher_and_layout(args):
 
 
 def run_distill(args):
-    _quiet_tensorflow()
     from keras_kd import Distiller
     from keras_kd import models
     from keras_kd import runs
@@ -390,7 +368,6 @@ def run_distill(args):
 
 
 def run_evaluate(args):
-    _quiet_tensorflow()
     from keras_kd import datasets
     from keras_kd import models
 
@@ -420,7 +397,6 @@ def run_evaluate(args):
 
 
 def run_export(args):
-    _quiet_tensorflow()
     import numpy as np
     import tensorflow as tf
 
@@ -464,59 +440,6 @@ def run_export(args):
         print(f"{name:<12} {100 * row['accuracy']:8.2f}% {row['max_abs_difference']:20.2e}  {paths.get(name, args.model)}")
     with open(os.path.join(args.output, "export.json"), "w") as f:
         json.dump(report, f, indent=2)
-
-
-def _add_data_arguments(parser, augment=True, validation_fraction=0.0):
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist", help="default: %(default)s")
-    group.add_argument(
-        "--source", choices=("auto", "sample", "files", "keras", "tfds"), default="auto",
-        help="where to read the data: auto tries --data-dir, the Keras cache, "
-        "tfds, then the bundled MNIST sample (default: %(default)s)",
-    )
-    group.add_argument("--data-dir", default=None, help="directory with the dataset files")
-    group.add_argument("--scaling", choices=("unit", "symmetric", "standardize"), default=None,
-                       help="default: unit for mnist, standardize for cifar10")
-    group.add_argument("--limit", type=int, default=None, help="use only this many training examples")
-    group.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
-    group.add_argument("--validation-fraction", type=float, default=validation_fraction,
-                       help="fraction of each training class held out for validation (default: %(default)s)")
-    group.add_argument("--exclude-classes", type=int, nargs="*", default=[],
-                       help="classes removed from the training split, e.g. 3")
-    if augment:
-        group.add_argument("--augment", action="store_true",
-                           help="random 2-px shifts (mnist) or crop and flip (cifar10); "
-                           "the teacher then runs online")
-
-
-def _add_training_arguments(parser, epochs):
-    group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=epochs,
-                       help="total epochs; raise it with --resume to train in stages (default: %(default)s)")
-    group.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="sgd uses momentum 0.9 (default: %(default)s)")
-    group.add_argument("--learning-rate", type=float, default=1e-3, help="default: %(default)s")
-    group.add_argument("--seed", type=int, default=0,
-                       help="seeds everything and turns on TF op determinism: the same "
-                       "seed gives the same weights (default: %(default)s)")
-    group.add_argument("--nondeterministic", action="store_true",
-                       help="seed everything but skip TF op determinism: faster "
-                       "(deterministic kernels cost ~1.2x per step on CPU), not bitwise repeatable")
-    group.add_argument("--steps-per-execution", type=_positive_int, default=1, metavar="N",
-                       help="training steps per compiled call; 8-32 makes small models' "
-                       "epochs up to ~2x faster on CPU (benchmarks/fast_paths.py), per-batch "
-                       "callbacks then see every N-th batch (default: %(default)s)")
-    group.add_argument("--output", required=True, help="run directory: checkpoints, logs, model.keras")
-    group.add_argument("--resume", action="store_true", help="continue the run in --output from its last epoch")
-    group.add_argument("--overwrite", action="store_true", help="delete the run in --output and start again")
-    group.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-
-
-def _add_distillation_arguments(parser):
-    group = parser.add_argument_group("distillation")
-    group.add_argument("--teacher", required=True, help="the trained teacher, a .keras file")
-    group.add_argument("--student", required=True, metavar="MODEL", help="student builder (see train-teacher --help)")
-    group.add_argument("--loss", default="kl_divergence", choices=("kl_divergence", "cse", "mse"),
-                       help="soft loss: KL divergence, soft-target cross-entropy or MSE (default: %(default)s)")
 
 
 SWEEP_FILES = ("cells.jsonl", "summary.csv", "summary.json", "summary.md", "sweep.png")
@@ -632,7 +555,6 @@ def _write_sweep_report(output, rows, calibrated_temperature, title):
 
 
 def run_sweep(args):
-    _quiet_tensorflow()
     import keras
 
     from keras_kd import Distiller
@@ -724,116 +646,3 @@ def run_sweep(args):
     print(f"Wrote {', '.join(SWEEP_FILES)} to {args.output}")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="keras-kd",
-        description="Knowledge distillation for Keras 3 on TensorFlow.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-
-    demo = commands.add_parser(
-        "demo", help="distil the keras.io MNIST CNN offline (~3 minutes)",
-        description=DEMO_DESCRIPTION,
-    )
-    demo.add_argument("--output", default="keras-kd-demo", help="output directory (default: %(default)s)")
-    demo.add_argument("--teacher-epochs", type=int, default=2, help="default: %(default)s")
-    demo.add_argument("--student-epochs", type=int, default=3, help="default: %(default)s")
-    demo.add_argument("--temperature", type=float, default=3.0, help="default: %(default)s")
-    demo.add_argument("--alpha", type=float, default=0.1, help="weight of the label loss (default: %(default)s)")
-    demo.add_argument("--limit", type=int, default=None, help="use only this many training digits")
-    demo.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    demo.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    demo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files")
-    demo.set_defaults(run=run_demo)
-
-    from keras_kd.models import MODEL_BUILDERS
-
-    model_names = ", ".join(MODEL_BUILDERS)
-    teacher = commands.add_parser(
-        "train-teacher", help="train a teacher (resumable)",
-        description="Train a reference model on MNIST or CIFAR-10 in a run "
-        "directory: checkpoints, CSV and TensorBoard logs, model.keras. "
-        f"Models: {model_names}.",
-    )
-    teacher.add_argument("--model", required=True, choices=list(MODEL_BUILDERS), metavar="MODEL",
-                         help=f"one of: {model_names}")
-    _add_data_arguments(teacher)
-    _add_training_arguments(teacher, epochs=5)
-    teacher.set_defaults(run=run_train_teacher)
-
-    distill = commands.add_parser(
-        "distill", help="distil a saved teacher into a student (resumable)",
-        description="Distil a trained teacher (.keras) into a reference student "
-        "in a run directory. Without --augment the teacher's logits are "
-        "computed once and cached in the run directory.",
-    )
-    _add_distillation_arguments(distill)
-    distill.add_argument("--temperature", type=float, default=3.0, help="default: %(default)s")
-    distill.add_argument("--alpha", type=float, default=0.1, help="weight of the label loss (default: %(default)s)")
-    _add_data_arguments(distill)
-    _add_training_arguments(distill, epochs=3)
-    distill.set_defaults(run=run_distill)
-
-    sweep = commands.add_parser(
-        "sweep", help="distil over temperatures, alphas and seeds",
-        description="Distil one saved teacher into fresh students for every "
-        "temperature x alpha x seed (plus a scratch student per seed), from one "
-        "cache of teacher logits. Writes summary.csv/.json/.md and sweep.png, "
-        "with the teacher's calibrated temperature. Running it again with the "
-        "same --output skips the finished cells.",
-    )
-    _add_distillation_arguments(sweep)
-    sweep.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 10.0])
-    sweep.add_argument("--alphas", type=float, nargs="+", default=[0.1])
-    sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    sweep.add_argument("--no-scratch", action="store_true", help="skip the students trained from scratch")
-    _add_data_arguments(sweep, augment=False, validation_fraction=0.1)
-    _add_training_arguments(sweep, epochs=3)
-    sweep.set_defaults(run=run_sweep)
-
-    evaluate = commands.add_parser(
-        "evaluate", help="test accuracy of a saved model",
-        description="Evaluate a saved model (.keras; a saved distiller is "
-        "evaluated through its student) on a dataset split.",
-    )
-    evaluate.add_argument("model", help="a .keras file")
-    evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    evaluate.add_argument("--json", default=None, help="also write the results to this file")
-    _add_data_arguments(evaluate, augment=False)
-    evaluate.set_defaults(run=run_evaluate)
-
-    export = commands.add_parser(
-        "export", help="SavedModel and TFLite files of a saved student",
-        description="Export a saved student (.keras; a saved distiller exports "
-        "its student) as a SavedModel (tf.saved_model.load, TF Serving) and "
-        "TFLite files (float32, and int8 calibrated on 500 training examples). "
-        "Each file is checked against the Keras model on the test split; the "
-        "accuracies and differences are printed and written to export.json.",
-    )
-    export.add_argument("model", help="a .keras file")
-    export.add_argument("--output", required=True, help="output directory")
-    export.add_argument("--formats", nargs="+", choices=("saved_model", "tflite", "tflite_int8"),
-                        default=["saved_model", "tflite", "tflite_int8"])
-    export.add_argument("--overwrite", action="store_true", help="replace earlier exports")
-    _add_data_arguments(export, augment=False)
-    export.set_defaults(run=run_export)
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from keras_kd.callbacks import NonFiniteLossError
-
-    try:
-        args.run(args)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
-        # keras_kd's own errors already say what to do: no traceback.
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,25 +1,37 @@
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from keras_kd import cli
+import keras_kd_cli as cli
+
+
+DEMO = ["demo", "--teacher-epochs", "1", "--limit", "400", "--labels", "40", "--steps", "20"]
 
 
 def test_demo_writes_results_plot_and_student(tmp_path, capsys):
     output = tmp_path / "demo"
-    arguments = [
-        "demo", "--output", str(output), "--teacher-epochs", "1",
-        "--student-epochs", "1", "--limit", "256", "--quiet",
-    ]
+    arguments = DEMO + ["--output", str(output)]
     assert cli.main(arguments) == 0
-    results = json.loads((output / "results.json").read_text())["test_accuracy"]
-    assert set(results) == {"teacher", "student (scratch)", "student (distilled)"}
-    assert all(0.0 <= value <= 1.0 for value in results.values())
-    # Better than chance even after one epoch on 256 digits.
-    assert results["teacher"] > 0.2
+    printed = capsys.readouterr().out
+    results = json.loads((output / "results.json").read_text())
+    scenarios = results["scenarios"]
+    assert set(scenarios) == {"few_labels", "transfer_set", "all_labels"}
+    for row in scenarios.values():
+        assert set(row) == {"labels", "unlabelled", "teacher", "scratch", "distilled"}
+        assert all(0.0 <= row[key] <= 1.0 for key in ("teacher", "scratch", "distilled"))
+    assert [(r["labels"], r["unlabelled"]) for r in scenarios.values()] == [
+        (40, 0), (40, 360), (400, 0)]
+    # One teacher, and the transfer set's baseline is the few-label student.
+    assert len({row["teacher"] for row in scenarios.values()}) == 1
+    assert scenarios["transfer_set"]["scratch"] == scenarios["few_labels"]["scratch"]
+    assert scenarios["few_labels"]["teacher"] > 0.2  # Better than chance.
+    # The printed table fits a terminal and shows every scenario.
+    assert all(len(line) <= 80 for line in printed.splitlines())
+    assert "few labels + transfer set" in printed and "all labels" in printed
 
     from matplotlib import image
 
@@ -32,22 +44,56 @@ def test_demo_writes_results_plot_and_student(tmp_path, capsys):
     assert student.count_params() == 20_490
 
     # A second run into the same directory refuses to overwrite.
-    capsys.readouterr()
     assert cli.main(arguments) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_help_lists_the_demo():
+def test_commands_print_no_tensorflow_log_lines(tmp_path):
+    """A user's run, in a fresh process with no TF_CPP_MIN_LOG_LEVEL set:
+    no C++ log lines (I0000/E0000/W0000, CUDA probing), no warnings."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "ABSL"))}
     completed = subprocess.run(
-        [sys.executable, "-m", "keras_kd", "--help"],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", "import keras_kd_cli, sys; sys.exit(keras_kd_cli.main())",
+         *DEMO, "--output", str(tmp_path / "demo")],
+        capture_output=True, text=True, env=environment, timeout=600,
     )
-    assert "demo" in completed.stdout
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    output = completed.stdout + completed.stderr
+    for noise in ("I0000", "E0000", "W0000", "cuda", "oneDNN", "Warning", "WARNING"):
+        assert noise not in output, output[-3000:]
+    assert "few labels + transfer set" in completed.stdout
+
+
+@pytest.mark.parametrize("arguments", [["--help"], ["demo", "--help"], ["distill", "--help"]])
+def test_help_answers_without_importing_tensorflow(arguments):
+    code = (
+        "import sys, keras_kd_cli\n"
+        "try:\n    keras_kd_cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow')"
+    )
     completed = subprocess.run(
-        [sys.executable, "-m", "keras_kd", "demo", "--help"],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code, *arguments], capture_output=True, text=True, check=True,
     )
-    assert "bundled" in completed.stdout and "--overwrite" in completed.stdout
+    assert completed.stdout.strip().endswith("no tensorflow")
+    assert "usage: keras-kd" in completed.stdout
+    if arguments[0] == "demo":
+        assert "bundled" in completed.stdout and "--overwrite" in completed.stdout
+
+
+def test_help_of_the_installed_command():
+    import shutil
+
+    command = shutil.which("keras-kd")
+    if command is None:
+        pytest.skip("keras-kd is not on PATH (the package is not installed)")
+    completed = subprocess.run([command, "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in completed.stdout and "--verbose" in completed.stdout
+
+
+def test_model_names_match_the_builders():
+    from keras_kd.models import MODEL_BUILDERS
+
+    assert set(cli.MODEL_NAMES) == set(MODEL_BUILDERS)
 
 
 def test_unknown_command_is_an_error():

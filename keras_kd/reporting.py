@@ -1,0 +1,94 @@
+"""Plots and tables of keras-kd's results (matplotlib, files only).
+
+Nothing here prints: each function returns text or writes a file, and the
+command line or the examples decide what to show.
+"""
+
+METHOD_LABELS = {
+    "scratch": "student alone (labels)",
+    "soft_targets": "+ teacher's soft targets",
+    "transfer_set": "+ unlabelled transfer set",
+}
+METHOD_COLOURS = {"scratch": "#c44e52", "soft_targets": "#4c72b0", "transfer_set": "#55a868"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def plot_label_budget(rows, teacher_accuracy, path, title):
+    """Test accuracy against the number of labels, one line per method.
+
+    Args:
+        rows: Summary rows of `few_labels.summarise` (`method`, `labels`,
+            `mean`, `std` in [0, 1]).
+        teacher_accuracy: The teacher's test accuracy in [0, 1], drawn as a
+            dashed line.
+        path: The PNG file to write.
+        title: The plot's title.
+    """
+    pyplot = _pyplot()
+    figure, axis = pyplot.subplots(figsize=(6.4, 4.0))
+    for method, label in METHOD_LABELS.items():
+        points = sorted((r["labels"], r["mean"], r["std"]) for r in rows if r["method"] == method)
+        if not points:
+            continue
+        labels, means, stds = zip(*points)
+        axis.errorbar(
+            labels, [100 * m for m in means], yerr=[100 * s for s in stds],
+            marker="o", capsize=3, label=label, color=METHOD_COLOURS[method],
+        )
+    axis.axhline(100 * teacher_accuracy, linestyle="--", color="grey",
+                 label=f"teacher ({100 * teacher_accuracy:.1f}%)")
+    axis.set_xscale("log")
+    axis.set_xlabel("labelled training digits")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
+def label_budget_table(rows):
+    """A Markdown table of `few_labels.summarise` rows, methods side by side.
+
+    Args:
+        rows: Summary rows.
+
+    Returns:
+        The table as text, one row per label budget: mean +- std in percent
+        (just the mean for a single seed), and each method's gain over the
+        student alone.
+    """
+    by_budget = {}
+    for row in rows:
+        by_budget.setdefault(row["labels"], {})[row["method"]] = row
+    methods = [m for m in METHOD_LABELS if any(r["method"] == m for r in rows)]
+
+    def cell(row):
+        if row is None:
+            return "-"
+        if row["seeds"] > 1:
+            return f"{100 * row['mean']:.2f} +- {100 * row['std']:.2f}"
+        return f"{100 * row['mean']:.2f}"
+
+    header = ["labels"] + [METHOD_LABELS[m] for m in methods]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for labels in sorted(by_budget):
+        cells = [f"{labels:,}"]
+        scratch = by_budget[labels].get("scratch")
+        for method in methods:
+            row = by_budget[labels].get(method)
+            text = cell(row)
+            if row is not None and scratch is not None and method != "scratch":
+                text += f" ({100 * (row['mean'] - scratch['mean']):+.2f})"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
