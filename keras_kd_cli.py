@@ -24,15 +24,15 @@ import sys
 DEMO_DESCRIPTION = """\
 Show where distillation helps, offline, on the 10,000 real MNIST digits
 bundled with keras-kd (8,000 to train, 2,000 to test). A teacher CNN learns
-from all 8,000 labels. A student 70x smaller then learns (1) from --labels
-labelled digits alone, (2) from the same digits with the teacher's soft
-targets, (3) from them plus the other digits as an unlabelled transfer set
-the teacher labels, and (4) from all 8,000 labels, with and without the
-teacher, where distillation does not help on this sample. Prints a table and
-writes results.json, demo.png (accuracy against number of labels) and the
-best student (student.keras) to --output."""
+from all 8,000 labels. For each --labels budget a student CNN 7x smaller
+then learns (1) from that many labelled digits alone, (2) from the same
+digits with the teacher's soft targets, (3) from them plus the other digits
+as an unlabelled transfer set the teacher labels; and (4) from all 8,000
+labels, with and without the teacher. Prints a table and writes results.json, demo.png (accuracy against
+number of labels) and the transfer-set student (student.keras) to
+--output."""
 
-DEMO_LABELS = 240
+DEMO_LABELS = [80, 240, 800]
 
 # The names of `keras_kd.models.MODEL_BUILDERS`, here so that the parser
 # needs no TensorFlow (tests/test_cli.py checks they agree).
@@ -125,9 +125,10 @@ def build_parser():
         description=DEMO_DESCRIPTION,
     )
     demo.add_argument("--output", default="keras-kd-demo", help="output directory (default: %(default)s)")
-    demo.add_argument("--labels", type=_positive_int, default=DEMO_LABELS, metavar="N",
-                      help="labelled digits of the few-label student (default: %(default)s)")
-    demo.add_argument("--teacher-epochs", type=_positive_int, default=3, metavar="N",
+    demo.add_argument("--labels", type=_positive_int, nargs="+", default=DEMO_LABELS, metavar="N",
+                      help="few-label budgets: labelled digits of the students "
+                      "(default: 80 240 800, i.e. 1, 3 and 10%% of the digits)")
+    demo.add_argument("--teacher-epochs", type=_positive_int, default=4, metavar="N",
                       help="default: %(default)s")
     demo.add_argument("--steps", type=_positive_int, default=600, metavar="N",
                       help="optimizer steps per student (default: %(default)s)")

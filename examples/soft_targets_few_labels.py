@@ -3,9 +3,10 @@
 Hinton et al. (2015, section 5): soft targets carry far more information per
 example than hard labels, so a student with few labels gains most from a
 teacher. On the bundled MNIST sample (8,000 training digits, 2,000 test) a
-keras.io teacher CNN learns from all labels; then for each label budget and
-seed the keras.io student (70x smaller) trains from the same initial weights
-for the same number of steps, three ways:
+teacher CNN (the keras.io architecture at 64/128 filters, 137k parameters)
+learns from all labels; then for each label budget and seed the keras.io
+student (16/32 filters, 7x smaller) trains from the same initial weights for
+the same number of steps, three ways:
 
   scratch        the labelled digits alone
   soft targets   the same digits, with the teacher's soft targets
@@ -34,7 +35,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--labels", type=int, nargs="+", default=[80, 240, 800, 8000],
                     help="label budgets (default: 1, 3, 10, 100%% of 8,000)")
 parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-parser.add_argument("--teacher-epochs", type=int, default=3)
+parser.add_argument("--teacher-epochs", type=int, default=4)
 parser.add_argument("--steps", type=int, default=600, help="optimizer steps per student")
 parser.add_argument("--temperature", type=float, default=4.0)
 parser.add_argument("--alpha", type=float, default=0.1, help="weight of the label loss")
@@ -52,7 +53,7 @@ x_test = datasets.preprocess(x_test, "mnist").numpy()
 
 # 2. The teacher learns from every label (one teacher for all seeds).
 keras.utils.set_random_seed(0)
-teacher = models.build_keras_io_teacher()
+teacher = models.build_strided_cnn((64, 128), name="teacher")
 teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 teacher.fit(x_train, y_train, batch_size=64, epochs=args.teacher_epochs, verbose=0)
 teacher_accuracy = few_labels.top1_accuracy(teacher, x_test, y_test)

@@ -656,6 +656,10 @@ class Distiller(keras.Model):
             self.train_function = None
         # Read once, eagerly: a traced step cannot read a variable's value.
         self._alpha_at_fit_start = self.alpha
+        if len(args) < 6 and _orders_itself(x):
+            # Keras cannot shuffle these and warns that it ignores its own
+            # default `shuffle=True`; say False, which is what happens.
+            kwargs.setdefault("shuffle", False)
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
@@ -895,6 +899,12 @@ def _class_weight_table(class_weight):
     return [
         float(class_weight.get(c, 1.0)) for c in range(max(class_weight) + 1)
     ]
+
+
+def _orders_itself(x):
+    """True for inputs that fix their own order: datasets, PyDatasets,
+    generators (Keras ignores `shuffle` for them)."""
+    return isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or inspect.isgenerator(x)
 
 
 def _shapes_compatible(shape, expected):

@@ -46,6 +46,9 @@ def plot_label_budget(rows, teacher_accuracy, path, title):
     axis.axhline(100 * teacher_accuracy, linestyle="--", color="grey",
                  label=f"teacher ({100 * teacher_accuracy:.1f}%)")
     axis.set_xscale("log")
+    budgets = sorted({r["labels"] for r in rows})
+    axis.set_xticks(budgets, [f"{n:,}" for n in budgets])
+    axis.minorticks_off()
     axis.set_xlabel("labelled training digits")
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(title)

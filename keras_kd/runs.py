@@ -297,5 +297,7 @@ def fit_resumable(
         initial_epoch=start_epoch,
         steps_per_epoch=steps_per_epoch,
         callbacks=run_callbacks(path, seed, checkpoint, tensorboard) + list(callbacks),
-        **fit_kwargs,
+        # The dataset orders its own epochs; Keras would warn that it
+        # ignores its default `shuffle=True`.
+        **{"shuffle": False, **fit_kwargs},
     )
