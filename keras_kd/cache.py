@@ -69,6 +69,12 @@ def fingerprint_model(model):
     return digest.hexdigest()
 
 
+def _fingerprint_teachers(teacher):
+    if isinstance(teacher, (list, tuple)):
+        return [fingerprint_model(member) for member in teacher]
+    return fingerprint_model(teacher)
+
+
 def fingerprint_array(array):
     """Returns a sha256 hex digest of an array's dtype, shape and bytes."""
     array = np.ascontiguousarray(array)
@@ -103,7 +109,10 @@ def compute_teacher_logits(
     `Distiller` run it online instead.
 
     Args:
-        teacher: The trained teacher `keras.Model`.
+        teacher: The trained teacher `keras.Model`, or a list of teachers
+            (an ensemble): their logits are stacked as `(n, members,
+            classes)`, and the `Distiller` combines them at its current
+            temperature in each step.
         x: The inputs, a NumPy array (already preprocessed).
         batch_size: Batch size of the teacher's forward pass.
         path: Optional `.npz` file to read from or write to.
@@ -115,7 +124,8 @@ def compute_teacher_logits(
             when every layer supports it; `True` turns it on anywhere.
 
     Returns:
-        A float32 array of shape `(len(x), num_classes)`.
+        A float32 array of shape `(len(x), num_classes)`, or `(len(x),
+        members, num_classes)` for a list of teachers.
 
     Raises:
         CacheError: if `path` holds logits of another teacher or other
@@ -139,7 +149,7 @@ def compute_teacher_logits(
     key = json.dumps(
         {
             "format": CACHE_FORMAT_VERSION,
-            "teacher": fingerprint_model(teacher),
+            "teacher": _fingerprint_teachers(teacher),
             "inputs": fingerprint_array(x),
             "teacher_outputs": teacher_outputs,
         },
@@ -156,9 +166,12 @@ def compute_teacher_logits(
                 "it, choose another path, or pass rebuild=True (--rebuild-"
                 "cache) to recompute it."
             )
-    if jit_compile == "auto":
-        jit_compile = auto_jit_compile(teacher)
-    logits = _forward_pass(teacher, x, batch_size, bool(jit_compile))
+    members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    outputs = []
+    for member in members:
+        member_jit = auto_jit_compile(member) if jit_compile == "auto" else bool(jit_compile)
+        outputs.append(_forward_pass(member, x, batch_size, member_jit))
+    logits = outputs[0] if len(outputs) == 1 and members[0] is teacher else np.stack(outputs, 1)
     if teacher_outputs == "probabilities":
         logits = np.log(np.maximum(logits, 1e-30)).astype(np.float32)
     if path is not None:
@@ -221,10 +234,10 @@ def _read_cache(path, num_samples):
             f"The teacher-logits cache {path} is damaged: its checksum does "
             "not match its contents. Delete it and run again."
         )
-    if logits.ndim != 2 or len(logits) != num_samples:
+    if logits.ndim not in (2, 3) or len(logits) != num_samples:
         raise CacheError(
             f"The teacher-logits cache {path} holds logits of shape "
-            f"{logits.shape}, not ({num_samples}, classes). Delete it or "
-            "pass rebuild=True."
+            f"{logits.shape}, not ({num_samples}, classes) or ({num_samples}, "
+            "members, classes). Delete it or pass rebuild=True."
         )
     return key, logits

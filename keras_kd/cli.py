@@ -280,7 +280,7 @@ def _test_results(model, data, batch_size):
 def _compile_classifier(model, optimizer="adam", steps_per_execution=1):
     import keras
 
-    from keras_kd.distiller import ends_in_softmax
+    from keras_kd.validation import ends_in_softmax
 
     model.compile(
         optimizer=optimizer,
@@ -404,9 +404,6 @@ def run_evaluate(args):
 
 
 def run_export(args):
-    import numpy as np
-    import tensorflow as tf
-
     from keras_kd import datasets
     from keras_kd import export
     from keras_kd import models
@@ -424,152 +421,22 @@ def run_export(args):
     x_train = datasets.preprocess(x_train, args.dataset, scaling, layout).numpy()
     x_test = datasets.preprocess(x_test, args.dataset, scaling, layout).numpy()
     paths = export.export_student(model, args.output, args.formats, representative_data=x_train)
-
-    # Check each file against the Keras model on the test split.
-    reference = model.predict(x_test, batch_size=256, verbose=0)
-    predictions = {"keras": reference}
-    if "saved_model" in paths:
-        served = tf.saved_model.load(paths["saved_model"])
-        predictions["saved_model"] = np.concatenate(
-            [served.serve(x_test[i:i + 256]).numpy() for i in range(0, len(x_test), 256)]
-        )
-    for name in ("tflite", "tflite_int8"):
-        if name in paths:
-            predictions[name] = export.tflite_predict(paths[name], x_test, batch_size=256, use_xnnpack=False)
-    report = {"model": args.model, "files": paths, "test_examples": len(y_test), "formats": {}}
+    report = export.verify_export(model, paths, x_test, y_test)
+    report["model"] = args.model
     print(f"{'format':<12} {'accuracy':>9} {'max |logit - keras|':>20}  file")
-    for name, outputs in predictions.items():
-        row = {
-            "accuracy": float((outputs.argmax(axis=1) == y_test).mean()),
-            "max_abs_difference": float(np.abs(outputs - reference).max()),
-        }
-        report["formats"][name] = row
-        print(f"{name:<12} {100 * row['accuracy']:8.2f}% {row['max_abs_difference']:20.2e}  {paths.get(name, args.model)}")
+    for name, row in report["formats"].items():
+        print(f"{name:<12} {100 * row['accuracy']:8.2f}% {row['max_abs_difference']:20.2e}  "
+              f"{paths.get(name, args.model)}")
     with open(os.path.join(args.output, "export.json"), "w") as f:
         json.dump(report, f, indent=2)
-
-
-SWEEP_FILES = ("cells.jsonl", "summary.csv", "summary.json", "summary.md", "sweep.png")
-
-
-def _read_cells(path):
-    if not os.path.exists(path):
-        return []
-    cells = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    cells.append(json.loads(line))
-                except json.JSONDecodeError:
-                    # A line cut short by a crash: that cell runs again.
-                    continue
-    return cells
-
-
-def _cell_key(cell):
-    return (cell["kind"], cell["alpha"], cell["temperature"], cell["seed"], cell["epochs"])
-
-
-def _summarise(cells):
-    """Mean and std over seeds per (kind, alpha, temperature)."""
-    import numpy as np
-
-    groups = {}
-    for cell in cells:
-        groups.setdefault((cell["kind"], cell["alpha"], cell["temperature"]), []).append(cell)
-    rows = []
-    for (kind, alpha, temperature), members in sorted(
-        groups.items(), key=lambda item: (item[0][0] != "scratch", item[0][1] or 0, item[0][2] or 0)
-    ):
-        test = np.array([m["test_accuracy"] for m in members])
-        row = {
-            "setting": kind, "alpha": alpha, "temperature": temperature,
-            "seeds": len(members), "test_accuracy_mean": float(test.mean()),
-            "test_accuracy_std": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
-        }
-        if members[0].get("validation_accuracy") is not None:
-            row["validation_accuracy_mean"] = float(np.mean([m["validation_accuracy"] for m in members]))
-        rows.append(row)
-    return rows
-
-
-def _write_sweep_report(output, rows, calibrated_temperature, title):
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fields = ["setting", "alpha", "temperature", "seeds", "test_accuracy_mean",
-              "test_accuracy_std", "validation_accuracy_mean"]
-    with open(os.path.join(output, "summary.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    distilled = [r for r in rows if r["setting"] == "distilled"]
-    best = None
-    if distilled and "validation_accuracy_mean" in distilled[0]:
-        best = max(distilled, key=lambda r: r["validation_accuracy_mean"])
-    with open(os.path.join(output, "summary.json"), "w") as f:
-        json.dump({
-            "rows": rows,
-            "calibrated_temperature": calibrated_temperature,
-            "best_temperature_on_validation": best and best["temperature"],
-            "best_alpha_on_validation": best and best["alpha"],
-        }, f, indent=2)
-    lines = [f"### {title}", "",
-             "| setting | alpha | T | seeds | test accuracy (%) |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['setting']} | {'' if r['alpha'] is None else r['alpha']} | "
-            f"{'' if r['temperature'] is None else r['temperature']} | {r['seeds']} | "
-            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} |"
-        )
-    lines.append("")
-    if calibrated_temperature is not None:
-        lines.append(f"Calibrated teacher temperature (validation NLL): {calibrated_temperature:.2f}.")
-    if best is not None:
-        lines.append(f"Best setting on validation: alpha {best['alpha']}, T {best['temperature']}.")
-    with open(os.path.join(output, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for alpha in sorted({r["alpha"] for r in distilled}):
-        points = sorted((r for r in distilled if r["alpha"] == alpha), key=lambda r: r["temperature"])
-        axis.errorbar(
-            [p["temperature"] for p in points],
-            [100 * p["test_accuracy_mean"] for p in points],
-            yerr=[100 * p["test_accuracy_std"] for p in points],
-            marker="o", capsize=3, label=f"distilled, alpha {alpha}",
-        )
-    for r in rows:
-        if r["setting"] == "scratch":
-            axis.axhline(100 * r["test_accuracy_mean"], color="grey", linestyle="--", label="student from scratch")
-    if calibrated_temperature is not None:
-        axis.axvline(calibrated_temperature, color="#c44e52", linestyle=":", label="calibrated T")
-    axis.set_xscale("log")
-    axis.set_xlabel("temperature T")
-    axis.set_ylabel("test accuracy (%)")
-    axis.set_title(title)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(os.path.join(output, "sweep.png"), dpi=120)
-    plt.close(figure)
-    return "\n".join(lines)
 
 
 def run_sweep(args):
     import keras
 
-    from keras_kd import Distiller
-    from keras_kd import datasets
     from keras_kd import models
     from keras_kd import runs
-    from keras_kd.cache import compute_teacher_logits
-    from keras_kd.calibration import calibrate_temperature
+    from keras_kd import sweeps
 
     teacher, layout = _teacher_and_layout(args)
     args.seed = args.seeds[0]  # Seed of the validation split.
@@ -583,73 +450,28 @@ def run_sweep(args):
         resumable=runs.RESUMABLE_SETTINGS + ("temperatures", "alphas", "seeds", "seed"),
     )
     runs.set_determinism(args.seed, ops=not args.nondeterministic)
-    x_train = data.inputs(data.x_train)
-    # One teacher pass for every cell of the sweep.
-    teacher_logits = compute_teacher_logits(
-        teacher, x_train, path=os.path.join(args.output, "teacher_logits.npz")
-    )
-    calibrated = None
     validation = None
     if data.validation is not None:
-        x_val, y_val = data.validation
-        x_val = data.inputs(x_val)
-        calibrated = calibrate_temperature(teacher, (x_val, y_val))
-        validation = (x_val, y_val)
-    x_test = data.inputs(data.x_test)
-
-    cells_path = os.path.join(args.output, "cells.jsonl")
-    finished = {_cell_key(c) for c in _read_cells(cells_path)}
-    grid = []
-    for seed in args.seeds:
-        if not args.no_scratch:
-            grid.append(("scratch", None, None, seed))
-        for alpha in args.alphas:
-            for temperature in args.temperatures:
-                grid.append(("distilled", alpha, temperature, seed))
-    todo = [g for g in grid if (*g, args.epochs) not in finished]
-    print(f"Sweep: {len(grid)} cells, {len(grid) - len(todo)} already finished in {args.output}")
-    progress = None if args.quiet else keras.utils.Progbar(len(todo), unit_name="cell")
-    for index, (kind, alpha, temperature, seed) in enumerate(todo):
-        start = time.monotonic()
-        keras.utils.set_random_seed(seed)
-        student, _ = models.build_model(args.student, data.image_shape)
-        if kind == "scratch":
-            model = _compile_classifier(student, _optimizer(args), args.steps_per_execution)
-            logits = None
-        else:
-            model = Distiller(student=student, teacher=teacher)
-            model.compile(optimizer=_optimizer(args), metrics=[ACCURACY], alpha=alpha,
-                          temperature=temperature, distillation_loss_fn=args.loss,
-                          steps_per_execution=args.steps_per_execution)
-            logits = teacher_logits
-        train = datasets.make_dataset(
-            x_train, data.y_train, name=None, scaling=None, batch_size=args.batch_size,
-            shuffle=True, seed=seed, teacher_logits=logits,
-        )
-        model.fit(train, epochs=args.epochs, verbose=0, shuffle=False)  # Shuffled by `train`.
-        cell = {"kind": kind, "alpha": alpha, "temperature": temperature, "seed": seed,
-                "epochs": args.epochs}
-        cell["test_accuracy"] = float(
-            model.evaluate(x_test, data.y_test, verbose=0, return_dict=True)[ACCURACY])
-        if validation is not None:
-            cell["validation_accuracy"] = float(
-                model.evaluate(*validation, verbose=0, return_dict=True)[ACCURACY])
-        cell["seconds"] = round(time.monotonic() - start, 2)
-        with open(cells_path, "a") as f:
-            f.write(json.dumps(cell) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if progress is not None:
-            progress.update(index + 1)
-
-    wanted = {(*g, args.epochs) for g in grid}
-    cells = [c for c in _read_cells(cells_path) if _cell_key(c) in wanted]
-    rows = _summarise(cells)
-    title = f"{args.student} from {os.path.basename(args.teacher)}, {args.dataset}, {args.epochs} epochs"
-    table = _write_sweep_report(args.output, rows, calibrated, title)
-    runs.finish_run(args.output, {"rows": rows, "calibrated_temperature": calibrated})
-    print()
-    print(table)
-    print(f"Wrote {', '.join(SWEEP_FILES)} to {args.output}")
-
-
+        validation = (data.inputs(data.validation[0]), data.validation[1])
+    cells = len(args.seeds) * (len(args.alphas) * len(args.temperatures) + (not args.no_scratch))
+    progress = None if args.quiet else keras.utils.Progbar(cells, unit_name="cell")
+    summary = sweeps.sweep(
+        teacher,
+        lambda: models.build_model(args.student, data.image_shape)[0],
+        (data.inputs(data.x_train), data.y_train),
+        (data.inputs(data.x_test), data.y_test),
+        args.output,
+        temperatures=args.temperatures, alphas=args.alphas, seeds=args.seeds,
+        epochs=args.epochs, validation=validation, scratch=not args.no_scratch,
+        optimizer=lambda: _optimizer(args), distillation_loss_fn=args.loss,
+        batch_size=args.batch_size, steps_per_execution=args.steps_per_execution,
+        title=f"{args.student} from {os.path.basename(args.teacher)}, {args.dataset}, "
+        f"{args.epochs} epochs",
+        on_cell=None if progress is None else (
+            lambda cell, done, total: progress.update(cells - total + done)),
+    )
+    runs.finish_run(args.output, {"rows": summary["rows"],
+                                  "calibrated_temperature": summary["calibrated_temperature"]})
+    print(f"\nSweep: {cells} cells, {summary['skipped']} already finished in {args.output}")
+    print(summary["markdown"])
+    print(f"Wrote {', '.join(sweeps.SWEEP_FILES)} to {args.output}")

@@ -58,3 +58,37 @@ def built_input_shape(model):
 def has_strategy():
     """True inside a `tf.distribute` strategy scope."""
     return tf.distribute.has_strategy()
+
+
+def reducible_logs(logs):
+    """A step's logs in a form Keras can average across workers.
+
+    Across workers Keras averages each log with `strategy.reduce("MEAN",
+    value, axis=0)`, which fails on scalars (keras-team/keras#20585);
+    one-element vectors average to the same scalar. Unchanged elsewhere.
+    """
+    if not in_multi_worker_mode(tf.distribute.get_strategy()):
+        return logs
+    return {
+        name: tf.reshape(value, (1,)) if len(value.shape) == 0 else value
+        for name, value in logs.items()
+    }
+
+
+def first_local_batch(strategy, iterator):
+    """The first batch of a Keras epoch iterator, from the first local replica.
+
+    Keras' TF trainer averages a first batch across replicas with
+    `strategy.reduce` only to learn its structure; under
+    MultiWorkerMirroredStrategy that collective fails on PerReplica inputs
+    (keras-team/keras#20585). The first local replica's batch has the same
+    structure and needs no communication.
+    """
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    for _, _, batches in iterator:
+        return tf.nest.map_structure(local, next(batches))
+    return None

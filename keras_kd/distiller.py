@@ -1,17 +1,20 @@
 """The `Distiller` model: trains a student on labels and a frozen teacher."""
 
-import functools
 import inspect
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_kd import cache as cache_module
 from keras_kd import compat
+from keras_kd import hints as hints_module
+from keras_kd import labels as labels_module
+from keras_kd.hints import FeatureHint
 from keras_kd.losses import DistillationLoss
 from keras_kd.losses import get_distillation_loss
+from keras_kd.metrics import TeacherMetric
+from keras_kd import validation
 from keras_kd.validation import validate_choice
 from keras_kd.validation import validate_fraction
 from keras_kd.validation import validate_temperature
@@ -19,106 +22,14 @@ from keras_kd.validation import validate_temperature
 # -1: a sample without a label in a batch of integer labels. It gets only the
 # distillation term (for one-hot labels, a row of zeros marks it).
 UNLABELLED = cache_module.UNLABELLED
+# Re-exported: the CLI and users check their models with it.
+ends_in_softmax = validation.ends_in_softmax
 
 DEFAULT_TEMPERATURE = 3.0
-
-# Reductions a student loss may carry, and what they divide the weighted sum
-# of the labelled samples' losses by.
-_REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "mean_with_sample_weight")
-
-
-def ends_in_softmax(model):
-    """True if the model's last layer applies a softmax.
-
-    Args:
-        model: A Keras model. Subclassed models, whose layers are not an
-            ordered graph, are taken not to.
-
-    Returns:
-        `True` for a last `Softmax` layer, a softmax `Activation` or a layer
-        built with `activation="softmax"`.
-    """
-    if not isinstance(model, keras.Sequential) and not hasattr(model, "inputs"):
-        return False  # Subclassed: `layers` is not the order of `call`.
-    layers = getattr(model, "layers", None)
-    if not layers:
-        return False
-    last = layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return True
-    activation = getattr(last, "activation", None)
-    return activation is keras.activations.softmax or (
-        isinstance(last, keras.layers.Activation)
-        and getattr(last.activation, "__name__", "") == "softmax"
-    )
-
-
-def _static_num_classes(model):
-    try:
-        return model.outputs[0].shape[-1]
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-
 
 def _as_float(variable):
     # The shortest decimal that is this float32: 0.1, not 0.10000000149.
     return float(str(ops.convert_to_numpy(variable)))
-
-
-def _rank(tensor):
-    """The static rank of a tensor, or `None` when unknown."""
-    shape = tensor.shape
-    return shape.rank if hasattr(shape, "rank") else len(shape)
-
-
-def _per_sample(values, batch_size):
-    """Reduces a loss output to one value per sample, shape `(batch,)`."""
-    values = ops.cast(ops.convert_to_tensor(values), "float32")
-    if len(values.shape) == 0:
-        return ops.broadcast_to(values, (batch_size,))
-    if len(values.shape) > 1:
-        values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
-    return values
-
-
-def _global_sum(value):
-    """Sums `value` over the replicas of a `tf.distribute` strategy.
-
-    Returns the sum divided by the number of replicas, so that each replica's
-    `local_sum / _global_sum(count)` adds up, over the replicas' gradients
-    scaled by `1 / N`, to the global `sum / count`.
-    """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce("sum", value) / context.num_replicas_in_sync
-
-
-def _reduce(per_sample_values, sample_weight, mask, reduction):
-    """Reduces per-sample losses as Keras' `reduction` would, over `mask`.
-
-    Masked-out samples count for nothing, as with Keras' `ignore_class`: a
-    mean is over the samples that are not masked.
-    """
-    values = ops.cast(per_sample_values, "float32")
-    weights = ops.ones_like(values)
-    if sample_weight is not None:
-        weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-    if mask is not None:
-        mask = ops.cast(mask, "float32")
-        # `where`, not a product: a masked sample's loss may be NaN.
-        values = ops.where(mask > 0, values, 0.0)
-        weights = weights * mask
-    total = ops.sum(values * weights)
-    if reduction == "sum":
-        return total
-    if reduction == "mean_with_sample_weight":
-        return ops.divide_no_nan(total, _global_sum(ops.sum(weights)))
-    if mask is None:
-        count = ops.cast(ops.shape(values)[0], "float32")
-    else:
-        count = _global_sum(ops.sum(mask))
-    return ops.divide_no_nan(total, count)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -164,10 +75,18 @@ class Distiller(keras.Model):
 
     Args:
         student: The `keras.Model` to train. It must output logits.
-        teacher: A trained `keras.Model`. It is frozen (`trainable=False`).
+        teacher: A trained `keras.Model`, or a list of them (an ensemble).
+            Frozen (`trainable=False`).
         teacher_outputs: `"logits"` (default) or `"probabilities"` for a
             teacher that ends in a softmax; its outputs are then turned back
             into logits with `log`, which softmax inverts exactly.
+        teacher_weights: For a list of teachers, their weights in the
+            ensemble (any positive numbers, normalised to sum to 1); `None`
+            weighs them equally.
+        ensemble: How a list of teachers is combined at the distiller's
+            temperature: `"arithmetic"` (default, Hinton et al.'s mean of
+            the members' softened distributions) or `"geometric"`; see
+            `combine_teacher_logits`.
         name: Name of the model.
         **kwargs: Passed to `keras.Model`.
 
@@ -197,6 +116,9 @@ class Distiller(keras.Model):
         student=None,
         teacher=None,
         teacher_outputs="logits",
+        teacher_weights=None,
+        ensemble="arithmetic",
+        hints=None,
         name="distiller",
         **kwargs,
     ):
@@ -211,7 +133,10 @@ class Distiller(keras.Model):
                 f"{received}."
             )
         super().__init__(name=name, **kwargs)
-        for argument, model in (("student", student), ("teacher", teacher)):
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        if not teachers:
+            raise ValueError("`teacher` must be a model or a non-empty list of models.")
+        for argument, model in [("student", student)] + [("teacher", t) for t in teachers]:
             if not isinstance(model, keras.Model):
                 raise ValueError(
                     f"`{argument}` must be a `keras.Model`. Received: "
@@ -220,7 +145,9 @@ class Distiller(keras.Model):
         self.teacher_outputs = validate_choice(
             teacher_outputs, "teacher_outputs", {"logits", "probabilities"}
         )
-        if ends_in_softmax(student):
+        self.ensemble = validate_choice(ensemble, "ensemble", {"arithmetic", "geometric"})
+        self.teacher_weights = _normalized_weights(teacher_weights, len(teachers))
+        if validation.ends_in_softmax(student):
             raise ValueError(
                 "The student must output logits, but its last layer "
                 f"`{student.layers[-1].name}` applies a softmax. Build the "
@@ -228,28 +155,30 @@ class Distiller(keras.Model):
                 "`keras.ops.softmax` to its outputs after training if you "
                 "need probabilities."
             )
-        if self.teacher_outputs == "logits" and ends_in_softmax(teacher):
-            raise ValueError(
-                "The teacher's last layer "
-                f"`{teacher.layers[-1].name}` applies a softmax, but "
-                "teacher_outputs='logits'. Pass "
-                "`teacher_outputs='probabilities'` to distil from its "
-                "probabilities, or rebuild it with a linear last layer."
-            )
-        teacher_classes = _static_num_classes(teacher)
-        student_classes = _static_num_classes(student)
-        if None not in (teacher_classes, student_classes) and (
-            teacher_classes != student_classes
-        ):
-            raise ValueError(
-                "The teacher and the student must output the same number of "
-                f"classes. Received: teacher outputs {teacher_classes}, "
-                f"student outputs {student_classes}. Build both with the "
-                "same `num_classes`."
-            )
+        student_classes = validation.static_num_classes(student)
+        for member in teachers:
+            if self.teacher_outputs == "logits" and validation.ends_in_softmax(member):
+                raise ValueError(
+                    "The teacher's last layer "
+                    f"`{member.layers[-1].name}` applies a softmax, but "
+                    "teacher_outputs='logits'. Pass "
+                    "`teacher_outputs='probabilities'` to distil from its "
+                    "probabilities, or rebuild it with a linear last layer."
+                )
+            teacher_classes = validation.static_num_classes(member)
+            if None not in (teacher_classes, student_classes) and (
+                teacher_classes != student_classes
+            ):
+                raise ValueError(
+                    "The teacher and the student must output the same number of "
+                    f"classes. Received: teacher outputs {teacher_classes}, "
+                    f"student outputs {student_classes}. Build both with the "
+                    "same `num_classes`."
+                )
+            member.trainable = False
         self.student = student
-        self.teacher = teacher
-        self.teacher.trainable = False
+        self.teacher = teacher if isinstance(teacher, keras.Model) else teachers
+        self._set_up_hints(hints, teachers)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
@@ -269,9 +198,15 @@ class Distiller(keras.Model):
         self._default_student_loss = True
         self._class_weight = None
         self._alpha_at_fit_start = None
+        self._teacher_metrics = []
         # Built once both models are (BackupAndRestore and load_weights need
         # a built model); a subclassed student builds on its first batch.
-        self.built = bool(student.built and teacher.built)
+        self.built = bool(student.built and all(t.built for t in teachers))
+
+    @property
+    def teachers(self):
+        """The teachers as a list (one model, or the ensemble's members)."""
+        return [self.teacher] if isinstance(self.teacher, keras.Model) else list(self.teacher)
 
     @property
     def alpha(self):
@@ -360,8 +295,16 @@ class Distiller(keras.Model):
                 )
             kwargs.pop(unsupported, None)
         alpha = validate_fraction(alpha, "alpha")
+        # Teacher metrics take the teacher's logits, not the labels: the
+        # Distiller feeds them itself (see keras_kd.metrics).
+        self._teacher_metrics = [
+            m for m in (metrics if isinstance(metrics, (list, tuple)) else [])
+            if isinstance(m, TeacherMetric)
+        ]
+        if self._teacher_metrics:
+            metrics = [m for m in metrics if not isinstance(m, TeacherMetric)]
         self._default_student_loss = student_loss_fn is None
-        self.student_loss_fn = resolve_student_loss(student_loss_fn)
+        self.student_loss_fn = labels_module.resolve_student_loss(student_loss_fn)
         distillation_loss = get_distillation_loss(distillation_loss_fn)
         self.distillation_loss_fn = distillation_loss
         self.temperature = _resolve_temperature(temperature, distillation_loss)
@@ -404,11 +347,123 @@ class Distiller(keras.Model):
         Returns:
             Float32 logits of shape `(batch, num_classes)`.
         """
-        outputs = self.teacher(self.teacher_inputs(x), training=False)
-        outputs = ops.cast(outputs, "float32")
+        inputs = self.teacher_inputs(x)
+        members = []
+        for member in self.teachers:
+            outputs = ops.cast(member(inputs, training=False), "float32")
+            if self.teacher_outputs == "probabilities":
+                outputs = ops.log(ops.maximum(outputs, 1e-30))
+            members.append(outputs)
+        if isinstance(self.teacher, keras.Model):
+            return members[0]
+        return ops.stack(members, axis=1)
+
+    def combine_teacher_logits(self, teacher_logits):
+        """Turns an ensemble's stacked logits into one teacher's logits.
+
+        Hinton et al.'s ensemble: the members' softened distributions
+        `softmax(z_m / T)` at the distiller's current temperature, averaged
+        with `teacher_weights`, arithmetically (default) or geometrically
+        (normalised weighted product). The result is returned as logits
+        `T * log(mean)`, whose softened softmax is exactly that mixture
+        (logits are defined up to a constant per sample). Single-teacher
+        logits pass through unchanged.
+
+        Args:
+            teacher_logits: `(batch, classes)`, or `(batch, members,
+                classes)` for an ensemble (online or cached).
+
+        Returns:
+            Logits `(batch, classes)`.
+        """
+        if labels_module.static_rank(teacher_logits) != 3:
+            return teacher_logits
+        temperature = ops.cast(self._temperature, "float32")
+        log_p = ops.log_softmax(teacher_logits / temperature, axis=-1)
+        weights = ops.convert_to_tensor(self.teacher_weights, "float32")[None, :, None]
+        if self.ensemble == "geometric":
+            log_mixture = ops.sum(weights * log_p, axis=1)
+        else:
+            log_mixture = ops.logsumexp(log_p + ops.log(weights), axis=1)
+        return temperature * log_mixture
+
+    def _set_up_hints(self, hints, teachers):
+        self.hints = [
+            h if isinstance(h, FeatureHint) else FeatureHint.from_config(h) for h in hints or []
+        ]
+        self.hint_trackers = []
+        self.connectors = []
+        self._connector_of = {}
+        self._student_feature_model = self._teacher_feature_model = None
+        if not self.hints:
+            return
+        if len(teachers) > 1:
+            raise ValueError("`hints` take one teacher. Received a list of "
+                             f"{len(teachers)} teachers; distil the ensemble's logits instead.")
+        names = [h.name for h in self.hints]
+        self.hint_trackers = [
+            keras.metrics.Mean(name=n if names.count(n) == 1 else f"{n}_{i}")
+            for i, n in enumerate(names)
+        ]
+        if hasattr(self.student, "inputs"):
+            self._student_feature_model = hints_module.feature_model(
+                self.student, [h.student_layer for h in self.hints], "student")
+        if hasattr(self.teacher, "inputs"):
+            self._teacher_feature_model = hints_module.feature_model(
+                self.teacher, [h.teacher_layer for h in self.hints], "teacher")
+        for index, hint in enumerate(self.hints):
+            if hint.method != "fitnet":
+                continue
+            if self._student_feature_model is None or self._teacher_feature_model is None:
+                raise ValueError(
+                    "A FitNets hint needs the features' shapes to build its connector: use "
+                    "Sequential/Functional models, or the relational methods ('attention', "
+                    "'similarity', 'rkd', 'pkt') with a subclassed model."
+                )
+            connector = hints_module.build_connector(
+                self._student_feature_model.outputs[index + 1].shape[1:],
+                self._teacher_feature_model.outputs[index + 1].shape[1:],
+                name=f"connector_{index}",
+            )
+            if connector is not None:
+                self._connector_of[index] = len(self.connectors)
+                self.connectors.append(connector)
+
+    def student_features(self, x, training=None):
+        """Returns `(logits, [feature per hint])` of one student forward pass.
+
+        Override for a subclassed student, returning the features the hints
+        name (in their order).
+        """
+        outputs = self._student_feature_model(self.student_inputs(x), training=training)
+        return outputs[0], list(outputs[1:])
+
+    def teacher_features(self, x):
+        """Returns `(logits, [feature per hint])` of one teacher forward pass.
+
+        Override for a subclassed teacher, as `student_features`.
+        """
+        outputs = self._teacher_feature_model(self.teacher_inputs(x), training=False)
+        logits = ops.cast(outputs[0], "float32")
         if self.teacher_outputs == "probabilities":
-            outputs = ops.log(ops.maximum(outputs, 1e-30))
-        return outputs
+            logits = ops.log(ops.maximum(logits, 1e-30))
+        return logits, list(outputs[1:])
+
+    def _hint_losses(self, student_features, teacher_features):
+        losses = []
+        for index, hint in enumerate(self.hints):
+            feature = student_features[index]
+            if index in self._connector_of:
+                feature = self.connectors[self._connector_of[index]](feature, training=True)
+            losses.append(hint.weight * hint.loss(feature, ops.stop_gradient(teacher_features[index])))
+        return losses
+
+    def _trained_variables(self):
+        """The student's trainable weights and those of the hint connectors."""
+        weights = list(self.student.trainable_weights)
+        for connector in self.connectors:
+            weights += connector.trainable_weights
+        return weights
 
     def compute_student_loss(self, y, student_logits, sample_weight=None):
         """Returns the hard loss on the labels.
@@ -429,19 +484,19 @@ class Distiller(keras.Model):
             return ops.zeros((), "float32")
         student_logits = ops.cast(student_logits, "float32")
         loss_fn = self.student_loss_fn
-        if self._default_student_loss and _is_one_hot(y, student_logits):
+        if self._default_student_loss and labels_module.is_one_hot(y, student_logits):
             loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True)
-        labels, mask = labelled_mask(y, student_logits, _ignore_class(loss_fn))
+        labels, mask = labels_module.labelled_mask(y, student_logits, labels_module.ignore_class_of(loss_fn))
         if isinstance(loss_fn, keras.losses.Loss):
             values = loss_fn.call(labels, student_logits)
         else:
             values = loss_fn(labels, student_logits)
-        values = _per_sample(values, ops.shape(student_logits)[0])
+        values = labels_module.per_sample(values, ops.shape(student_logits)[0])
         reduction = getattr(loss_fn, "reduction", "sum_over_batch_size")
-        return _reduce(values, sample_weight, mask, reduction)
+        return labels_module.reduce_loss(values, sample_weight, mask, reduction)
 
     def compute_distillation_loss(
-        self, teacher_logits, student_logits, sample_weight=None
+        self, teacher_logits, student_logits, sample_weight=None, y=None
     ):
         """Returns the teacher-student loss, averaged over the batch.
 
@@ -449,6 +504,9 @@ class Distiller(keras.Model):
             teacher_logits: The teacher's logits.
             student_logits: The student's logits.
             sample_weight: Optional per-sample weights.
+            y: The batch's labels, for losses that need the true classes
+                (DKD, NKD); where a sample has none, the teacher's top class
+                stands in.
 
         Returns:
             A scalar: `sum(w * loss) / batch_size`.
@@ -458,8 +516,11 @@ class Distiller(keras.Model):
         temperature = ops.cast(self._temperature, "float32")
         loss_fn = self.distillation_loss_fn
         if isinstance(loss_fn, DistillationLoss):
+            labels = None
+            if loss_fn.needs_labels:
+                labels = labels_module.true_classes(y, teacher_logits)
             values = loss_fn.compute_per_sample(
-                teacher_logits, student_logits, temperature
+                teacher_logits, student_logits, temperature, labels
             )
         else:
             teacher_p = ops.softmax(teacher_logits / temperature, axis=-1)
@@ -468,8 +529,8 @@ class Distiller(keras.Model):
                 values = loss_fn.call(teacher_p, student_p)
             else:
                 values = loss_fn(teacher_p, student_p)
-        values = _per_sample(values, ops.shape(student_logits)[0])
-        return _reduce(values, sample_weight, None, "sum_over_batch_size")
+        values = labels_module.per_sample(values, ops.shape(student_logits)[0])
+        return labels_module.reduce_loss(values, sample_weight, None, "sum_over_batch_size")
 
     def _regularization_loss(self):
         losses = self.student.losses
@@ -505,45 +566,69 @@ class Distiller(keras.Model):
         y, teacher_logits = cache_module.split_targets(y)
         self._check_labels_present(y)
         sample_weight = self._with_class_weight(y, sample_weight)
+        teacher_features = None
+        if self.hints:
+            online_logits, teacher_features = self.teacher_features(x)
+            teacher_logits = online_logits if teacher_logits is None else teacher_logits
         if teacher_logits is None:
             teacher_logits = self.teacher_logits(x)
-        teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+        teacher_logits = self.combine_teacher_logits(
+            ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+        )
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
         alpha = ops.cast(self._alpha, "float32")
 
         with tf.GradientTape() as tape:
-            student_logits = self(x, training=True)
+            if self.hints:
+                student_logits, student_features = self.student_features(x, training=True)
+            else:
+                student_logits = self(x, training=True)
             self._check_logits(teacher_logits, student_logits)
             student_loss = self.compute_student_loss(
                 y, student_logits, sample_weight
             )
             distillation_loss = self.compute_distillation_loss(
-                teacher_logits, student_logits, sample_weight
+                teacher_logits, student_logits, sample_weight,
+                **({"y": y} if _accepts_labels(self.compute_distillation_loss) else {}),
             )
             loss = (
                 alpha * student_loss
                 + (1.0 - alpha) * distillation_loss
                 + self._regularization_loss()
             )
+            hint_losses = []
+            if self.hints:
+                hint_losses = self._hint_losses(student_features, teacher_features)
+                loss = loss + ops.sum(ops.stack(hint_losses))
             # Gradients are summed over replicas: scaling each replica's mean
             # by 1 / N gives the mean over the global batch.
             scaled_loss = loss / num_replicas
             if self.optimizer is not None:
                 scaled_loss = self.optimizer.scale_loss(scaled_loss)
 
-        trainable_weights = self.student.trainable_weights
+        trainable_weights = self._trained_variables()
         gradients = tape.gradient(scaled_loss, trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, trainable_weights))
 
         self._update_loss_trackers(
             student_logits, loss, student_loss, distillation_loss
         )
+        for metric in self._teacher_metrics:
+            metric.update_state(teacher_logits, student_logits, sample_weight)
+        for tracker, value in zip(self.hint_trackers, hint_losses):
+            tracker.update_state(value, sample_weight=ops.shape(student_logits)[0])
         return self._metrics_logs(x, y, student_logits, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y, _ = cache_module.split_targets(y)
+        y, teacher_logits = cache_module.split_targets(y)
         student_logits = self(x, training=False)
+        if self._teacher_metrics:  # Opt-in: only they make evaluate run the teacher.
+            if teacher_logits is None:
+                teacher_logits = self.teacher_logits(x)
+            teacher_logits = self.combine_teacher_logits(ops.cast(teacher_logits, "float32"))
+            for metric in self._teacher_metrics:
+                metric.update_state(teacher_logits, student_logits, sample_weight)
         student_loss = self.compute_student_loss(
             y, student_logits, sample_weight
         )
@@ -554,7 +639,8 @@ class Distiller(keras.Model):
             student_loss,
         )
         logs = self._metrics_logs(x, y, student_logits, sample_weight)
-        logs.pop(self.distillation_loss_tracker.name, None)
+        for tracker in [self.distillation_loss_tracker] + self.hint_trackers:
+            logs.pop(tracker.name, None)  # Training terms: evaluate has none.
         return logs
 
     def _update_loss_trackers(
@@ -583,14 +669,14 @@ class Distiller(keras.Model):
                 )
             }
         else:
-            labels, mask = labelled_mask(y, student_logits)
+            labels, mask = labels_module.labelled_mask(y, student_logits)
             weights = ops.cast(mask, "float32")
             if sample_weight is not None:
                 weights = weights * ops.reshape(
                     ops.cast(sample_weight, "float32"), (-1,)
                 )
             logs = self.compute_metrics(x, labels, student_logits, weights)
-        return self._for_multi_worker_reduction(logs)
+        return compat.reducible_logs(logs)
 
     def get_metrics_result(self):
         # As Keras', but a fit on unlabelled data leaves the label metrics
@@ -610,38 +696,11 @@ class Distiller(keras.Model):
         """Multiplies in the class weights given to `fit`, if any."""
         if self._class_weight is None or y is None:
             return sample_weight
-        labels, mask = labelled_mask(y, None)
-        if _rank(labels) not in (None, 1) and labels.shape[-1] != 1:
-            # One-hot: the class is the arg max.
-            labels = ops.argmax(labels, axis=-1)
-        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-        table = ops.convert_to_tensor(self._class_weight, "float32")
-        size = len(self._class_weight)
-        # Classes beyond the table, and unlabelled samples, get weight 1.
-        known = ops.logical_and(mask, labels < size)
-        weights = ops.where(
-            known, ops.take(table, ops.clip(labels, 0, size - 1)), 1.0
-        )
-        if sample_weight is not None:
-            weights = weights * ops.reshape(
-                ops.cast(sample_weight, "float32"), (-1,)
-            )
-        return weights
-
-    def _for_multi_worker_reduction(self, logs):
-        # Across workers, Keras averages the step's logs with
-        # `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
-        # (keras-team/keras#20585). One-element vectors average to the same
-        # scalar.
-        if not compat.in_multi_worker_mode(tf.distribute.get_strategy()):
-            return logs
-        return {
-            name: ops.reshape(value, (1,)) if len(ops.shape(value)) == 0 else value
-            for name, value in logs.items()
-        }
+        return labels_module.class_weights(y, sample_weight, self._class_weight)
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        self._check_inputs(x, "x")
+        if type(self).student_inputs is Distiller.student_inputs:
+            validation.check_inputs(self.student, x, "x")
         class_weight = kwargs.pop("class_weight", None)
         if class_weight is not None and kwargs.get("sample_weight") is not None:
             raise ValueError(
@@ -649,84 +708,42 @@ class Distiller(keras.Model):
                 "same time. Multiply the class weights into the sample "
                 "weights instead."
             )
-        table = _class_weight_table(class_weight)
+        table = labels_module.class_weight_table(class_weight)
         if table != self._class_weight:
             # The weights are constants of the traced step: trace it again.
             self._class_weight = table
             self.train_function = None
         # Read once, eagerly: a traced step cannot read a variable's value.
         self._alpha_at_fit_start = self.alpha
-        if len(args) < 6 and _orders_itself(x):
+        if len(args) < 6 and validation.orders_itself(x):
             # Keras cannot shuffle these and warns that it ignores its own
             # default `shuffle=True`; say False, which is what happens.
             kwargs.setdefault("shuffle", False)
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        self._check_inputs(x, "x")
+        if type(self).student_inputs is Distiller.student_inputs:
+            validation.check_inputs(self.student, x, "x")
         return super().evaluate(x, y, *args, **kwargs)
 
-    def _check_inputs(self, x, argument):
-        """Clear errors for inputs the student cannot take, where Keras would
-        fail too but with a message from deep inside the model."""
-        if type(self).student_inputs is not Distiller.student_inputs:
-            return  # The hook decides what the student sees.
-        inputs = getattr(self.student, "inputs", None)
-        if not inputs or len(inputs) != 1:
-            return  # Subclassed or several inputs: left to Keras.
-        if isinstance(x, tf.data.Dataset):
-            spec = x.element_spec
-            spec = spec[0] if isinstance(spec, tuple) else spec
-            if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
-                return
-            shape, dtype = tuple(spec.shape), spec.dtype.name
-            numeric = spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype.is_bool
-        elif isinstance(x, np.ndarray):
-            shape, dtype = (None,) + x.shape[1:], str(x.dtype)
-            numeric = x.dtype.kind in "biuf"
-        else:
-            return
-        if not numeric:
-            raise ValueError(
-                f"`{argument}` has dtype {dtype}; the student needs numeric "
-                f"inputs. Convert them, e.g. `{argument}.astype('float32')`."
-            )
-        expected = tuple(inputs[0].shape)
-        if not _shapes_compatible(shape, expected):
-            raise ValueError(
-                f"`{argument}` has examples of shape {shape[1:]}, but the "
-                f"student takes inputs of shape {expected[1:]}. Reshape the "
-                "inputs (e.g. flatten images for an MLP, or add the channel "
-                "axis for a CNN) or build the student for this shape."
-            )
-
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' TF trainer averages a first batch across replicas with
-        # `strategy.reduce` only to learn its structure. Under
-        # MultiWorkerMirroredStrategy that collective fails on PerReplica
-        # inputs (keras-team/keras#20585). The first local replica's batch
-        # has the same structure and needs no communication.
+        # Keras' own fails under MultiWorkerMirroredStrategy: see compat.
         if iterator is not None and self._distribute_strategy is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    self._first_local_value, next(batches)
-                )
-                break
-            iterator = None
+            data_batch, iterator = compat.first_local_batch(self.distribute_strategy, iterator), None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _first_local_value(self, value):
-        if isinstance(value, tf.distribute.DistributedValues):
-            return self.distribute_strategy.experimental_local_results(value)[0]
-        return value
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "student": keras.saving.serialize_keras_object(self.student),
-                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "teacher": keras.saving.serialize_keras_object(self.teacher)
+                if isinstance(self.teacher, keras.Model)
+                else [keras.saving.serialize_keras_object(t) for t in self.teachers],
                 "teacher_outputs": self.teacher_outputs,
+                "teacher_weights": self.teacher_weights,
+                "ensemble": self.ensemble,
+                "hints": [hint.get_config() for hint in self.hints],
             }
         )
         return config
@@ -734,8 +751,12 @@ class Distiller(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("student", "teacher"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        teacher = config["teacher"]
+        config["teacher"] = (
+            [keras.saving.deserialize_keras_object(t) for t in teacher]
+            if isinstance(teacher, list) else keras.saving.deserialize_keras_object(teacher)
+        )
         return cls(**config)
 
     def get_compile_config(self):
@@ -756,6 +777,10 @@ class Distiller(keras.Model):
                 ),
             }
         )
+        if self._teacher_metrics:
+            config["metrics"] = list(config.get("metrics") or []) + [
+                keras.saving.serialize_keras_object(m) for m in self._teacher_metrics
+            ]
         return config
 
     def compile_from_config(self, config):
@@ -767,101 +792,7 @@ class Distiller(keras.Model):
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if self.optimizer is not None:
-            self.optimizer.build(self.student.trainable_variables)
-
-
-def resolve_student_loss(identifier):
-    """Resolves `student_loss_fn` to a loss that takes logits.
-
-    Args:
-        identifier: `None`, a string (function or class name, as
-            `keras.losses.get` takes), a config dict, a loss instance or a
-            callable `(y_true, logits) -> loss`.
-
-    Returns:
-        A `keras.losses.Loss` or a callable.
-
-    Raises:
-        ValueError: for a non-callable, a reduction of `"none"`, or a loss
-            instance built with `from_logits=False`.
-    """
-    if identifier is None:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if isinstance(identifier, (str, dict)):
-        loss = keras.losses.get(identifier)
-        if isinstance(loss, keras.losses.Loss):
-            config = loss.get_config()
-            if "from_logits" in config:
-                loss = type(loss).from_config({**config, "from_logits": True})
-        elif "from_logits" in inspect.signature(loss).parameters:
-            loss = functools.partial(loss, from_logits=True)
-        return _checked_student_loss(loss)
-    if not callable(identifier):
-        raise ValueError(
-            "`student_loss_fn` must be a loss or a callable. Received: "
-            f"student_loss_fn={identifier!r}."
-        )
-    return _checked_student_loss(identifier)
-
-
-def _checked_student_loss(loss):
-    if not isinstance(loss, keras.losses.Loss):
-        return loss
-    config = loss.get_config()
-    if config.get("from_logits") is False:
-        raise ValueError(
-            f"`student_loss_fn` is {type(loss).__name__} with "
-            "from_logits=False, but the student outputs logits. Build it "
-            f"with `{type(loss).__name__}(from_logits=True)` or name it by "
-            "string, which resolves on logits."
-        )
-    if loss.reduction not in _REDUCTIONS:
-        raise ValueError(
-            "`student_loss_fn` must reduce to one value per batch. Received "
-            f"reduction={loss.reduction!r}. Use one of {list(_REDUCTIONS)}; "
-            "to change how samples count, pass `sample_weight`."
-        )
-    return loss
-
-
-def _ignore_class(loss_fn):
-    if isinstance(loss_fn, keras.losses.Loss):
-        return loss_fn.get_config().get("ignore_class")
-    return None
-
-
-def labelled_mask(y, logits, ignore_class=None):
-    """Splits labels into loss-safe labels and a mask of labelled samples.
-
-    Args:
-        y: Integer labels `(batch,)` / `(batch, 1)`, where `UNLABELLED`
-            marks a sample without a label, or one-hot labels
-            `(batch, classes)`, where a row of zeros does.
-        logits: The logits (for their shape), or `None`.
-        ignore_class: A further integer label to mask, as Keras' losses'
-            `ignore_class`.
-
-    Returns:
-        `(labels, mask)`: the labels with masked integer labels replaced by
-        0 (any loss can take them) and a boolean mask `(batch,)`.
-    """
-    y = ops.convert_to_tensor(y)
-    rank = _rank(y)
-    # Labels of unknown rank (e.g. `from_generator` with `TensorSpec(None)`)
-    # are taken as integer labels, as Keras' sparse losses would.
-    sparse = rank in (None, 1) or (rank == 2 and y.shape[-1] == 1)
-    if not sparse:
-        return y, ops.sum(ops.abs(ops.cast(y, "float32")), axis=-1) > 0
-    flat = ops.reshape(y, (-1,))
-    mask = ops.not_equal(flat, ops.cast(UNLABELLED, flat.dtype))
-    if ignore_class is not None:
-        mask = ops.logical_and(
-            mask, ops.not_equal(flat, ops.cast(ignore_class, flat.dtype))
-        )
-    safe = ops.where(mask, flat, ops.zeros_like(flat))
-    if rank is None:
-        return safe, mask
-    return ops.reshape(safe, ops.shape(y)), mask
+            self.optimizer.build(self._trained_variables())
 
 
 def _resolve_temperature(temperature, loss):
@@ -881,51 +812,22 @@ def _resolve_temperature(temperature, loss):
     return temperature
 
 
-def _class_weight_table(class_weight):
-    """Turns `{class: weight}` into a list indexed by class, as Keras does."""
-    if class_weight is None:
-        return None
-    if not isinstance(class_weight, dict) or not class_weight:
-        raise ValueError(
-            "`class_weight` must be a non-empty dict {class index: weight}. "
-            f"Received: class_weight={class_weight!r}."
-        )
-    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0
-           for k in class_weight):
-        raise ValueError(
-            "`class_weight` keys must be class indices (integers >= 0). "
-            f"Received keys: {sorted(class_weight, key=str)}."
-        )
-    return [
-        float(class_weight.get(c, 1.0)) for c in range(max(class_weight) + 1)
-    ]
-
-
-def _orders_itself(x):
-    """True for inputs that fix their own order: datasets, PyDatasets,
-    generators (Keras ignores `shuffle` for them)."""
-    return isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or inspect.isgenerator(x)
-
-
-def _shapes_compatible(shape, expected):
-    """Keras' rule for a Functional input: equal ranks, or one more or one
-    fewer trailing axis of size 1 (`(n, 28, 28)` for `Input((28, 28, 1))`)."""
-    if len(shape) == len(expected) + 1 and shape[-1] == 1:
-        shape = shape[:-1]
-    elif len(shape) == len(expected) - 1 and expected[-1] == 1:
-        expected = expected[:-1]
-    return len(shape) == len(expected) and all(
-        e is None or g is None or e == g for e, g in zip(expected[1:], shape[1:])
+def _accepts_labels(method):
+    """Whether a (user's) `compute_distillation_loss` takes `y`: overrides
+    written before it did keep working."""
+    parameters = inspect.signature(method).parameters
+    return "y" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     )
 
 
-def _is_one_hot(y, logits):
-    """True if `y` holds one-hot (or soft) labels shaped like `logits`."""
-    if isinstance(y, dict) or y is None:
-        return False
-    y_shape = getattr(y, "shape", None)
-    if y_shape is None or _rank(y) is None or _rank(y) != _rank(logits):
-        return False
-    return y_shape[-1] is not None and y_shape[-1] == logits.shape[-1] and (
-        y_shape[-1] > 1
-    )
+def _normalized_weights(weights, count):
+    if weights is None:
+        return [1.0 / count] * count
+    weights = [float(w) for w in weights]
+    if len(weights) != count or not all(w > 0 for w in weights):
+        raise ValueError(
+            f"`teacher_weights` must hold one positive weight per teacher ({count}). "
+            f"Received: teacher_weights={weights!r}."
+        )
+    return [w / sum(weights) for w in weights]

@@ -115,3 +115,48 @@ def tflite_predict(path, x, batch_size=1, use_xnnpack=True):
         interpreter.invoke()
         outputs.append(interpreter.get_tensor(output_index).copy())
     return np.concatenate(outputs)
+
+
+def verify_export(model, paths, x, y, batch_size=256):
+    """Checks each exported file against the Keras model on `(x, y)`.
+
+    Args:
+        model: The Keras student that was exported.
+        paths: What `export_student` returned: `{"saved_model": dir,
+            "tflite": file, "tflite_int8": file}` (any subset).
+        x: Inputs, preprocessed as the model takes them.
+        y: Integer labels.
+        batch_size: Batch size of the predictions.
+
+    Returns:
+        `{"files": paths, "test_examples": n, "formats": {name: {"accuracy",
+        "max_abs_difference"}}}`, with `"keras"` as the reference row.
+
+    Example:
+
+    ```python
+    paths = export_student(student, "export", ["saved_model", "tflite"])
+    report = verify_export(student, paths, x_test, y_test)
+    ```
+    """
+    reference = model.predict(x, batch_size=batch_size, verbose=0)
+    predictions = {"keras": reference}
+    if "saved_model" in paths:
+        served = tf.saved_model.load(paths["saved_model"])
+        predictions["saved_model"] = np.concatenate([
+            served.serve(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)
+        ])
+    for name in ("tflite", "tflite_int8"):
+        if name in paths:
+            predictions[name] = tflite_predict(
+                paths[name], x, batch_size=batch_size, use_xnnpack=False
+            )
+    y = np.asarray(y)
+    formats = {
+        name: {
+            "accuracy": float((outputs.argmax(axis=1) == y).mean()),
+            "max_abs_difference": float(np.abs(outputs - reference).max()),
+        }
+        for name, outputs in predictions.items()
+    }
+    return {"files": paths, "test_examples": len(y), "formats": formats}

@@ -156,8 +156,10 @@ def few_label_study(
     Args:
         teacher: The trained teacher (its logits are computed once).
         build_student: A function `() -> keras.Model` that outputs logits.
-        x_train, y_train: Preprocessed training inputs and integer labels.
-        x_test, y_test: Test inputs and labels.
+        x_train: Preprocessed training inputs.
+        y_train: Their integer labels.
+        x_test: Test inputs.
+        y_test: Their labels.
         label_counts: Label budgets, e.g. `[80, 240, 800, 8000]`.
         seeds: One run of every method per seed and budget.
         methods: A subset of `METHODS`.

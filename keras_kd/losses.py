@@ -30,7 +30,9 @@ class DistillationLoss(keras.losses.Loss):
 
     Subclasses implement `per_sample_loss(teacher_logits, student_logits,
     temperature)`, the arithmetic on logits already cast to `precision`,
-    returning one value per sample.
+    returning one value per sample. A loss that needs the true classes sets
+    `needs_labels = True` and takes a fourth argument, `labels` (integer
+    classes, or `None` when called on its own).
 
     Args:
         temperature: Softmax temperature. `None` (default) leaves it to the
@@ -64,11 +66,13 @@ class DistillationLoss(keras.losses.Loss):
             precision, "precision", {"float32", "float64"}
         )
 
+    needs_labels = False
+
     def call(self, y_true, y_pred):
         temperature = 1.0 if self.temperature is None else self.temperature
         return self.compute_per_sample(y_true, y_pred, temperature)
 
-    def compute_per_sample(self, teacher_logits, student_logits, temperature):
+    def compute_per_sample(self, teacher_logits, student_logits, temperature, labels=None):
         """Returns the loss of each sample, shape `(batch,)`, in `dtype`.
 
         Args:
@@ -76,15 +80,20 @@ class DistillationLoss(keras.losses.Loss):
             student_logits: Student logits, same shape.
             temperature: Softmax temperature, a positive float or scalar
                 tensor (a `Distiller` passes its temperature variable).
+            labels: Integer true classes `(batch,)`, for losses that need
+                them (`needs_labels`); ignored by the others.
 
         Returns:
             A tensor of shape `(batch,)`.
         """
-        values = self.per_sample_loss(
+        arguments = (
             ops.cast(teacher_logits, self.precision),
             ops.cast(student_logits, self.precision),
             ops.cast(temperature, self.precision),
         )
+        if self.needs_labels:
+            arguments += (labels,)
+        values = self.per_sample_loss(*arguments)
         return ops.cast(values, self.dtype)
 
     def per_sample_loss(self, teacher_logits, student_logits, temperature):
@@ -300,8 +309,9 @@ def get_distillation_loss(identifier):
     """Returns a distillation loss from a name, an instance or a callable.
 
     Strings name keras_kd's log-space losses (`"kl_divergence"`/`"kld"`/
-    `"kl"`, `"cse"`, `"mse"`), never Keras' probability-space functions of the
-    same name: Keras' `"kl_divergence"` string applied to logits is the
+    `"kl"`, `"cse"`, `"mse"`, and the methods of `keras_kd.logit_methods`:
+    `"dkd"`, `"dist"`, `"logit_standardized_kd"`, `"nkd"`), never Keras'
+    probability-space functions of the same name: Keras' `"kl_divergence"` string applied to logits is the
     defect of `keras.distillation`'s default loss.
 
     Args:
@@ -318,15 +328,18 @@ def get_distillation_loss(identifier):
     if identifier is None:
         return KLDivergenceWithTemperature()
     if isinstance(identifier, str):
+        from keras_kd.logit_methods import LOGIT_METHODS
+
+        aliases = {**_DISTILLATION_LOSS_ALIASES, **LOGIT_METHODS}
         key = identifier.lower()
-        if key not in _DISTILLATION_LOSS_ALIASES:
+        if key not in aliases:
             raise ValueError(
                 "Unknown `distillation_loss_fn`. Received: "
                 f"distillation_loss_fn={identifier!r}. Use one of "
-                f"{sorted(_DISTILLATION_LOSS_ALIASES)}, a keras_kd loss "
-                "instance or a Keras loss instance."
+                f"{sorted(aliases)}, a keras_kd loss instance or a Keras "
+                "loss instance."
             )
-        return _DISTILLATION_LOSS_ALIASES[key]()
+        return aliases[key]()
     if isinstance(identifier, dict):
         return keras.saving.deserialize_keras_object(identifier)
     if not callable(identifier):

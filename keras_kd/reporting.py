@@ -95,3 +95,41 @@ def label_budget_table(rows):
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_sweep(rows, calibrated_temperature, path, title):
+    """Test accuracy against temperature, one line per alpha.
+
+    Args:
+        rows: Rows of `sweep.summarise_cells` (`setting`, `alpha`,
+            `temperature`, `test_accuracy_mean`, `test_accuracy_std`).
+        calibrated_temperature: The teacher's calibrated T, drawn as a
+            dotted line, or `None`.
+        path: The PNG file to write.
+        title: The plot's title.
+    """
+    pyplot = _pyplot()
+    figure, axis = pyplot.subplots(figsize=(6, 4))
+    distilled = [r for r in rows if r["setting"] == "distilled"]
+    for alpha in sorted({r["alpha"] for r in distilled}):
+        points = sorted((r for r in distilled if r["alpha"] == alpha), key=lambda r: r["temperature"])
+        axis.errorbar(
+            [p["temperature"] for p in points],
+            [100 * p["test_accuracy_mean"] for p in points],
+            yerr=[100 * p["test_accuracy_std"] for p in points],
+            marker="o", capsize=3, label=f"distilled, alpha {alpha}",
+        )
+    for r in rows:
+        if r["setting"] == "scratch":
+            axis.axhline(100 * r["test_accuracy_mean"], color="grey", linestyle="--",
+                         label="student from scratch")
+    if calibrated_temperature is not None:
+        axis.axvline(calibrated_temperature, color="#c44e52", linestyle=":", label="calibrated T")
+    axis.set_xscale("log")
+    axis.set_xlabel("temperature T")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)

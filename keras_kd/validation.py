@@ -1,12 +1,18 @@
-"""Argument checks shared by the losses, the Distiller and the data loaders.
+"""Argument checks shared by the losses, the Distiller and the data loaders:
+numbers, choices, the models a Distiller is given and the inputs of `fit`.
 
 Each check raises a `ValueError` that names the argument, repeats the value
 received and says what to pass instead, so that the first thing a user sees
 is the fix rather than a traceback from deep inside TensorFlow.
 """
 
+import inspect
 import math
 import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
 
 
 def validate_temperature(temperature, name="temperature"):
@@ -73,3 +79,93 @@ def validate_choice(value, name, choices):
             f"{name}={value!r}."
         )
     return value
+
+
+def ends_in_softmax(model):
+    """True if the model's last layer applies a softmax.
+
+    Args:
+        model: A Keras model. Subclassed models, whose layers are not an
+            ordered graph, are taken not to.
+
+    Returns:
+        `True` for a last `Softmax` layer, a softmax `Activation` or a layer
+        built with `activation="softmax"`.
+    """
+    if not isinstance(model, keras.Sequential) and not hasattr(model, "inputs"):
+        return False  # Subclassed: `layers` is not the order of `call`.
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return False
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    return activation is keras.activations.softmax or (
+        isinstance(last, keras.layers.Activation)
+        and getattr(last.activation, "__name__", "") == "softmax"
+    )
+
+
+def static_num_classes(model):
+    """The number of logits of a model with static outputs, else `None`."""
+    try:
+        return model.outputs[0].shape[-1]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def check_inputs(student, x, argument):
+    """Raises a clear error for inputs a single-input student cannot take.
+
+    Only where Keras would fail too, with a message from deep inside the
+    model: a non-numeric dtype, or a shape that Keras' unit-axis rule does not
+    reconcile with the student's input. Subclassed students, several or dict
+    inputs, unknown ranks, PyDatasets and generators are left to Keras.
+    """
+    inputs = getattr(student, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        return  # Subclassed or several inputs: left to Keras.
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        spec = spec[0] if isinstance(spec, tuple) else spec
+        if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
+            return
+        shape, dtype = tuple(spec.shape), spec.dtype.name
+        numeric = spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype.is_bool
+    elif isinstance(x, np.ndarray):
+        shape, dtype = (None,) + x.shape[1:], str(x.dtype)
+        numeric = x.dtype.kind in "biuf"
+    else:
+        return
+    if not numeric:
+        raise ValueError(
+            f"`{argument}` has dtype {dtype}; the student needs numeric "
+            f"inputs. Convert them, e.g. `{argument}.astype('float32')`."
+        )
+    expected = tuple(inputs[0].shape)
+    if not shapes_compatible(shape, expected):
+        raise ValueError(
+            f"`{argument}` has examples of shape {shape[1:]}, but the "
+            f"student takes inputs of shape {expected[1:]}. Reshape the "
+            "inputs (e.g. flatten images for an MLP, or add the channel "
+            "axis for a CNN) or build the student for this shape."
+        )
+
+
+def orders_itself(x):
+    """True for inputs that fix their own order: datasets, PyDatasets,
+    generators (Keras ignores `shuffle` for them)."""
+    return isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or inspect.isgenerator(x)
+
+
+def shapes_compatible(shape, expected):
+    """Keras' rule for a Functional input: equal ranks, or one more or one
+    fewer trailing axis of size 1 (`(n, 28, 28)` for `Input((28, 28, 1))`)."""
+    if len(shape) == len(expected) + 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    elif len(shape) == len(expected) - 1 and expected[-1] == 1:
+        expected = expected[:-1]
+    return len(shape) == len(expected) and all(
+        e is None or g is None or e == g for e, g in zip(expected[1:], shape[1:])
+    )

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_kd import datasets
+from keras_kd import loaders
 
 
 def write_idx(path, array, compress=False):
@@ -40,7 +41,7 @@ def idx_dir(tmp_path, request):
         "x_test": fake_images(20, (28, 28), 2),
         "y_test": fake_labels(20),
     }
-    for key, stem in datasets._IDX_FILES.items():
+    for key, stem in loaders._IDX_FILES.items():
         write_idx(tmp_path / stem, arrays[key], compress)
     return tmp_path, arrays
 
@@ -49,7 +50,7 @@ def write_cifar_python(directory, n_per_batch=4):
     directory = os.path.join(directory, "cifar-10-batches-py")
     os.makedirs(directory)
     expected = {}
-    for index, name in enumerate(datasets._CIFAR_TRAIN_BATCHES + ["test_batch"]):
+    for index, name in enumerate(loaders._CIFAR_TRAIN_BATCHES + ["test_batch"]):
         data = fake_images(n_per_batch, (3072,), index)
         labels = [int(v) for v in np.arange(n_per_batch) % 10]
         batch = {
@@ -68,7 +69,7 @@ def write_cifar_binary(directory, n_per_batch=3):
     directory = os.path.join(directory, "cifar-10-batches-bin")
     os.makedirs(directory)
     expected = {}
-    for index, name in enumerate(datasets._CIFAR_TRAIN_BATCHES + ["test_batch"]):
+    for index, name in enumerate(loaders._CIFAR_TRAIN_BATCHES + ["test_batch"]):
         planes = fake_images(n_per_batch, (3, 32, 32), index)
         labels = (np.arange(n_per_batch) + index) % 10
         records = np.concatenate(
@@ -208,7 +209,7 @@ def test_damaged_sample_is_detected(tmp_path, monkeypatch):
     content = bytearray(open(datasets.sample_path(), "rb").read())
     content[-100] ^= 0xFF
     damaged.write_bytes(bytes(content))
-    monkeypatch.setattr(datasets, "sample_path", lambda: str(damaged))
+    monkeypatch.setattr(loaders, "sample_path", lambda: str(damaged))
     with pytest.raises(ValueError, match="damaged"):
         datasets.load_sample()
 
@@ -403,6 +404,38 @@ def test_epoch_indexed_dataset_resumes_at_any_epoch(augment):
     labels = [np.concatenate([b[1] for b in epoch]) for epoch in from_start]
     assert all(sorted(l) == sorted(y) for l in labels)
     assert not np.array_equal(labels[0], labels[1])
+    # The one-epoch-per-iteration dataset (start_epoch=None) gives the same
+    # epochs: its k-th iteration is epoch k of the stream.
+    per_iteration = datasets.make_dataset(
+        x, y, batch_size=16, shuffle=True, augment=augment, seed=4
+    )
+    for epoch in from_start:
+        for a, b in zip(epoch, per_iteration):
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_same_seed_same_epochs_for_fit_from_every_entry_point():
+    """`fit` on the one-epoch dataset and on the epoch stream (the resumable
+    runs' entry point) trains on the same batches: the same weights."""
+    import keras
+
+    x, y = datasets.select("mnist", "train", source="sample", limit=64)
+
+    def trained(start_epoch):
+        keras.utils.set_random_seed(2)
+        model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)])
+        model.compile(keras.optimizers.SGD(0.1),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        dataset = datasets.make_dataset(
+            x, y, batch_size=16, shuffle=True, seed=5, layout="flat", start_epoch=start_epoch
+        )
+        steps = None if start_epoch is None else datasets.steps_per_epoch(len(x), 16)
+        model.fit(dataset, epochs=3, steps_per_epoch=steps, verbose=0)
+        return model.get_weights()
+
+    for a, b in zip(trained(None), trained(0)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_steps_per_epoch():

@@ -1,0 +1,31 @@
+"""The `>>>` examples in every keras_kd docstring run and print what they
+say (the API reference shows them)."""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import keras_kd
+
+MODULES = sorted(
+    name for _, name, _ in pkgutil.iter_modules(keras_kd.__path__, "keras_kd.")
+    if name != "keras_kd.__main__"  # Runs the command line when imported.
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed"
+
+
+def test_the_examples_are_found():
+    examples = sum(
+        len(test.examples)
+        for name in MODULES
+        for test in doctest.DocTestFinder().find(importlib.import_module(name))
+    )
+    assert examples >= 15
