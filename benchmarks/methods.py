@@ -33,7 +33,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import keras_kd  # noqa: E402
 from keras_kd import datasets  # noqa: E402
@@ -58,16 +57,8 @@ parser.add_argument("--methods", nargs="+",
 parser.add_argument("--json", default=None, help="also write the records here")
 args = parser.parse_args()
 
-(x_train, y_train), (x_test, y_test) = (
-    datasets.select("mnist", split, source="sample") for split in ("train", "test")
-)
-x_train = datasets.preprocess(x_train, "mnist").numpy()
-x_test = datasets.preprocess(x_test, "mnist").numpy()
-
-keras.utils.set_random_seed(0)
-teacher = models.build_strided_cnn((64, 128), name="teacher")
-teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-teacher.fit(x_train, y_train, batch_size=64, epochs=4, verbose=0)
+(x_train, y_train), (x_test, y_test) = datasets.load_preprocessed()
+teacher = few_labels.train_teacher(x_train, y_train, epochs=4, seed=0)
 teacher_logits = keras_kd.cache.compute_teacher_logits(teacher, x_train)
 print(f"teacher {100 * few_labels.top1_accuracy(teacher, x_test, y_test):.2f}%; "
       f"{args.labels} labels, {args.steps} Adam steps per student, seeds {args.seeds}")
@@ -105,7 +96,7 @@ def train(method, seed):
         shuffle=True, seed=seed, teacher_logits=cached, start_epoch=0,
     )
     start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=False)
     return few_labels.top1_accuracy(student, x_test, y_test), time.perf_counter() - start
 
 

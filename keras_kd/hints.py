@@ -261,3 +261,87 @@ def feature_model(model, layer_names, role):
     except AttributeError:  # A Sequential that was never called.
         structure = inputs[0] if len(inputs) == 1 else inputs
     return keras.Model(structure, outputs, name=f"{model.name}_features")
+
+
+class FeatureHintsMixin:
+    """The `Distiller`'s feature-hint machinery: feature models, connectors,
+    the hint terms (kept here, beside the methods they use)."""
+
+    def _set_up_hints(self, hints, teachers):
+        self.hints = [
+            h if isinstance(h, FeatureHint) else FeatureHint.from_config(h) for h in hints or []
+        ]
+        self.hint_trackers = []
+        self.connectors = []
+        self._connector_of = {}
+        self._student_feature_model = self._teacher_feature_model = None
+        if not self.hints:
+            return
+        if len(teachers) > 1:
+            raise ValueError("`hints` take one teacher. Received a list of "
+                             f"{len(teachers)} teachers; distil the ensemble's logits instead.")
+        names = [h.name for h in self.hints]
+        self.hint_trackers = [
+            keras.metrics.Mean(name=n if names.count(n) == 1 else f"{n}_{i}")
+            for i, n in enumerate(names)
+        ]
+        if hasattr(self.student, "inputs"):
+            self._student_feature_model = feature_model(
+                self.student, [h.student_layer for h in self.hints], "student")
+        if hasattr(self.teacher, "inputs"):
+            self._teacher_feature_model = feature_model(
+                self.teacher, [h.teacher_layer for h in self.hints], "teacher")
+        for index, hint in enumerate(self.hints):
+            if hint.method != "fitnet":
+                continue
+            if self._student_feature_model is None or self._teacher_feature_model is None:
+                raise ValueError(
+                    "A FitNets hint needs the features' shapes to build its connector: use "
+                    "Sequential/Functional models, or the relational methods ('attention', "
+                    "'similarity', 'rkd', 'pkt') with a subclassed model."
+                )
+            connector = build_connector(
+                self._student_feature_model.outputs[index + 1].shape[1:],
+                self._teacher_feature_model.outputs[index + 1].shape[1:],
+                name=f"connector_{index}",
+            )
+            if connector is not None:
+                self._connector_of[index] = len(self.connectors)
+                self.connectors.append(connector)
+
+    def student_features(self, x, training=None):
+        """Returns `(logits, [feature per hint])` of one student forward pass.
+
+        Override for a subclassed student, returning the features the hints
+        name (in their order).
+        """
+        outputs = self._student_feature_model(self.student_inputs(x), training=training)
+        return outputs[0], list(outputs[1:])
+
+    def teacher_features(self, x):
+        """Returns `(logits, [feature per hint])` of one teacher forward pass.
+
+        Override for a subclassed teacher, as `student_features`.
+        """
+        outputs = self._teacher_feature_model(self.teacher_inputs(x), training=False)
+        logits = ops.cast(outputs[0], "float32")
+        if self.teacher_outputs == "probabilities":
+            logits = ops.log(ops.maximum(logits, 1e-30))
+        return logits, list(outputs[1:])
+
+    def _hint_losses(self, student_features, teacher_features):
+        losses = []
+        for index, hint in enumerate(self.hints):
+            feature = student_features[index]
+            if index in self._connector_of:
+                feature = self.connectors[self._connector_of[index]](feature, training=True)
+            losses.append(hint.weight * hint.loss(feature, ops.stop_gradient(teacher_features[index])))
+        return losses
+
+    def _trained_variables(self):
+        """The student's trainable weights and those of the hint connectors."""
+        weights = list(self.student.trainable_weights)
+        for connector in self.connectors:
+            weights += connector.trainable_weights
+        return weights
+

@@ -135,3 +135,19 @@ def test_teacher_with_other_inputs(tmp_path):
 
     student = keras.models.load_model(tmp_path / "student.keras")
     assert student.input_shape == (None, 784)
+
+
+def test_multi_teacher():
+    output = run_example("multi_teacher.py", "--teachers", "2", "--teacher-epochs", "1",
+                         "--labels", "60", "--steps", "10")
+    assert "teacher 1:" in output and "2-teacher arithmetic ensemble" in output
+
+
+def test_fitnets_hints(tmp_path):
+    output = run_example("fitnets_hints.py", "--teacher-epochs", "1", "--labels", "60",
+                         "--steps", "10", "--output", tmp_path / "student.keras")
+    assert "connector: Conv2D -> BatchNormalization -> ReLU" in output
+    import keras
+
+    student = keras.models.load_model(tmp_path / "student.keras")
+    assert student.count_params() == 20_490  # The student's own, no connector.
