@@ -46,7 +46,7 @@ def run_seed(seed, x_train, y_train, x_test, y_test, args):
     metric = "sparse_categorical_accuracy"
 
     def accuracy(model):
-        return model.evaluate(x_test, y_test, verbose=0, return_dict=True)[metric]
+        return float(model.evaluate(x_test, y_test, verbose=0, return_dict=True)[metric])
 
     teacher = models.build_keras_io_teacher()
     teacher.compile(optimizer="adam", loss=loss, metrics=[metric])

@@ -31,7 +31,7 @@ keras.utils.set_random_seed(args.seed)
 teacher = models.build_keras_io_teacher()
 teacher.compile(optimizer="adam", loss=loss, metrics=[metric])
 teacher.fit(x_train, y_train, batch_size=64, epochs=5, verbose=0)
-teacher_accuracy = teacher.evaluate(x_test, y_test, verbose=0, return_dict=True)[metric]
+teacher_accuracy = float(teacher.evaluate(x_test, y_test, verbose=0, return_dict=True)[metric])
 logits = cache.compute_teacher_logits(teacher, x_train)
 template = models.build_keras_io_student()
 initial = template.get_weights()
@@ -52,7 +52,7 @@ def accuracy_after(epochs, alpha=None, temperature=None):
         seed=args.seed, teacher_logits=None if alpha is None else logits,
     )
     model.fit(train, epochs=epochs, verbose=0)
-    return model.evaluate(x_test, y_test, verbose=0, return_dict=True)[metric]
+    return float(model.evaluate(x_test, y_test, verbose=0, return_dict=True)[metric])
 
 
 print(f"E1 on the sample, seed {args.seed}, {time.strftime('%Y-%m-%d')}; teacher {100 * teacher_accuracy:.2f}%")

@@ -58,7 +58,7 @@ def optimizer():
 
 
 def test_accuracy(model):
-    return 100 * model.evaluate(x_test, y_test, batch_size=512, verbose=0, return_dict=True)[ACCURACY]
+    return 100 * float(model.evaluate(x_test, y_test, batch_size=512, verbose=0, return_dict=True)[ACCURACY])
 
 
 # 2. The teacher, trained once.

@@ -78,7 +78,7 @@ def step_schedule(epochs):
 
 
 def test_accuracy(model):
-    return 100 * model.evaluate(inputs_test, y_test, batch_size=256, verbose=0, return_dict=True)[ACCURACY]
+    return 100 * float(model.evaluate(inputs_test, y_test, batch_size=256, verbose=0, return_dict=True)[ACCURACY])
 
 
 # 2. The teacher, in a run directory that survives interruptions. The

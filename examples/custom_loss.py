@@ -69,7 +69,7 @@ distiller.compile(optimizer="adam", metrics=["sparse_categorical_accuracy"], alp
 train = datasets.make_dataset(x_train, y_train, name=None, scaling=None, batch_size=64, shuffle=True,
                               teacher_logits=compute_teacher_logits(teacher, x_train))
 distiller.fit(train, epochs=args.epochs, verbose=2)
-accuracy = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["sparse_categorical_accuracy"]
+accuracy = float(distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["sparse_categorical_accuracy"])
 print(f"distilled student with logit matching: test accuracy {100 * accuracy:.2f}%")
 
 # 3. Save and load: the subclass and its setting come back, ready to fit.

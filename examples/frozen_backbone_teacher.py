@@ -93,7 +93,7 @@ distiller.compile("adam", metrics=[ACCURACY], alpha=args.alpha, temperature=args
 distiller.fit(data, epochs=args.student_epochs, verbose=2)
 
 results = {
-    name: 100 * model.evaluate(x_test, y_test, batch_size=256, verbose=0, return_dict=True)[ACCURACY]
+    name: 100 * float(model.evaluate(x_test, y_test, batch_size=256, verbose=0, return_dict=True)[ACCURACY])
     for name, model in [("teacher", teacher), ("student (scratch)", scratch), ("student (distilled)", distiller)]
 }
 print("\n| model | test accuracy (%) |\n|---|---|")

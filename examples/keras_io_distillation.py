@@ -73,7 +73,7 @@ for seed in args.seeds:
         metrics=[keras.metrics.SparseCategoricalAccuracy()],
     )
     teacher.fit(x_train, y_train, epochs=args.teacher_epochs, **fit_args)
-    results["teacher"].append(teacher.evaluate(x_test, y_test, verbose=0)[1])
+    results["teacher"].append(float(teacher.evaluate(x_test, y_test, verbose=0)[1]))
 
     # A student of the same initial weights for every variant.
     student_template = models.build_keras_io_student()
@@ -99,7 +99,7 @@ for seed in args.seeds:
     distiller.fit(x_train, y_train, epochs=args.student_epochs, **fit_args)
     accuracy = distiller.evaluate(x_test, y_test, return_dict=True, verbose=0)
     results["distilled, keras.io settings"].append(
-        accuracy["sparse_categorical_accuracy"]
+        float(accuracy["sparse_categorical_accuracy"])
     )
 
     # Distillation with keras_kd's defaults: Hinton's KL with T**2, T=3.
@@ -111,7 +111,7 @@ for seed in args.seeds:
     distiller.fit(x_train, y_train, epochs=args.student_epochs, **fit_args)
     accuracy = distiller.evaluate(x_test, y_test, return_dict=True, verbose=0)
     results["distilled, keras_kd defaults"].append(
-        accuracy["sparse_categorical_accuracy"]
+        float(accuracy["sparse_categorical_accuracy"])
     )
 
     # The same student trained from scratch, for comparison.
@@ -123,7 +123,7 @@ for seed in args.seeds:
     )
     scratch.fit(x_train, y_train, epochs=args.student_epochs, **fit_args)
     results["student (scratch)"].append(
-        scratch.evaluate(x_test, y_test, verbose=0)[1]
+        float(scratch.evaluate(x_test, y_test, verbose=0)[1])
     )
 
 print(f"\nTest accuracy over seeds {args.seeds} ({len(x_train)} training digits)")

@@ -75,8 +75,8 @@ distiller = ViewDistiller(student=student, teacher=teacher)
 distiller.compile(optimizer="adam", metrics=["accuracy"], alpha=0.1, temperature=4.0)
 distiller.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0)
 
-teacher_accuracy = teacher.evaluate(teacher_view(x_test), y_test, verbose=0)[1]
-student_accuracy = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
+teacher_accuracy = float(teacher.evaluate(teacher_view(x_test), y_test, verbose=0)[1])
+student_accuracy = float(distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"])
 print(f"teacher (56x56 images, {teacher.count_params():,} parameters): "
       f"{100 * teacher_accuracy:.2f}%")
 print(f"distilled student (784 vectors, {student.count_params():,} parameters): "

@@ -59,7 +59,7 @@ distiller.compile(optimizer="adam", metrics=["accuracy"], alpha=0.3, temperature
 distiller.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0)
 
 for name, model in (("teacher", teacher), ("distilled student", distiller)):
-    accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
+    accuracy = float(model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"])
     print(f"{name}: {model.count_params() if name == 'teacher' else student.count_params():,} parameters, "
           f"test accuracy {100 * accuracy:.2f}%")
 
