@@ -53,7 +53,6 @@ def _positive_int(text):
     return value
 
 
-
 def _add_data_arguments(parser, augment=True, validation_fraction=0.0):
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist", help="default: %(default)s")
@@ -103,9 +102,11 @@ def _add_distillation_arguments(parser):
     group = parser.add_argument_group("distillation")
     group.add_argument("--teacher", required=True, help="the trained teacher, a .keras file")
     group.add_argument("--student", required=True, metavar="MODEL", help="student builder (see train-teacher --help)")
-    group.add_argument("--loss", default="kl_divergence", choices=("kl_divergence", "cse", "mse"),
-                       help="soft loss: KL divergence, soft-target cross-entropy or MSE (default: %(default)s)")
-
+    group.add_argument("--loss", default="kl_divergence",
+                       choices=("kl_divergence", "cse", "mse", "dkd", "dist",
+                                "logit_standardized_kd", "nkd"),
+                       help="soft loss: KL divergence, soft-target cross-entropy, MSE, or DKD, "
+                       "DIST, logit-standardised KD, NKD (default: %(default)s)")
 
 
 def build_parser():
@@ -121,7 +122,7 @@ def build_parser():
     commands.required = True
 
     demo = commands.add_parser(
-        "demo", parents=[common], help="where distillation helps, on real digits (~3 minutes)",
+        "demo", parents=[common], help="where distillation helps, on real digits (~2 minutes)",
         description=DEMO_DESCRIPTION,
     )
     demo.add_argument("--output", default="keras-kd-demo", help="output directory (default: %(default)s)")

@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+
 def _check_output_dir(path, overwrite, expected_files):
     """Refuses to overwrite results of an earlier run without --overwrite."""
     existing = [f for f in expected_files if os.path.exists(os.path.join(path, f))]

@@ -22,10 +22,8 @@ from keras_kd.validation import validate_temperature
 # -1: a sample without a label in a batch of integer labels. It gets only the
 # distillation term (for one-hot labels, a row of zeros marks it).
 UNLABELLED = cache_module.UNLABELLED
-# Re-exported: the CLI and users check their models with it.
-ends_in_softmax = validation.ends_in_softmax
-
 DEFAULT_TEMPERATURE = 3.0
+
 
 def _as_float(variable):
     # The shortest decimal that is this float32: 0.1, not 0.10000000149.
@@ -225,7 +223,8 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
         """Softmax temperature of the distillation loss, a positive float.
 
         Settable at any time, also from a callback during `fit`. A keras_kd
-        distillation loss is kept at the same temperature.
+        distillation loss built with its own temperature is kept at the same
+        value.
         """
         return _as_float(self._temperature)
 
@@ -233,8 +232,12 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
     def temperature(self, value):
         value = validate_temperature(value)
         self._temperature.assign(value)
-        if isinstance(self.distillation_loss_fn, DistillationLoss):
-            self.distillation_loss_fn.temperature = value
+        loss = self.distillation_loss_fn
+        # A loss built with its own temperature follows the distiller's; one
+        # built without (None) keeps meaning "the distiller's", so it can be
+        # reused with another temperature.
+        if isinstance(loss, DistillationLoss) and loss.temperature is not None:
+            loss.temperature = value
 
     def compile(
         self,

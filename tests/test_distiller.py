@@ -714,8 +714,11 @@ def test_a_loss_with_its_own_temperature_is_the_one_source():
     # Changing the distiller's temperature keeps the loss in step.
     distiller.temperature = 5.0
     assert loss.temperature == 5.0
-    plain = make_distiller(distillation_loss_fn=keras_kd.KLDivergenceWithTemperature())
+    shared = keras_kd.KLDivergenceWithTemperature()
+    plain = make_distiller(distillation_loss_fn=shared)
     assert plain.temperature == 3.0  # The default, the loss has none.
+    assert shared.temperature is None  # Still "the distiller's": reusable.
+    assert make_distiller(distillation_loss_fn=shared, temperature=5.0).temperature == 5.0
 
 
 @pytest.mark.parametrize(
