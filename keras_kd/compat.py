@@ -55,10 +55,6 @@ def built_input_shape(model):
     return None
 
 
-def has_strategy():
-    """True inside a `tf.distribute` strategy scope."""
-    return tf.distribute.has_strategy()
-
 
 def reducible_logs(logs):
     """A step's logs in a form Keras can average across workers.

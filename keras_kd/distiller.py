@@ -399,7 +399,7 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
         loss_fn = self.student_loss_fn
         if self._default_student_loss and labels_module.is_one_hot(y, student_logits):
             loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True)
-        labels, mask = labels_module.labelled_mask(y, student_logits, labels_module.ignore_class_of(loss_fn))
+        labels, mask = labels_module.labelled_mask(y, labels_module.ignore_class_of(loss_fn))
         if isinstance(loss_fn, keras.losses.Loss):
             values = loss_fn.call(labels, student_logits)
         else:
@@ -582,7 +582,7 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
                 )
             }
         else:
-            labels, mask = labels_module.labelled_mask(y, student_logits)
+            labels, mask = labels_module.labelled_mask(y)
             weights = ops.cast(mask, "float32")
             if sample_weight is not None:
                 weights = weights * ops.reshape(

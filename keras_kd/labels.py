@@ -139,14 +139,13 @@ def ignore_class_of(loss_fn):
     return None
 
 
-def labelled_mask(y, logits, ignore_class=None):
+def labelled_mask(y, ignore_class=None):
     """Splits labels into loss-safe labels and a mask of labelled samples.
 
     Args:
         y: Integer labels `(batch,)` / `(batch, 1)`, where `UNLABELLED`
             marks a sample without a label, or one-hot labels
             `(batch, classes)`, where a row of zeros does.
-        logits: The logits (for their shape), or `None`.
         ignore_class: A further integer label to mask, as Keras' losses'
             `ignore_class`.
 
@@ -171,6 +170,18 @@ def labelled_mask(y, logits, ignore_class=None):
     if rank is None:
         return safe, mask
     return ops.reshape(safe, ops.shape(y)), mask
+
+
+def integer_classes(y):
+    """Int32 classes `(batch,)` of integer or one-hot labels, and the mask.
+
+    One-hot rows give their arg max; masked samples (see `labelled_mask`)
+    give class 0 and `False` in the mask.
+    """
+    labels, mask = labelled_mask(y)
+    if static_rank(labels) not in (None, 1) and labels.shape[-1] != 1:
+        labels = ops.argmax(labels, axis=-1)
+    return ops.reshape(ops.cast(labels, "int32"), (-1,)), mask
 
 
 def class_weight_table(class_weight):
@@ -217,10 +228,7 @@ def class_weights(y, sample_weight, table):
     Returns:
         Per-sample weights `(batch,)`.
     """
-    labels, mask = labelled_mask(y, None)
-    if static_rank(labels) not in (None, 1) and labels.shape[-1] != 1:
-        labels = ops.argmax(labels, axis=-1)
-    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    labels, mask = integer_classes(y)
     size = len(table)
     known = ops.logical_and(mask, labels < size)
     weights = ops.where(
@@ -247,8 +255,5 @@ def true_classes(y, teacher_logits):
     teacher_top = ops.cast(ops.argmax(teacher_logits, axis=-1), "int32")
     if y is None:
         return teacher_top
-    labels, mask = labelled_mask(y, None)
-    if static_rank(labels) not in (None, 1) and labels.shape[-1] != 1:
-        labels = ops.argmax(labels, axis=-1)
-    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    labels, mask = integer_classes(y)
     return ops.where(mask, labels, teacher_top)

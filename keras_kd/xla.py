@@ -24,6 +24,6 @@ def auto_jit_compile(model):
     devices = tf.config.list_physical_devices()
     if all(device.device_type == "CPU" for device in devices):
         return False
-    if compat.has_strategy():
+    if tf.distribute.has_strategy():
         return False
     return compat.model_supports_jit(model)
