@@ -52,12 +52,9 @@ def run_seed(seed, x_train, y_train, x_test, y_test, args):
     teacher.compile(optimizer="adam", loss=loss, metrics=[metric])
     teacher.fit(x_train, y_train, batch_size=64, epochs=args.teacher_epochs, verbose=0)
     template = models.build_keras_io_student()
-    initial = template.get_weights()
 
     def student():
-        model = keras.models.clone_model(template)
-        model.set_weights(initial)
-        return model
+        return models.copy_model(template)
 
     def train(model, data, **kwargs):
         keras.utils.set_random_seed(seed + 1000)  # Same batches for all.

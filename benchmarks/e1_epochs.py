@@ -34,13 +34,11 @@ teacher.fit(x_train, y_train, batch_size=64, epochs=5, verbose=0)
 teacher_accuracy = float(teacher.evaluate(x_test, y_test, verbose=0, return_dict=True)[metric])
 logits = cache.compute_teacher_logits(teacher, x_train)
 template = models.build_keras_io_student()
-initial = template.get_weights()
 
 
 def accuracy_after(epochs, alpha=None, temperature=None):
     keras.utils.set_random_seed(args.seed + 1)
-    student = keras.models.clone_model(template)
-    student.set_weights(initial)
+    student = models.copy_model(template)
     if alpha is None:
         model = student
         model.compile(optimizer="adam", loss=loss, metrics=[metric])

@@ -78,12 +78,9 @@ teacher_logits = compute_teacher_logits(teacher, x_train)
 for seed in args.seeds:
     keras.utils.set_random_seed(seed)
     template = models.build_batchnorm_cnn_student()
-    initial_weights = template.get_weights()
 
     def fresh_student():
-        student = keras.models.clone_model(template)
-        student.set_weights(initial_weights)
-        return student
+        return models.copy_model(template)
 
     def batches(with_logits):
         return datasets.make_dataset(

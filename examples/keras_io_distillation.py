@@ -77,12 +77,9 @@ for seed in args.seeds:
 
     # A student of the same initial weights for every variant.
     student_template = models.build_keras_io_student()
-    initial_weights = student_template.get_weights()
 
     def fresh_student():
-        student = keras.models.clone_model(student_template)
-        student.set_weights(initial_weights)
-        return student
+        return models.copy_model(student_template)
 
     # Distillation with the keras.io compile call, unchanged.
     distiller = Distiller(student=fresh_student(), teacher=teacher)

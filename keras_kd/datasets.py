@@ -8,6 +8,8 @@ sources, splits) is `keras_kd.loaders`; its public names are re-exported
 here, so `datasets.load_arrays` and `datasets.select` work as before.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -38,44 +40,79 @@ _MEAN_STD = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
-# Upper bound of the epoch stream of `make_dataset(start_epoch=...)`.
-_MAX_EPOCHS = 1_000_000
 
 
-def random_translate(image, seed, max_shift=2):
-    """Shifts an image by up to `max_shift` pixels each way, zero-filled.
+def _one_image_or_batch(augment):
+    """Lets a batch augmentation also take one image `(h, w, c)`."""
+
+    @functools.wraps(augment)
+    def wrapper(images, seed, *args, **kwargs):
+        images = tf.convert_to_tensor(images)
+        if images.shape.rank == 3:
+            return augment(images[None], seed, *args, **kwargs)[0]
+        return augment(images, seed, *args, **kwargs)
+
+    return wrapper
+
+
+@_one_image_or_batch
+def random_translate(images, seed, max_shift=2):
+    """Shifts each image by up to `max_shift` pixels each way, zero-filled.
+
+    One offset per image, drawn from `seed` for the whole batch at once: the
+    batch is shifted by two gathers, not image by image.
 
     Args:
-        image: An `(h, w, c)` tensor.
+        images: A batch `(n, h, w, c)` or one image `(h, w, c)`.
         seed: A stateless seed, shape `(2,)`.
         max_shift: Largest shift in pixels.
 
     Returns:
-        The shifted image, same shape.
+        The shifted images, same shape.
+
+    Example:
+
+    >>> images = tf.ones((4, 28, 28, 1), tf.uint8)
+    >>> tuple(random_translate(images, seed=[0, 1]).shape)
+    (4, 28, 28, 1)
     """
-    height, width, channels = image.shape
-    padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
-    return tf.image.stateless_random_crop(
-        padded, (height, width, channels), seed=seed
+    height, width = images.shape[1], images.shape[2]
+    padded = tf.pad(
+        images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]]
     )
+    # Offset 0..2 * max_shift into the padded image, per image, per axis.
+    offsets = tf.random.stateless_uniform(
+        [tf.shape(images)[0], 2], seed, maxval=2 * max_shift + 1, dtype=tf.int32
+    )
+    rows = offsets[:, :1] + tf.range(height)
+    columns = offsets[:, 1:] + tf.range(width)
+    shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(shifted, columns, axis=2, batch_dims=1)
 
 
-def random_crop_and_flip(image, seed, padding=4):
+@_one_image_or_batch
+def random_crop_and_flip(images, seed, padding=4):
     """CIFAR augmentation: zero-pad by `padding`, random crop, random flip.
 
     Args:
-        image: An `(h, w, c)` tensor.
+        images: A batch `(n, h, w, c)` or one image `(h, w, c)`.
         seed: A stateless seed, shape `(2,)`.
         padding: Padding in pixels before the crop.
 
     Returns:
-        The augmented image, same shape.
+        The augmented images, same shape; each is mirrored left-right with
+        probability 1/2.
+
+    Example:
+
+    >>> images = tf.ones((4, 32, 32, 3), tf.uint8)
+    >>> tuple(random_crop_and_flip(images, seed=[0, 1]).shape)
+    (4, 32, 32, 3)
     """
-    crop_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 2)
-    )
-    image = random_translate(image, crop_seed, padding)
-    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    images = random_translate(images, crop_seed, padding)
+    flip = tf.random.stateless_uniform([tf.shape(images)[0]], flip_seed) < 0.5
+    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
 def preprocess(images, name, scaling="unit", layout="image"):
@@ -285,24 +322,27 @@ def make_dataset(
     augment_fn = None
     if augment:
         augment_fn = random_translate if name == "mnist" else random_crop_and_flip
+
+    def prepare_batch(batch_seed, batch_images):
+        if augment_fn is not None:
+            batch_images = augment_fn(batch_images, batch_seed)
+        return preprocess(batch_images, name, scaling, layout)
+
     dataset = _epoch_stream(
-        elements, start_epoch, shuffle, augment_fn, seed, batch_size, drop_remainder
+        elements, start_epoch, shuffle, prepare_batch, seed, batch_size, drop_remainder
     )
-
-    def preprocess_batch(batch_images, *rest):
-        return (preprocess(batch_images, name, scaling, layout), *rest)
-
-    dataset = dataset.map(preprocess_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _epoch_stream(elements, start_epoch, shuffle, augment_fn, seed, batch_size, drop_remainder):
-    """Epochs, each a function of `(seed, epoch)` alone.
+def _epoch_stream(elements, start_epoch, shuffle, prepare_batch, seed, batch_size, drop_remainder):
+    """Batches of epochs, each epoch a function of `(seed, epoch)` alone.
 
     With an integer `start_epoch`: the endless stream of epochs
     `start_epoch, start_epoch + 1, ...`. With `None`: one epoch per
     iteration, epoch k on the k-th iteration (as Keras iterates a finite
     dataset once per epoch), the same epochs as the stream from 0.
+    `prepare_batch(batch_seed, images)` turns each batch of raw images into
+    model inputs; `batch_seed` is its own stateless seed.
     """
     if start_epoch is not None and (
         isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0
@@ -314,9 +354,6 @@ def _epoch_stream(elements, start_epoch, shuffle, augment_fn, seed, batch_size, 
     tensors = tf.nest.map_structure(tf.convert_to_tensor, elements)
     size = len(elements[0])
 
-    def gather(i):
-        return tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
-
     def one_epoch(epoch):
         # Stateless ops keyed by (seed, epoch), not Dataset.shuffle: its seed
         # must be a Python int, and here the epoch is a tensor.
@@ -325,30 +362,31 @@ def _epoch_stream(elements, start_epoch, shuffle, augment_fn, seed, batch_size, 
             order = tf.argsort(tf.random.stateless_uniform([size], epoch_seed))
         else:
             order = tf.range(size)
-        # One gather per batch, not per element: as fast as slicing.
-        epoch_data = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
-        epoch_data = epoch_data.batch(batch_size, drop_remainder=drop_remainder).map(gather)
-        if augment_fn is None:
-            return epoch_data
-        # One stateless seed per position in the epoch.
-        def augment_element(position, element):
-            image, *rest = element
-            element_seed = tf.stack([epoch_seed[0] * 1_000_003 + epoch, position])
-            return (augment_fn(image, element_seed), *rest)
+        augment_seed = tf.random.experimental.stateless_split(epoch_seed, 2)[1]
 
-        epoch_data = epoch_data.unbatch().enumerate().map(
-            augment_element, num_parallel_calls=tf.data.AUTOTUNE
-        )
-        # Batched inside the epoch: no batch straddles two epochs.
-        return epoch_data.batch(batch_size, drop_remainder=drop_remainder)
+        # One gather and one vectorised augmentation per batch, never per
+        # image, in a single parallel map.
+        def make_batch(index, batch_order):
+            images, *rest = tf.nest.map_structure(lambda t: tf.gather(t, batch_order), tensors)
+            batch_seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
+            return (prepare_batch(batch_seed, images), *rest)
+
+        batch_orders = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
+        batch_orders = batch_orders.batch(batch_size, drop_remainder=drop_remainder)
+        return batch_orders.enumerate().map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
 
     if start_epoch is not None:
-        return tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(one_epoch)
+        # Declared endless, so that `fit` without `steps_per_epoch` says so.
+        stream = tf.data.Dataset.counter(start_epoch).flat_map(one_epoch)
+        return stream.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
     # The iteration count lives in a variable, as `Dataset.shuffle`'s own
     # reshuffling keeps a seed-generator state between iterations.
     iterations = tf.Variable(-1, dtype=tf.int64, trainable=False)
     epoch = tf.data.Dataset.range(1).map(lambda _: iterations.assign_add(1))
-    return epoch.flat_map(one_epoch)
+    # flat_map hides the length; declared, Keras knows the steps of an epoch
+    # (a progress bar with a total, no "ran out of data" warning).
+    batches = steps_per_epoch(size, batch_size, drop_remainder)
+    return epoch.flat_map(one_epoch).apply(tf.data.experimental.assert_cardinality(batches))
 
 
 def steps_per_epoch(num_examples, batch_size, drop_remainder=False):

@@ -7,22 +7,22 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd import cache as cache_module
-from keras_kd import compat
-from keras_kd import ensembles
+from keras_kd import fitting
 from keras_kd import hints as hints_module
 from keras_kd import labels as labels_module
+from keras_kd import teachers as teachers_module
 from keras_kd.losses import DistillationLoss
+from keras_kd.losses import DEFAULT_TEMPERATURE
 from keras_kd.losses import get_distillation_loss
+from keras_kd.losses import resolve_temperature
 from keras_kd.metrics import TeacherMetric
 from keras_kd import validation
-from keras_kd.validation import validate_choice
 from keras_kd.validation import validate_fraction
 from keras_kd.validation import validate_temperature
 
 # -1: a sample without a label in a batch of integer labels. It gets only the
 # distillation term (for one-hot labels, a row of zeros marks it).
 UNLABELLED = cache_module.UNLABELLED
-DEFAULT_TEMPERATURE = 3.0
 
 
 def _as_float(variable):
@@ -31,7 +31,12 @@ def _as_float(variable):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Distiller(hints_module.FeatureHintsMixin, keras.Model):
+class Distiller(
+    teachers_module.TeachersMixin,
+    fitting.FittingMixin,
+    hints_module.FeatureHintsMixin,
+    keras.Model,
+):
     """Trains a student to match a frozen teacher and the true labels.
 
     The loss of each step is
@@ -131,52 +136,9 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
                 f"{received}."
             )
         super().__init__(name=name, **kwargs)
-        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-        if not teachers:
-            raise ValueError("`teacher` must be a model or a non-empty list of models.")
-        for argument, model in [("student", student)] + [("teacher", t) for t in teachers]:
-            if not isinstance(model, keras.Model):
-                raise ValueError(
-                    f"`{argument}` must be a `keras.Model`. Received: "
-                    f"{argument}={model!r} of type {type(model).__name__}."
-                )
-        self.teacher_outputs = validate_choice(
-            teacher_outputs, "teacher_outputs", {"logits", "probabilities"}
-        )
-        self.ensemble = validate_choice(ensemble, "ensemble", {"arithmetic", "geometric"})
-        self.teacher_weights = ensembles.normalized_weights(teacher_weights, len(teachers))
-        if validation.ends_in_softmax(student):
-            raise ValueError(
-                "The student must output logits, but its last layer "
-                f"`{student.layers[-1].name}` applies a softmax. Build the "
-                "student's last layer with `activation=None`; apply "
-                "`keras.ops.softmax` to its outputs after training if you "
-                "need probabilities."
-            )
-        student_classes = validation.static_num_classes(student)
-        for member in teachers:
-            if self.teacher_outputs == "logits" and validation.ends_in_softmax(member):
-                raise ValueError(
-                    "The teacher's last layer "
-                    f"`{member.layers[-1].name}` applies a softmax, but "
-                    "teacher_outputs='logits'. Pass "
-                    "`teacher_outputs='probabilities'` to distil from its "
-                    "probabilities, or rebuild it with a linear last layer."
-                )
-            teacher_classes = validation.static_num_classes(member)
-            if None not in (teacher_classes, student_classes) and (
-                teacher_classes != student_classes
-            ):
-                raise ValueError(
-                    "The teacher and the student must output the same number of "
-                    f"classes. Received: teacher outputs {teacher_classes}, "
-                    f"student outputs {student_classes}. Build both with the "
-                    "same `num_classes`."
-                )
-            member.trainable = False
+        self._set_up_teachers(student, teacher, teacher_outputs, teacher_weights, ensemble)
         self.student = student
-        self.teacher = teacher if isinstance(teacher, keras.Model) else teachers
-        self._set_up_hints(hints, teachers)
+        self._set_up_hints(hints, self.teachers)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
@@ -199,12 +161,7 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
         self._teacher_metrics = []
         # Built once both models are (BackupAndRestore and load_weights need
         # a built model); a subclassed student builds on its first batch.
-        self.built = bool(student.built and all(t.built for t in teachers))
-
-    @property
-    def teachers(self):
-        """The teachers as a list (one model, or the ensemble's members)."""
-        return [self.teacher] if isinstance(self.teacher, keras.Model) else list(self.teacher)
+        self.built = bool(student.built and all(t.built for t in self.teachers))
 
     @property
     def alpha(self):
@@ -313,7 +270,7 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
         self.student_loss_fn = labels_module.resolve_student_loss(student_loss_fn)
         distillation_loss = get_distillation_loss(distillation_loss_fn)
         self.distillation_loss_fn = distillation_loss
-        self.temperature = _resolve_temperature(temperature, distillation_loss)
+        self.temperature = resolve_temperature(temperature, distillation_loss)
         self.alpha = alpha
         self._user_loss_config = {
             "student_loss_fn": student_loss_fn,
@@ -323,60 +280,6 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
 
     def call(self, inputs, training=None):
         return self.student(self.student_inputs(inputs), training=training)
-
-    def student_inputs(self, x):
-        """Returns the student's view of a batch `x` (default: `x` itself).
-
-        Override together with `teacher_inputs` when the two models take
-        different inputs, e.g. `x = {"student": ..., "teacher": ...}`.
-        """
-        return x
-
-    def teacher_inputs(self, x):
-        """Returns the teacher's view of a batch `x` (default: `x` itself).
-
-        Override when the teacher takes other inputs than the student
-        (another resolution, another tokenizer); see
-        `examples/teacher_with_other_inputs.py`.
-        """
-        return x
-
-    def teacher_logits(self, x):
-        """Returns the teacher's logits for a batch `x`.
-
-        Override to use another source of teacher outputs (an ensemble,
-        a different input view). Runs with `training=False`.
-
-        Args:
-            x: A batch of inputs, as given to `fit`.
-
-        Returns:
-            Float32 logits of shape `(batch, num_classes)`.
-        """
-        inputs = self.teacher_inputs(x)
-        members = []
-        for member in self.teachers:
-            outputs = ops.cast(member(inputs, training=False), "float32")
-            if self.teacher_outputs == "probabilities":
-                outputs = ops.log(ops.maximum(outputs, 1e-30))
-            members.append(outputs)
-        if isinstance(self.teacher, keras.Model):
-            return members[0]
-        return ops.stack(members, axis=1)
-
-    def combine_teacher_logits(self, teacher_logits):
-        """Turns an ensemble's stacked logits into one teacher's logits.
-
-        See `keras_kd.ensembles.combine`: at the distiller's current
-        temperature, with its `teacher_weights` and `ensemble` rule.
-        Single-teacher logits `(batch, classes)` pass through unchanged.
-        """
-        if labels_module.static_rank(teacher_logits) != 3:
-            return teacher_logits
-        return ensembles.combine(
-            teacher_logits, ops.cast(self._temperature, "float32"), self.teacher_weights,
-            self.ensemble,
-        )
 
     def compute_student_loss(self, y, student_logits, sample_weight=None):
         """Returns the hard loss on the labels.
@@ -449,30 +352,7 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
         losses = self.student.losses
         if not losses:
             return 0.0
-        return ops.sum(ops.stack([ops.cast(l, "float32") for l in losses]))
-
-    def _check_logits(self, teacher_logits, student_logits):
-        teacher_classes = teacher_logits.shape[-1]
-        student_classes = student_logits.shape[-1]
-        if None not in (teacher_classes, student_classes) and (
-            teacher_classes != student_classes
-        ):
-            raise ValueError(
-                "The teacher and the student must output the same number of "
-                f"classes. Received: teacher logits of shape "
-                f"{tuple(teacher_logits.shape)}, student logits of shape "
-                f"{tuple(student_logits.shape)}."
-            )
-
-    def _check_labels_present(self, y):
-        if y is None and (self._alpha_at_fit_start or 0.0) > 0.0:
-            raise ValueError(
-                "The data has no labels, so the student loss cannot be "
-                f"computed, but alpha={self._alpha_at_fit_start} gives it "
-                "weight. To train on the distillation term alone (a transfer "
-                "set), compile with `alpha=0`; or pass labels, with "
-                f"{UNLABELLED} marking the samples that have none."
-            )
+        return ops.sum(ops.stack([ops.cast(loss, "float32") for loss in losses]))
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -496,7 +376,10 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
                 student_logits, student_features = self.student_features(x, training=True)
             else:
                 student_logits = self(x, training=True)
-            self._check_logits(teacher_logits, student_logits)
+            validation.check_same_classes(
+                teacher_logits.shape[-1], student_logits.shape[-1],
+                "Check the models' last layers and any cached teacher logits.",
+            )
             student_loss = self.compute_student_loss(
                 y, student_logits, sample_weight
             )
@@ -555,95 +438,6 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
         for tracker in [self.distillation_loss_tracker] + self.hint_trackers:
             logs.pop(tracker.name, None)  # Training terms: evaluate has none.
         return logs
-
-    def _update_loss_trackers(
-        self, student_logits, loss, student_loss, distillation_loss=None
-    ):
-        batch_size = ops.shape(student_logits)[0]
-        compat.loss_tracker(self).update_state(loss, sample_weight=batch_size)
-        self.student_loss_tracker.update_state(
-            student_loss, sample_weight=batch_size
-        )
-        if distillation_loss is not None:
-            self.distillation_loss_tracker.update_state(
-                distillation_loss, sample_weight=batch_size
-            )
-
-    def _metrics_logs(self, x, y, student_logits, sample_weight):
-        if y is None:
-            # No labels: only the loss trackers have anything to report.
-            logs = {
-                metric.name: metric.result()
-                for metric in self.metrics
-                if metric.name in (
-                    "loss",
-                    self.student_loss_tracker.name,
-                    self.distillation_loss_tracker.name,
-                )
-            }
-        else:
-            labels, mask = labels_module.labelled_mask(y)
-            weights = ops.cast(mask, "float32")
-            if sample_weight is not None:
-                weights = weights * ops.reshape(
-                    ops.cast(sample_weight, "float32"), (-1,)
-                )
-            logs = self.compute_metrics(x, labels, student_logits, weights)
-        return compat.reducible_logs(logs)
-
-    def get_metrics_result(self):
-        # As Keras', but a fit on unlabelled data leaves the label metrics
-        # unbuilt: they have nothing to report yet, rather than an error.
-        results = {}
-        for metric in self.metrics:
-            if getattr(metric, "built", True) is False:
-                continue
-            result = metric.result()
-            if isinstance(result, dict):
-                results.update(result)
-            else:
-                results[metric.name] = result
-        return results
-
-    def _with_class_weight(self, y, sample_weight):
-        """Multiplies in the class weights given to `fit`, if any."""
-        if self._class_weight is None or y is None:
-            return sample_weight
-        return labels_module.class_weights(y, sample_weight, self._class_weight)
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        if type(self).student_inputs is Distiller.student_inputs:
-            validation.check_inputs(self.student, x, "x")
-        class_weight = kwargs.pop("class_weight", None)
-        if class_weight is not None and kwargs.get("sample_weight") is not None:
-            raise ValueError(
-                "You cannot pass `class_weight` and `sample_weight` at the "
-                "same time. Multiply the class weights into the sample "
-                "weights instead."
-            )
-        table = labels_module.class_weight_table(class_weight)
-        if table != self._class_weight:
-            # The weights are constants of the traced step: trace it again.
-            self._class_weight = table
-            self.train_function = None
-        # Read once, eagerly: a traced step cannot read a variable's value.
-        self._alpha_at_fit_start = self.alpha
-        if len(args) < 6 and validation.orders_itself(x):
-            # Keras cannot shuffle these and warns that it ignores its own
-            # default `shuffle=True`; say False, which is what happens.
-            kwargs.setdefault("shuffle", False)
-        return super().fit(x, y, *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        if type(self).student_inputs is Distiller.student_inputs:
-            validation.check_inputs(self.student, x, "x")
-        return super().evaluate(x, y, *args, **kwargs)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' own fails under MultiWorkerMirroredStrategy: see compat.
-        if iterator is not None and self._distribute_strategy is not None:
-            data_batch, iterator = compat.first_local_batch(self.distribute_strategy, iterator), None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def get_config(self):
         config = super().get_config()
@@ -706,23 +500,6 @@ class Distiller(hints_module.FeatureHintsMixin, keras.Model):
         self.compile(**config)
         if self.optimizer is not None:
             self.optimizer.build(self._trained_variables())
-
-
-def _resolve_temperature(temperature, loss):
-    own = getattr(loss, "temperature", None) if isinstance(
-        loss, DistillationLoss
-    ) else None
-    if temperature is None:
-        return DEFAULT_TEMPERATURE if own is None else own
-    temperature = validate_temperature(temperature)
-    if own is not None and own != temperature:
-        raise ValueError(
-            f"`distillation_loss_fn` carries temperature={own}, but compile "
-            f"got temperature={temperature}. Give the temperature once: "
-            f"either `compile(temperature={temperature})` with a loss built "
-            f"without one, or the loss's own and no `temperature`."
-        )
-    return temperature
 
 
 def _accepts_labels(method):

@@ -20,6 +20,9 @@ from keras import ops
 from keras_kd.validation import validate_choice
 from keras_kd.validation import validate_temperature
 
+# A Distiller's temperature when neither `compile` nor its loss gives one.
+DEFAULT_TEMPERATURE = 3.0
+
 
 def _softened_log_probabilities(logits, temperature):
     return ops.log_softmax(ops.divide(logits, temperature), axis=-1)
@@ -348,3 +351,24 @@ def get_distillation_loss(identifier):
             f"distillation_loss_fn={identifier!r}."
         )
     return identifier
+
+
+def resolve_temperature(temperature, loss):
+    """The temperature meant by `compile(temperature=..., distillation_loss_fn=
+    loss)`: the one given, else the loss's own, else `DEFAULT_TEMPERATURE`.
+
+    Raises:
+        ValueError: if both are given and disagree.
+    """
+    own = loss.temperature if isinstance(loss, DistillationLoss) else None
+    if temperature is None:
+        return DEFAULT_TEMPERATURE if own is None else own
+    temperature = validate_temperature(temperature)
+    if own is not None and own != temperature:
+        raise ValueError(
+            f"`distillation_loss_fn` carries temperature={own}, but compile "
+            f"got temperature={temperature}. Give the temperature once: "
+            f"either `compile(temperature={temperature})` with a loss built "
+            f"without one, or the loss's own and no `temperature`."
+        )
+    return temperature

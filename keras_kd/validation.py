@@ -81,6 +81,24 @@ def validate_choice(value, name, choices):
     return value
 
 
+def validate_positive_ints(values, name):
+    """Returns `values` as a tuple of positive ints, or raises a clear error.
+
+    Args:
+        values: A sequence such as the filters of each convolution.
+        name: The argument name used in the error message.
+    """
+    values = tuple(values)
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values
+    ):
+        raise ValueError(
+            f"`{name}` must be a non-empty sequence of positive integers. "
+            f"Received: {name}={values!r}."
+        )
+    return values
+
+
 def ends_in_softmax(model):
     """True if the model's last layer applies a softmax.
 
@@ -113,6 +131,57 @@ def static_num_classes(model):
         return model.outputs[0].shape[-1]
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
+
+
+def check_models(student, teachers, teacher_outputs):
+    """Raises a clear error for models a Distiller cannot pair.
+
+    Args:
+        student: The student, which must output logits.
+        teachers: The list of teachers.
+        teacher_outputs: `"logits"` or `"probabilities"`.
+
+    Raises:
+        ValueError: for a non-model, a student that ends in a softmax, a
+            teacher that does with `teacher_outputs="logits"`, or models
+            with different numbers of classes.
+    """
+    for argument, model in [("student", student)] + [("teacher", t) for t in teachers]:
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                f"`{argument}` must be a `keras.Model`. Received: "
+                f"{argument}={model!r} of type {type(model).__name__}."
+            )
+    if ends_in_softmax(student):
+        raise ValueError(
+            "The student must output logits, but its last layer "
+            f"`{student.layers[-1].name}` applies a softmax. Build the "
+            "student's last layer with `activation=None`; apply "
+            "`keras.ops.softmax` to its outputs after training if you "
+            "need probabilities."
+        )
+    for teacher in teachers:
+        if teacher_outputs == "logits" and ends_in_softmax(teacher):
+            raise ValueError(
+                f"The teacher's last layer `{teacher.layers[-1].name}` applies "
+                "a softmax, but teacher_outputs='logits'. Pass "
+                "`teacher_outputs='probabilities'` to distil from its "
+                "probabilities, or rebuild it with a linear last layer."
+            )
+        check_same_classes(
+            static_num_classes(teacher), static_num_classes(student),
+            "Build both with the same `num_classes`.",
+        )
+
+
+def check_same_classes(teacher_classes, student_classes, fix):
+    """Raises if both class counts are known and differ; `fix` ends the message."""
+    if None not in (teacher_classes, student_classes) and teacher_classes != student_classes:
+        raise ValueError(
+            "The teacher and the student must output the same number of "
+            f"classes. Received: teacher outputs {teacher_classes}, student "
+            f"outputs {student_classes}. {fix}"
+        )
 
 
 def check_inputs(student, x, argument):

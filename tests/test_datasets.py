@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_kd import datasets
+from keras_kd import file_formats
 from keras_kd import loaders
 
 
@@ -41,7 +42,7 @@ def idx_dir(tmp_path, request):
         "x_test": fake_images(20, (28, 28), 2),
         "y_test": fake_labels(20),
     }
-    for key, stem in loaders._IDX_FILES.items():
+    for key, stem in file_formats._IDX_FILES.items():
         write_idx(tmp_path / stem, arrays[key], compress)
     return tmp_path, arrays
 
@@ -50,7 +51,7 @@ def write_cifar_python(directory, n_per_batch=4):
     directory = os.path.join(directory, "cifar-10-batches-py")
     os.makedirs(directory)
     expected = {}
-    for index, name in enumerate(loaders._CIFAR_TRAIN_BATCHES + ["test_batch"]):
+    for index, name in enumerate(file_formats._CIFAR_TRAIN_BATCHES + ["test_batch"]):
         data = fake_images(n_per_batch, (3072,), index)
         labels = [int(v) for v in np.arange(n_per_batch) % 10]
         batch = {
@@ -69,7 +70,7 @@ def write_cifar_binary(directory, n_per_batch=3):
     directory = os.path.join(directory, "cifar-10-batches-bin")
     os.makedirs(directory)
     expected = {}
-    for index, name in enumerate(loaders._CIFAR_TRAIN_BATCHES + ["test_batch"]):
+    for index, name in enumerate(file_formats._CIFAR_TRAIN_BATCHES + ["test_batch"]):
         planes = fake_images(n_per_batch, (3, 32, 32), index)
         labels = (np.arange(n_per_batch) + index) % 10
         records = np.concatenate(
@@ -276,14 +277,19 @@ def _batches(dataset):
     return np.concatenate([batch[0].numpy() for batch in dataset])
 
 
-def _is_shift_of(augmented, original, max_shift):
+def _shift_of(augmented, original, max_shift):
+    """The `(dy, dx)` window of the zero-padded original equal to `augmented`."""
     height, width = original.shape[:2]
     padded = np.pad(original, [(max_shift,) * 2, (max_shift,) * 2, (0, 0)])
     for dy in range(2 * max_shift + 1):
         for dx in range(2 * max_shift + 1):
             if np.array_equal(padded[dy : dy + height, dx : dx + width], augmented):
-                return True
-    return False
+                return dy, dx
+    return None
+
+
+def _is_shift_of(augmented, original, max_shift):
+    return _shift_of(augmented, original, max_shift) is not None
 
 
 def test_mnist_jitter_is_a_shift_of_at_most_two_pixels():
@@ -303,18 +309,35 @@ def test_mnist_jitter_is_a_shift_of_at_most_two_pixels():
 
 
 def test_cifar_crop_keeps_shape_and_flip_flips():
-    images = fake_images(32, (32, 32, 3))
-    seeds = tf.random.split(tf.constant([1, 2], tf.int64), 32)
-    cropped = [datasets.random_crop_and_flip(tf.constant(i), s).numpy() for i, s in zip(images, seeds)]
-    assert all(c.shape == (32, 32, 3) for c in cropped)
-    flipped = [
-        datasets.random_crop_and_flip(tf.constant(i), s, padding=0).numpy()
-        for i, s in zip(images, seeds)
-    ]
+    images = fake_images(64, (32, 32, 3))
+    cropped = datasets.random_crop_and_flip(images, seed=[1, 2]).numpy()
+    assert cropped.shape == (64, 32, 32, 3)
+    flipped = datasets.random_crop_and_flip(images, seed=[1, 2], padding=0).numpy()
     is_flip = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images)]
     is_same = [np.array_equal(f, i) for f, i in zip(flipped, images)]
     assert all(a or b for a, b in zip(is_flip, is_same))
-    assert any(is_flip) and any(is_same)
+    assert 16 < sum(is_flip) < 48  # About half, each image drawn on its own.
+
+
+@pytest.mark.parametrize("padding", [1, 4])
+def test_batched_crop_matches_numpy_crop_of_each_image(padding):
+    images = fake_images(32, (32, 32, 3))
+    seed = [5, 6]
+    augmented = datasets.random_crop_and_flip(images, seed, padding).numpy()
+    shifts = []
+    for image, result in zip(images, augmented):
+        # Whichever way it was flipped, the result is one window of the
+        # zero-padded original, within the padding.
+        shift = _shift_of(result, image, padding) or _shift_of(result[:, ::-1], image, padding)
+        assert shift is not None
+        shifts.append(shift)
+    # Each image draws its own offset: not one shift for the whole batch.
+    assert len(set(shifts)) >= 4
+    # A single image gives the same result as the first of a batch of one.
+    one = datasets.random_crop_and_flip(images[0], seed, padding).numpy()
+    np.testing.assert_array_equal(
+        one, datasets.random_crop_and_flip(images[:1], seed, padding).numpy()[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -473,3 +496,30 @@ def test_unlabelled_and_marked_samples(cached):
         datasets.make_dataset(images, marked - 1)
     with pytest.raises(ValueError, match="`sample_weight` needs `labels`"):
         datasets.make_dataset(images, None, sample_weight=np.ones(8))
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_one_epoch_dataset_declares_its_batches(drop_remainder):
+    """Keras reads the number of steps from the cardinality: with it, `fit`
+    shows a total and does not warn that the input "ran out of data"."""
+    import warnings
+
+    import keras
+
+    x, y = datasets.select("mnist", "train", source="sample", limit=100)
+    dataset = datasets.make_dataset(
+        x, y, batch_size=32, shuffle=True, drop_remainder=drop_remainder
+    )
+    expected = datasets.steps_per_epoch(100, 32, drop_remainder)
+    assert int(dataset.cardinality()) == expected
+    assert len(list(dataset)) == len(list(dataset)) == expected
+    model = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(dataset, epochs=2, shuffle=False, verbose=0)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    stream = datasets.make_dataset(x, y, batch_size=32, start_epoch=0)
+    assert int(stream.cardinality()) == int(tf.data.INFINITE_CARDINALITY)

@@ -149,3 +149,21 @@ def test_input_layout_of_a_subclassed_model():
         models.input_layout(model)
     model(np.zeros((1, 784), "float32"))
     assert models.input_layout(model) == "flat"
+
+
+@pytest.mark.parametrize(
+    "build", [models.build_keras_io_student, models.build_batchnorm_cnn_student]
+)
+def test_copy_model_starts_equal_and_trains_apart(build):
+    original = build()
+    before = [w.copy() for w in original.get_weights()]
+    copy = models.copy_model(original)
+    for a, b in zip(copy.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    copy.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
+    copy.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
+    # Its own variables: training the copy leaves the original as it was.
+    for a, b in zip(original.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(copy.get_weights(), before))
