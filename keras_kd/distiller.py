@@ -444,9 +444,9 @@ class Distiller(
         config.update(
             {
                 "student": keras.saving.serialize_keras_object(self.student),
-                "teacher": keras.saving.serialize_keras_object(self.teacher)
+                "teacher": _serialize_teacher(self.teacher)
                 if isinstance(self.teacher, keras.Model)
-                else [keras.saving.serialize_keras_object(t) for t in self.teachers],
+                else [_serialize_teacher(t) for t in self.teachers],
                 "teacher_outputs": self.teacher_outputs,
                 "teacher_weights": self.teacher_weights,
                 "ensemble": self.ensemble,
@@ -500,6 +500,15 @@ class Distiller(
         self.compile(**config)
         if self.optimizer is not None:
             self.optimizer.build(self._trained_variables())
+
+
+def _serialize_teacher(teacher):
+    # Without its compile config: a frozen teacher's optimizer, rebuilt over
+    # no trainable weights, could not take its saved state back, and Keras
+    # would warn at every load that it skipped "optimizer" variables.
+    config = keras.saving.serialize_keras_object(teacher)
+    config.pop("compile_config", None)
+    return config
 
 
 def _accepts_labels(method):

@@ -35,3 +35,30 @@ def test_cached_logits_of_another_width_are_refused(tiny_data):
     targets = {cache.LABELS_KEY: y, cache.TEACHER_LOGITS_KEY: np.zeros((len(x), 5), "float32")}
     with pytest.raises(ValueError, match="teacher outputs 5, student outputs 4.*cached"):
         distiller.fit(x, targets, batch_size=16, epochs=1, verbose=0)
+
+
+def test_saved_distiller_with_a_compiled_teacher_loads_without_skipping(tmp_path, tiny_data):
+    """A trained teacher keeps its compile state; saved inside a distiller
+    it is frozen, and its optimizer is not part of the save, so loading
+    skips nothing and the distiller's own optimizer comes back whole."""
+    import warnings
+
+    import keras
+
+    x, y = tiny_data
+    teacher = make_mlp([16])
+    teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    teacher.fit(x, y, epochs=1, verbose=0)
+    distiller = Distiller(student=make_mlp([8]), teacher=teacher)
+    distiller.compile(optimizer="adam")
+    distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    distiller.save(tmp_path / "distiller.keras")
+    assert teacher.compiled  # The user's teacher is left as it was.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras.models.load_model(tmp_path / "distiller.keras")
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+    for a, b in zip(loaded.optimizer.variables, distiller.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(loaded.teacher.get_weights(), teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
