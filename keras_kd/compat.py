@@ -55,7 +55,6 @@ def built_input_shape(model):
     return None
 
 
-
 def reducible_logs(logs):
     """A step's logs in a form Keras can average across workers.
 

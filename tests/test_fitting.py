@@ -37,9 +37,16 @@ def test_endless_stream_needs_steps_per_epoch(digits):
     x, y = digits
     stream = datasets.make_dataset(x, y, batch_size=32, shuffle=True, start_epoch=2)
     distiller = _distiller()
+
+    class FailInsteadOfHanging(keras.callbacks.Callback):
+        # Without the check the epoch never ends: fail the test instead.
+        def on_train_batch_end(self, batch, logs=None):
+            if batch >= 20:
+                raise AssertionError("fit ran an endless epoch")
+
     # Keras would start an epoch that never ends; say what to pass instead.
     with pytest.raises(ValueError, match="endless.*steps_per_epoch"):
-        distiller.fit(stream, epochs=1, verbose=0)
+        distiller.fit(stream, epochs=1, verbose=0, callbacks=[FailInsteadOfHanging()])
     history = distiller.fit(
         stream, epochs=4, initial_epoch=2, steps_per_epoch=datasets.steps_per_epoch(96, 32),
         verbose=0,
