@@ -6,7 +6,8 @@ from keras_kd.callbacks import EpochSeeds as EpochSeeds
 from keras_kd.callbacks import NonFiniteLossError as NonFiniteLossError
 from keras_kd.callbacks import StopOnNonFiniteLoss as StopOnNonFiniteLoss
 from keras_kd.callbacks import TemperatureScheduler as TemperatureScheduler
-from keras_kd.distiller import UNLABELLED as UNLABELLED
+from keras_kd.batch import UNLABELLED as UNLABELLED
+from keras_kd.batch import targets as targets
 from keras_kd.distiller import Distiller as Distiller
 from keras_kd.export import export_student as export_student
 from keras_kd.export import verify_export as verify_export
@@ -17,6 +18,9 @@ from keras_kd.logit_methods import DecoupledKD as DecoupledKD
 from keras_kd.logit_methods import LogitStandardizedKD as LogitStandardizedKD
 from keras_kd.logit_methods import NormalizedKD as NormalizedKD
 from keras_kd.logit_methods import dkd_warmup as dkd_warmup
+from keras_kd.losses import (
+    BinaryKLDivergenceWithTemperature as BinaryKLDivergenceWithTemperature,
+)
 from keras_kd.losses import DistillationLoss as DistillationLoss
 from keras_kd.losses import (
     DistillationMeanSquaredError as DistillationMeanSquaredError,
@@ -35,6 +39,7 @@ from keras_kd.version import __version__ as __version__
 
 __all__ = [
     "AlphaScheduler",
+    "BinaryKLDivergenceWithTemperature",
     "DIST",
     "DecoupledKD",
     "Distiller",
@@ -60,6 +65,7 @@ __all__ = [
     "fit_resumable",
     "set_determinism",
     "sweep",
+    "targets",
     "verify_export",
     "__version__",
 ]

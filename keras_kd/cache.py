@@ -1,9 +1,9 @@
 """Teacher-output caching: compute a frozen teacher's logits once.
 
 A cached batch carries the teacher's logits beside the labels, as the target
-`{"labels": y, "teacher_logits": t}`. `Distiller.train_step` recognises that
-target and skips the teacher's forward pass; `test_step` and `predict` ignore
-the logits.
+`keras_kd.targets(labels=y, teacher_logits=t)` (`keras_kd.batch`). The
+Distiller's training step then skips the teacher's forward pass; `test_step`
+and `predict` ignore the logits.
 
 `compute_teacher_logits` computes the logits once per (teacher weights,
 inputs) and keeps them in memory or in a checked `.npz` file, so that epochs
@@ -19,30 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd import batch as batch_module
 from keras_kd.xla import auto_jit_compile
 
-LABELS_KEY = "labels"
-TEACHER_LOGITS_KEY = "teacher_logits"
-
-# The label of a sample without one, in a batch of integer labels: it gets
-# only the distillation term (see `Distiller`).
-UNLABELLED = -1
-
-
-def split_targets(y):
-    """Splits a target into `(labels, teacher_logits)`.
-
-    Args:
-        y: Labels, or a dict `{"labels": ..., "teacher_logits": ...}` made by
-            the cache.
-
-    Returns:
-        `(labels, teacher_logits)`; `teacher_logits` is `None` for plain
-        labels.
-    """
-    if isinstance(y, dict) and TEACHER_LOGITS_KEY in y:
-        return y.get(LABELS_KEY), y[TEACHER_LOGITS_KEY]
-    return y, None
+# A cached batch's target: `keras_kd.targets(labels, teacher_logits=...)`.
+LABELS_KEY = batch_module.LABELS_KEY
+TEACHER_LOGITS_KEY = batch_module.TEACHER_LOGITS_KEY
+UNLABELLED = batch_module.UNLABELLED
 
 
 CACHE_FORMAT_VERSION = 1

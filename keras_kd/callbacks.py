@@ -7,6 +7,8 @@ import math
 import keras
 import numpy as np
 
+from keras_kd import compat
+
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
@@ -30,11 +32,21 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     Put it first in the callback list, so that it runs before any callback
     that saves on batches.
 
+    It never makes the training loop wait for a batch's loss: Keras runs it
+    off the main thread (`async_safe`), so with `steps_per_execution` and
+    other asynchronous callbacks the device keeps working; a non-finite
+    loss then stops training at the next batch, or before the epoch's
+    end-of-epoch callbacks, with the batch that produced it named.
+
     Example:
 
     >>> callback = StopOnNonFiniteLoss()
     >>> # model.fit(x, y, callbacks=[callback, keras.callbacks.BackupAndRestore("backup")])
     """
+
+    # Keras dispatches the batch hooks of async-safe callbacks to a thread,
+    # so reading the loss does not block the next step.
+    async_safe = True
 
     def __init__(self):
         super().__init__()
@@ -95,7 +107,7 @@ class EpochSeeds(keras.callbacks.Callback):
         self.seed = seed
 
     def on_epoch_begin(self, epoch, logs=None):
-        states = [v for v in self.model.variables if "seed_generator_state" in v.path]
+        states = compat.seed_generator_states(self.model)
         for index, state in enumerate(sorted(states, key=lambda v: v.path)):
             mixed = (self.seed * 1_000_003 + index * 7_919 + epoch * 104_729) % 2**31
             state.assign(np.array([mixed, 0], dtype=state.dtype))

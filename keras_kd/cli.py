@@ -272,7 +272,7 @@ def _test_results(model, data, batch_size):
 def _compile_classifier(model, optimizer="adam", steps_per_execution=1):
     import keras
 
-    from keras_kd.validation import ends_in_softmax
+    from keras_kd.outputs import ends_in_softmax
 
     model.compile(
         optimizer=optimizer,

@@ -87,3 +87,53 @@ def first_local_batch(strategy, iterator):
     for _, _, batches in iterator:
         return tf.nest.map_structure(local, next(batches))
     return None
+
+
+def keras_mask(tensor):
+    """The Keras mask a layer attached to a tensor (e.g. `Embedding(
+    mask_zero=True)`'s, carried to the logits), or `None`."""
+    return getattr(tensor, "_keras_mask", None)
+
+
+def producing_layer(symbolic_tensor):
+    """The layer that produced a Functional model's symbolic output."""
+    history = getattr(symbolic_tensor, "_keras_history", None)
+    return history[0] if history else None
+
+
+def model_strategy(model):
+    """The `tf.distribute` strategy a model was built under, or `None`."""
+    return model._distribute_strategy
+
+
+def update_compiled_metrics(model, y_true, y_pred, mask, sample_weight):
+    """Updates `compile(metrics=..., weighted_metrics=...)` on labelled
+    positions only.
+
+    Keras hands `sample_weight` to `weighted_metrics` alone, so a mask passed
+    as a weight would not reach `metrics`. Here `metrics` get the mask as
+    their weights and `weighted_metrics` the mask times the sample weights:
+    both see exactly the labelled positions, and `metrics` stay unweighted.
+    """
+    compiled = model._compile_metrics
+    if compiled is None:
+        return
+    if not compiled.built:
+        compiled.build(y_true, y_pred)
+    weights = mask if sample_weight is None else mask * sample_weight
+    for metric in compiled._flat_metrics:
+        if metric:
+            metric.update_state(y_true, y_pred, sample_weight=mask)
+    for metric in compiled._flat_weighted_metrics:
+        if metric:
+            metric.update_state(y_true, y_pred, sample_weight=weights)
+
+
+def seed_generator_states(model):
+    """The state variables of a model's `SeedGenerator`s (random layers)."""
+    return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
+def compiled_metrics(model):
+    """The `CompileMetrics` container of `compile(metrics=...)`, or `None`."""
+    return model._compile_metrics

@@ -4,7 +4,7 @@ A `FeatureHint` names a student layer, a teacher layer and a method; the
 `Distiller(hints=[...])` computes the student's logits and features in one
 forward pass and adds `weight * method(student_feature, teacher_feature)`
 to the loss. Methods, with their authors' default weights (mdistiller's
-conventions; REFERENCE.md):
+conventions, github.com/megvii-research/mdistiller):
 
 - `"fitnet"` (Romero et al. 2015), weight 100: MSE between a trainable
   connector applied to the student's feature and the teacher's feature. The
@@ -27,6 +27,9 @@ connector.
 
 import keras
 from keras import ops
+
+from keras_kd.outputs import select_output
+from keras_kd.outputs import symbolic_outputs
 
 DEFAULT_WEIGHTS = {
     "fitnet": 100.0, "attention": 1000.0, "similarity": 3000.0, "rkd": 1.0, "pkt": 30000.0,
@@ -227,13 +230,14 @@ _METHODS = {
 }
 
 
-def feature_model(model, layer_names, role):
+def feature_model(model, layer_names, role, output=None):
     """A model sharing `model`'s weights that returns `[logits, *features]`.
 
     Args:
         model: A Sequential or Functional model.
         layer_names: Names of its layers whose outputs are the features.
         role: `"student"` or `"teacher"`, for the error message.
+        output: Which output holds the logits (`keras_kd.outputs`).
 
     Returns:
         A Functional `keras.Model`: one forward pass gives both.
@@ -247,7 +251,7 @@ def feature_model(model, layer_names, role):
             f"The {role} is a subclassed model: its layers' outputs cannot be named. "
             f"Override `Distiller.{role}_features(x)` to return its features."
         )
-    outputs = [model.outputs[0]]
+    outputs = [select_output(symbolic_outputs(model), output, role, model)]
     for name in layer_names:
         try:
             outputs.append(model.get_layer(name).output)
@@ -263,85 +267,76 @@ def feature_model(model, layer_names, role):
     return keras.Model(structure, outputs, name=f"{model.name}_features")
 
 
-class FeatureHintsMixin:
-    """The `Distiller`'s feature-hint machinery: feature models, connectors,
-    the hint terms (kept here, beside the methods they use)."""
+class FeatureHints:
+    """The hint terms of a `Distiller`: feature models and connectors.
 
-    def _set_up_hints(self, hints, teachers):
+    Args:
+        hints: A list of `FeatureHint` (or their configs).
+        student: The student model.
+        teacher: The teacher model (one; hints take no ensemble).
+        student_output: Which student output holds the logits.
+        teacher_output: Which teacher output holds the logits.
+
+    Attributes:
+        hints: The `FeatureHint`s.
+        connectors: The FitNets connectors (trainable Keras models; the
+            Distiller tracks, trains and saves them).
+        names: One unique log name per hint (`"fitnet_loss"`, ...).
+    """
+
+    def __init__(self, hints, student, teacher, student_output=None, teacher_output=None):
         self.hints = [
             h if isinstance(h, FeatureHint) else FeatureHint.from_config(h) for h in hints or []
         ]
-        self.hint_trackers = []
         self.connectors = []
         self._connector_of = {}
-        self._student_feature_model = self._teacher_feature_model = None
+        self.student_model = self.teacher_model = None
+        names = [h.name for h in self.hints]
+        self.names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
         if not self.hints:
             return
-        if len(teachers) > 1:
+        if isinstance(teacher, (list, tuple)):
             raise ValueError("`hints` take one teacher. Received a list of "
-                             f"{len(teachers)} teachers; distil the ensemble's logits instead.")
-        names = [h.name for h in self.hints]
-        self.hint_trackers = [
-            keras.metrics.Mean(name=n if names.count(n) == 1 else f"{n}_{i}")
-            for i, n in enumerate(names)
-        ]
-        if hasattr(self.student, "inputs"):
-            self._student_feature_model = feature_model(
-                self.student, [h.student_layer for h in self.hints], "student")
-        if hasattr(self.teacher, "inputs"):
-            self._teacher_feature_model = feature_model(
-                self.teacher, [h.teacher_layer for h in self.hints], "teacher")
+                             f"{len(teacher)} teachers; distil the ensemble's logits instead.")
+        if getattr(student, "inputs", None):
+            self.student_model = feature_model(
+                student, [h.student_layer for h in self.hints], "student", student_output)
+        if getattr(teacher, "inputs", None):
+            self.teacher_model = feature_model(
+                teacher, [h.teacher_layer for h in self.hints], "teacher", teacher_output)
         for index, hint in enumerate(self.hints):
             if hint.method != "fitnet":
                 continue
-            if self._student_feature_model is None or self._teacher_feature_model is None:
+            if self.student_model is None or self.teacher_model is None:
                 raise ValueError(
                     "A FitNets hint needs the features' shapes to build its connector: use "
                     "Sequential/Functional models, or the relational methods ('attention', "
                     "'similarity', 'rkd', 'pkt') with a subclassed model."
                 )
             connector = build_connector(
-                self._student_feature_model.outputs[index + 1].shape[1:],
-                self._teacher_feature_model.outputs[index + 1].shape[1:],
+                self.student_model.outputs[index + 1].shape[1:],
+                self.teacher_model.outputs[index + 1].shape[1:],
                 name=f"connector_{index}",
             )
             if connector is not None:
                 self._connector_of[index] = len(self.connectors)
                 self.connectors.append(connector)
 
-    def student_features(self, x, training=None):
-        """Returns `(logits, [feature per hint])` of one student forward pass.
+    def __bool__(self):
+        return bool(self.hints)
 
-        Override for a subclassed student, returning the features the hints
-        name (in their order).
-        """
-        outputs = self._student_feature_model(self.student_inputs(x), training=training)
-        return outputs[0], list(outputs[1:])
-
-    def teacher_features(self, x):
-        """Returns `(logits, [feature per hint])` of one teacher forward pass.
-
-        Override for a subclassed teacher, as `student_features`.
-        """
-        outputs = self._teacher_feature_model(self.teacher_inputs(x), training=False)
-        logits = ops.cast(outputs[0], "float32")
-        if self.teacher_outputs == "probabilities":
-            logits = ops.log(ops.maximum(logits, 1e-30))
-        return logits, list(outputs[1:])
-
-    def _hint_losses(self, student_features, teacher_features):
+    def losses(self, student_features, teacher_features):
+        """The weighted hint terms, one float32 scalar per hint."""
         losses = []
         for index, hint in enumerate(self.hints):
             feature = student_features[index]
             if index in self._connector_of:
                 feature = self.connectors[self._connector_of[index]](feature, training=True)
-            losses.append(hint.weight * hint.loss(feature, ops.stop_gradient(teacher_features[index])))
+            losses.append(
+                hint.weight * hint.loss(feature, ops.stop_gradient(teacher_features[index]))
+            )
         return losses
 
-    def _trained_variables(self):
-        """The student's trainable weights and those of the hint connectors."""
-        weights = list(self.student.trainable_weights)
-        for connector in self.connectors:
-            weights += connector.trainable_weights
-        return weights
-
+    def trainable_weights(self):
+        """The connectors' trainable weights."""
+        return [w for connector in self.connectors for w in connector.trainable_weights]

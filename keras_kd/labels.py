@@ -1,26 +1,36 @@
-"""Labels of a batch: the label loss, unlabelled samples and class weights.
+"""Labels of a batch: the student loss, and which positions are labelled.
 
-In a batch of integer labels, `UNLABELLED` (-1) marks a sample without a
-label (for one-hot labels, a row of zeros does): `labelled_mask` gives loss-
-safe labels and the mask, and `reduce_loss` reduces per-sample losses over
-the labelled samples as Keras' `reduction` and `ignore_class` would, exactly
-over the global batch under `tf.distribute`. `resolve_student_loss` turns
-what a user passes as `student_loss_fn` into a loss on logits.
+The layout of the labels is read from shapes against the student's logits
+`(batch, ..., classes)`, never from values:
+
+- *integer class labels* have the logits' shape without the class axis
+  (`(batch,)`, `(batch, time)`; a trailing axis of size 1 is allowed), and
+  the logits have more than one class. Here, and only here, `UNLABELLED`
+  (-1) marks a position without a label, and the loss's own `ignore_class`
+  a position to leave out, as Keras does.
+- *dense labels* have the logits' shape: one-hot, soft, multi-label or
+  one-logit binary targets. No value marks them missing (a row of zeros is
+  a valid multi-label target); say so with `keras_kd.targets(label_mask=)`.
+
+`UNLABELLED` positions get only the distillation term; `ignore_class`
+positions (and positions a Keras mask removes) count for neither term, as
+padding.
 """
 
 import functools
 import inspect
 
 import keras
-import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from keras_kd.cache import UNLABELLED
+from keras_kd.batch import UNLABELLED
+from keras_kd.reduction import REDUCTIONS
 
-# Reductions a student loss may carry, and what they divide the weighted sum
-# of the labelled samples' losses by.
-_REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "mean_with_sample_weight")
+SPARSE = "integer class labels"
+DENSE = "dense labels"
+
+# Student losses on one-logit or multi-label (sigmoid) outputs.
+BINARY_LOSSES = (keras.losses.BinaryCrossentropy, keras.losses.BinaryFocalCrossentropy)
 
 
 def static_rank(tensor):
@@ -29,63 +39,112 @@ def static_rank(tensor):
     return shape.rank if hasattr(shape, "rank") else len(shape)
 
 
-def per_sample(values, batch_size):
-    """Reduces a loss output to one value per sample, shape `(batch,)`."""
-    values = ops.cast(ops.convert_to_tensor(values), "float32")
-    if len(values.shape) == 0:
-        return ops.broadcast_to(values, (batch_size,))
-    if len(values.shape) > 1:
-        values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
-    return values
+def label_layout(labels, logits):
+    """`SPARSE` or `DENSE`: how `labels` relate to the student's `logits`.
 
-
-def global_sum(value):
-    """Sums `value` over the replicas of a `tf.distribute` strategy.
-
-    Returns the sum divided by the number of replicas, so that each replica's
-    `local_sum / global_sum(count)` adds up, over the replicas' gradients
-    scaled by `1 / N`, to the global `sum / count`.
+    Raises:
+        ValueError: for labels whose shape fits neither layout.
     """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce("sum", value) / context.num_replicas_in_sync
+    label_rank, logit_rank = static_rank(labels), static_rank(logits)
+    classes = logits.shape[-1]
+    if label_rank is None:
+        # `from_generator` with `TensorSpec(None)`: taken as class indices,
+        # as Keras' sparse losses would.
+        return SPARSE
+    if classes == 1:
+        return DENSE
+    if label_rank == logit_rank - 1:
+        return SPARSE
+    if label_rank == logit_rank and labels.shape[-1] == 1:
+        return SPARSE
+    if label_rank == logit_rank:
+        return DENSE
+    raise ValueError(
+        f"Labels of shape {tuple(labels.shape)} do not fit logits of shape "
+        f"{tuple(logits.shape)}: pass class indices of shape "
+        f"{tuple(logits.shape[:-1])} or dense targets of shape "
+        f"{tuple(logits.shape)}."
+    )
 
 
-def reduce_loss(per_sample_values, sample_weight, mask, reduction):
-    """Reduces per-sample losses as Keras' `reduction` would, over `mask`.
+def sparse_positions(labels, logits):
+    """Integer class labels reshaped to the logits' leading axes."""
+    labels = ops.convert_to_tensor(labels)
+    if static_rank(labels) is None:  # One class index per position.
+        return ops.reshape(labels, ops.shape(logits)[:-1])
+    if static_rank(labels) == static_rank(logits):
+        labels = ops.squeeze(labels, -1)
+    return labels
 
-    Masked-out samples count for nothing, as with Keras' `ignore_class`: a
-    mean is over the samples that are not masked.
+
+def label_masks(labels, logits, ignore_class=None, label_mask=None):
+    """Loss-safe labels and the two masks of a batch's positions.
+
+    Args:
+        labels: The batch's labels.
+        logits: The student's logits `(batch, ..., classes)`.
+        ignore_class: The student loss's `ignore_class`, or `None`.
+        label_mask: An explicit mask of labelled positions, or `None`.
+
+    Returns:
+        `(labels, labelled, present)`: the labels with masked class indices
+        replaced by 0 (any loss can take them); `labelled`, the positions
+        the hard term counts; `present`, the positions that exist for both
+        terms (not `ignore_class`). Masks are booleans of the logits'
+        leading shape, or `None` when every position counts.
     """
-    values = ops.cast(per_sample_values, "float32")
-    weights = ops.ones_like(values)
-    if sample_weight is not None:
-        weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-    if mask is not None:
-        mask = ops.cast(mask, "float32")
-        # `where`, not a product: a masked sample's loss may be NaN.
-        values = ops.where(mask > 0, values, 0.0)
-        weights = weights * mask
-    total = ops.sum(values * weights)
-    if reduction == "sum":
-        return total
-    if reduction == "mean_with_sample_weight":
-        return ops.divide_no_nan(total, global_sum(ops.sum(weights)))
-    if mask is None:
-        count = ops.cast(ops.shape(values)[0], "float32")
-    else:
-        count = global_sum(ops.sum(mask))
-    return ops.divide_no_nan(total, count)
+    labels = ops.convert_to_tensor(labels)
+    labelled = present = None
+    if label_layout(labels, logits) == SPARSE:
+        positions = sparse_positions(labels, logits)
+        labelled = ops.not_equal(positions, ops.cast(UNLABELLED, positions.dtype))
+        if ignore_class is not None:
+            present = ops.not_equal(positions, ops.cast(ignore_class, positions.dtype))
+            labelled = ops.logical_and(labelled, present)
+        safe = ops.where(labelled, positions, ops.zeros_like(positions))
+        labels = safe if static_rank(labels) is None else ops.reshape(safe, ops.shape(labels))
+    if label_mask is not None:
+        explicit = ops.cast(ops.convert_to_tensor(label_mask), "bool")
+        if static_rank(explicit) == static_rank(logits):
+            explicit = ops.squeeze(explicit, -1)
+        labelled = explicit if labelled is None else ops.logical_and(labelled, explicit)
+    return labels, labelled, present
 
 
-def resolve_student_loss(identifier):
+def class_indices(labels, logits):
+    """Int32 true classes per position `(batch, ...)` of any label layout."""
+    labels = ops.convert_to_tensor(labels)
+    if label_layout(labels, logits) == SPARSE:
+        return ops.cast(sparse_positions(labels, logits), "int32")
+    return ops.cast(ops.argmax(labels, axis=-1), "int32")
+
+
+def true_classes(labels, labelled, teacher_logits, student_logits):
+    """True classes per position, the teacher's top class where none.
+
+    For DKD and NKD, which split the classes into the true one and the
+    others. Unlabelled positions take the class a teacher that is right
+    there would give.
+    """
+    teacher_top = ops.cast(ops.argmax(teacher_logits, axis=-1), "int32")
+    if labels is None:
+        return teacher_top
+    classes = class_indices(labels, student_logits)
+    if labelled is None:
+        return classes
+    return ops.where(labelled, classes, teacher_top)
+
+
+def resolve_student_loss(identifier, num_classes=None):
     """Resolves `student_loss_fn` to a loss that takes logits.
 
     Args:
         identifier: `None`, a string (function or class name, as
             `keras.losses.get` takes), a config dict, a loss instance or a
             callable `(y_true, logits) -> loss`.
+        num_classes: The student's number of logits, if known. `None` as
+            identifier gives `BinaryCrossentropy(from_logits=True)` for one
+            logit, else `SparseCategoricalCrossentropy(from_logits=True)`.
 
     Returns:
         A `keras.losses.Loss` or a callable.
@@ -95,6 +154,8 @@ def resolve_student_loss(identifier):
             instance built with `from_logits=False`.
     """
     if identifier is None:
+        if num_classes == 1:
+            return keras.losses.BinaryCrossentropy(from_logits=True)
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if isinstance(identifier, (str, dict)):
         loss = keras.losses.get(identifier)
@@ -124,136 +185,60 @@ def _checked_student_loss(loss):
             f"with `{type(loss).__name__}(from_logits=True)` or name it by "
             "string, which resolves on logits."
         )
-    if loss.reduction not in _REDUCTIONS:
+    if loss.reduction not in REDUCTIONS:
         raise ValueError(
             "`student_loss_fn` must reduce to one value per batch. Received "
-            f"reduction={loss.reduction!r}. Use one of {list(_REDUCTIONS)}; "
+            f"reduction={loss.reduction!r}. Use one of {list(REDUCTIONS)}; "
             "to change how samples count, pass `sample_weight`."
         )
     return loss
 
 
 def ignore_class_of(loss_fn):
+    """The `ignore_class` of a Keras loss, or `None`."""
     if isinstance(loss_fn, keras.losses.Loss):
         return loss_fn.get_config().get("ignore_class")
     return None
 
 
-def labelled_mask(y, ignore_class=None):
-    """Splits labels into loss-safe labels and a mask of labelled samples.
-
-    Args:
-        y: Integer labels `(batch,)` / `(batch, 1)`, where `UNLABELLED`
-            marks a sample without a label, or one-hot labels
-            `(batch, classes)`, where a row of zeros does.
-        ignore_class: A further integer label to mask, as Keras' losses'
-            `ignore_class`.
-
-    Returns:
-        `(labels, mask)`: the labels with masked integer labels replaced by
-        0 (any loss can take them) and a boolean mask `(batch,)`.
-    """
-    y = ops.convert_to_tensor(y)
-    rank = static_rank(y)
-    # Labels of unknown rank (e.g. `from_generator` with `TensorSpec(None)`)
-    # are taken as integer labels, as Keras' sparse losses would.
-    sparse = rank in (None, 1) or (rank == 2 and y.shape[-1] == 1)
-    if not sparse:
-        return y, ops.sum(ops.abs(ops.cast(y, "float32")), axis=-1) > 0
-    flat = ops.reshape(y, (-1,))
-    mask = ops.not_equal(flat, ops.cast(UNLABELLED, flat.dtype))
-    if ignore_class is not None:
-        mask = ops.logical_and(
-            mask, ops.not_equal(flat, ops.cast(ignore_class, flat.dtype))
-        )
-    safe = ops.where(mask, flat, ops.zeros_like(flat))
-    if rank is None:
-        return safe, mask
-    return ops.reshape(safe, ops.shape(y)), mask
+def reduction_of(loss_fn):
+    """The reduction of a Keras loss; Keras' default for other callables."""
+    return getattr(loss_fn, "reduction", None) or "sum_over_batch_size"
 
 
-def integer_classes(y):
-    """Int32 classes `(batch,)` of integer or one-hot labels, and the mask.
-
-    One-hot rows give their arg max; masked samples (see `labelled_mask`)
-    give class 0 and `False` in the mask.
-    """
-    labels, mask = labelled_mask(y)
-    if static_rank(labels) not in (None, 1) and labels.shape[-1] != 1:
-        labels = ops.argmax(labels, axis=-1)
-    return ops.reshape(ops.cast(labels, "int32"), (-1,)), mask
-
-
-def class_weight_table(class_weight):
-    """Turns `{class: weight}` into a list indexed by class, as Keras does."""
-    if class_weight is None:
-        return None
-    if not isinstance(class_weight, dict) or not class_weight:
-        raise ValueError(
-            "`class_weight` must be a non-empty dict {class index: weight}. "
-            f"Received: class_weight={class_weight!r}."
-        )
-    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0
-           for k in class_weight):
-        raise ValueError(
-            "`class_weight` keys must be class indices (integers >= 0). "
-            f"Received keys: {sorted(class_weight, key=str)}."
-        )
-    return [
-        float(class_weight.get(c, 1.0)) for c in range(max(class_weight) + 1)
-    ]
-
-
-def is_one_hot(y, logits):
-    """True if `y` holds one-hot (or soft) labels shaped like `logits`."""
-    if isinstance(y, dict) or y is None:
-        return False
-    y_shape = getattr(y, "shape", None)
-    if y_shape is None or static_rank(y) is None or static_rank(y) != static_rank(logits):
-        return False
-    return y_shape[-1] is not None and y_shape[-1] == logits.shape[-1] and (
-        y_shape[-1] > 1
+def is_binary_loss(loss_fn):
+    """True for a student loss on sigmoid outputs (binary cross-entropy)."""
+    if isinstance(loss_fn, BINARY_LOSSES):
+        return True
+    function = getattr(loss_fn, "func", loss_fn)  # functools.partial
+    return getattr(function, "__name__", "") in (
+        "binary_crossentropy", "binary_focal_crossentropy",
     )
 
 
-def class_weights(y, sample_weight, table):
-    """Multiplies per-class weights into the sample weights.
+def loss_values(loss_fn, labels, logits):
+    """A student loss's values per position, before any reduction.
 
-    Args:
-        y: Integer or one-hot labels (one-hot: the class is the arg max).
-        sample_weight: Per-sample weights, or `None`.
-        table: A list of weights indexed by class (`class_weight_table`).
-            Classes beyond it, and unlabelled samples, get weight 1.
-
-    Returns:
-        Per-sample weights `(batch,)`.
+    Keras losses give one value per position (`(batch,)`, `(batch, time)`);
+    the class axis is reduced by the loss itself.
     """
-    labels, mask = integer_classes(y)
-    size = len(table)
-    known = ops.logical_and(mask, labels < size)
-    weights = ops.where(
-        known,
-        ops.take(ops.convert_to_tensor(table, "float32"), ops.clip(labels, 0, size - 1)),
-        1.0,
-    )
-    if sample_weight is not None:
-        weights = weights * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-    return weights
+    if isinstance(loss_fn, keras.losses.Loss):
+        labels, logits = _same_rank(labels, logits)
+        values = loss_fn.call(labels, logits)
+    else:
+        values = loss_fn(labels, logits)
+    values = ops.cast(ops.convert_to_tensor(values), "float32")
+    leading = static_rank(logits) - 1
+    if len(values.shape) == 0:
+        return ops.broadcast_to(values, ops.shape(logits)[:leading])
+    if len(values.shape) > leading:  # A callable that kept the class axis.
+        values = ops.mean(values, axis=tuple(range(leading, len(values.shape))))
+    return values
 
 
-def true_classes(y, teacher_logits):
-    """Integer true classes of a batch, the teacher's top class where none.
-
-    Args:
-        y: Integer or one-hot labels (with `UNLABELLED` / zero rows for
-            samples without one), or `None`.
-        teacher_logits: The teacher's logits `(batch, classes)`.
-
-    Returns:
-        Int32 classes `(batch,)`.
-    """
-    teacher_top = ops.cast(ops.argmax(teacher_logits, axis=-1), "int32")
-    if y is None:
-        return teacher_top
-    labels, mask = integer_classes(y)
-    return ops.where(mask, labels, teacher_top)
+def _same_rank(labels, logits):
+    # As `keras.losses.Loss.__call__` does before `call`.
+    labels = ops.convert_to_tensor(labels)
+    if static_rank(labels) == static_rank(logits) - 1 and logits.shape[-1] == 1:
+        labels = ops.expand_dims(labels, -1)
+    return labels, logits

@@ -1,6 +1,6 @@
 """Published logit-distillation methods beyond Hinton's KD.
 
-Each is a `DistillationLoss` (log-space, float64 by default, serializable)
+Each is a `DistillationLoss` (log-space, float32 by default, serializable)
 that follows the conventions of its authors' reference code: reductions,
 `T**2` factors, the unbiased standard deviation, epsilons. In
 `Distiller.compile(distillation_loss_fn=...)` each can also be named by a
@@ -37,7 +37,7 @@ def _target_classes(labels, teacher_logits):
     """Integer labels, or the teacher's top class where there are none."""
     if labels is None:
         return ops.argmax(teacher_logits, axis=-1)
-    return ops.cast(ops.reshape(labels, (-1,)), "int32")
+    return ops.reshape(ops.cast(labels, "int32"), ops.shape(teacher_logits)[:-1])
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -61,8 +61,8 @@ class DecoupledKD(DistillationLoss):
         beta: Weight of NCKD (authors: 8.0 on CIFAR-100, 0.5 on ImageNet).
         temperature: Softmax temperature, or `None` for the Distiller's
             (authors: 4.0 on CIFAR-100, 1.0 on ImageNet).
-        precision: Dtype of the arithmetic, `"float64"` by default.
-        reduction: Keras reduction.
+        precision: Dtype of the arithmetic, `"float32"` by default.
+        reduction: `None` (as the student loss) or a Keras reduction.
         name: Name of the loss.
         dtype: Dtype of the returned loss.
 
@@ -82,8 +82,8 @@ class DecoupledKD(DistillationLoss):
         alpha=1.0,
         beta=8.0,
         temperature=None,
-        precision="float64",
-        reduction="sum_over_batch_size",
+        precision="float32",
+        reduction=None,
         name="decoupled_kd",
         dtype="float32",
     ):
@@ -165,8 +165,8 @@ class DIST(DistillationLoss):
         gamma: Weight of the intra-class term (authors: 1.0).
         temperature: `tau`, or `None` for the Distiller's (authors: 4 on
             CIFAR, 1 on ImageNet).
-        precision: Dtype of the arithmetic, `"float64"` by default.
-        reduction: Keras reduction.
+        precision: Dtype of the arithmetic, `"float32"` by default.
+        reduction: `None` (as the student loss) or a Keras reduction.
         name: Name of the loss.
         dtype: Dtype of the returned loss.
 
@@ -184,8 +184,8 @@ class DIST(DistillationLoss):
         beta=1.0,
         gamma=1.0,
         temperature=None,
-        precision="float64",
-        reduction="sum_over_batch_size",
+        precision="float32",
+        reduction=None,
         name="dist",
         dtype="float32",
     ):
@@ -202,11 +202,16 @@ class DIST(DistillationLoss):
         return ops.sum(a * b, axis=axis) / (norms + eps)
 
     def per_sample_loss(self, teacher_logits, student_logits, temperature):
-        y_s = ops.softmax(student_logits / temperature, axis=-1)
-        y_t = ops.softmax(teacher_logits / temperature, axis=-1)
+        # Every position of `(batch, ..., classes)` is a sample of the
+        # relations: the intra-class term runs over all of them.
+        leading = ops.shape(student_logits)[:-1]
+        classes = ops.shape(student_logits)[-1]
+        y_s = ops.softmax(ops.reshape(student_logits, (-1, classes)) / temperature, axis=-1)
+        y_t = ops.softmax(ops.reshape(teacher_logits, (-1, classes)) / temperature, axis=-1)
         inter = 1.0 - self._pearson(y_s, y_t, axis=1)
         intra = 1.0 - ops.mean(self._pearson(y_s, y_t, axis=0))
-        return temperature**2 * (self.beta * inter + self.gamma * intra)
+        values = temperature**2 * (self.beta * inter + self.gamma * intra)
+        return ops.reshape(values, leading)
 
     def get_config(self):
         return {**super().get_config(), "beta": self.beta, "gamma": self.gamma}
@@ -237,8 +242,8 @@ class LogitStandardizedKD(KLDivergenceWithTemperature):
 
     Args:
         temperature: Softmax temperature, or `None` for the Distiller's.
-        precision: Dtype of the arithmetic, `"float64"` by default.
-        reduction: Keras reduction.
+        precision: Dtype of the arithmetic, `"float32"` by default.
+        reduction: `None` (as the student loss) or a Keras reduction.
         name: Name of the loss.
         dtype: Dtype of the returned loss.
 
@@ -254,8 +259,8 @@ class LogitStandardizedKD(KLDivergenceWithTemperature):
     def __init__(
         self,
         temperature=None,
-        precision="float64",
-        reduction="sum_over_batch_size",
+        precision="float32",
+        reduction=None,
         name="logit_standardized_kd",
         dtype="float32",
     ):
@@ -291,8 +296,8 @@ class NormalizedKD(DistillationLoss):
         gamma: Weight of the non-target term (authors: 1.5).
         temperature: Temperature of the non-target term, or `None` for the
             Distiller's (authors: 1.0).
-        precision: Dtype of the arithmetic, `"float64"` by default.
-        reduction: Keras reduction.
+        precision: Dtype of the arithmetic, `"float32"` by default.
+        reduction: `None` (as the student loss) or a Keras reduction.
         name: Name of the loss.
         dtype: Dtype of the returned loss.
 
@@ -311,8 +316,8 @@ class NormalizedKD(DistillationLoss):
         self,
         gamma=1.5,
         temperature=None,
-        precision="float64",
-        reduction="sum_over_batch_size",
+        precision="float32",
+        reduction=None,
         name="normalized_kd",
         dtype="float32",
     ):

@@ -99,77 +99,51 @@ def validate_positive_ints(values, name):
     return values
 
 
-def ends_in_softmax(model):
-    """True if the model's last layer applies a softmax.
-
-    Args:
-        model: A Keras model. Subclassed models, whose layers are not an
-            ordered graph, are taken not to.
-
-    Returns:
-        `True` for a last `Softmax` layer, a softmax `Activation` or a layer
-        built with `activation="softmax"`.
-    """
-    if not isinstance(model, keras.Sequential) and not hasattr(model, "inputs"):
-        return False  # Subclassed: `layers` is not the order of `call`.
-    layers = getattr(model, "layers", None)
-    if not layers:
-        return False
-    last = layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return True
-    activation = getattr(last, "activation", None)
-    return activation is keras.activations.softmax or (
-        isinstance(last, keras.layers.Activation)
-        and getattr(last.activation, "__name__", "") == "softmax"
-    )
-
-
-def static_num_classes(model):
-    """The number of logits of a model with static outputs, else `None`."""
-    try:
-        return model.outputs[0].shape[-1]
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-
-
-def check_models(student, teachers, teacher_outputs):
+def check_models(student, teachers, teacher_outputs, teacher_output=None, student_output=None):
     """Raises a clear error for models a Distiller cannot pair.
 
     Args:
         student: The student, which must output logits.
         teachers: The list of teachers.
         teacher_outputs: `"logits"` or `"probabilities"`.
+        teacher_output: Which teacher output holds the logits.
+        student_output: Which student output holds the logits.
 
     Raises:
         ValueError: for a non-model, a student that ends in a softmax, a
             teacher that does with `teacher_outputs="logits"`, or models
             with different numbers of classes.
     """
+    from keras_kd import outputs
+
     for argument, model in [("student", student)] + [("teacher", t) for t in teachers]:
         if not isinstance(model, keras.Model):
             raise ValueError(
                 f"`{argument}` must be a `keras.Model`. Received: "
                 f"{argument}={model!r} of type {type(model).__name__}."
             )
-    if ends_in_softmax(student):
+    if outputs.ends_in_softmax(student, student_output, "student"):
+        layer = outputs.selected_layer(student, student_output, "student")
         raise ValueError(
-            "The student must output logits, but its last layer "
-            f"`{student.layers[-1].name}` applies a softmax. Build the "
+            "The student must output logits, but its layer "
+            f"`{layer.name}` applies a softmax. Build the "
             "student's last layer with `activation=None`; apply "
             "`keras.ops.softmax` to its outputs after training if you "
             "need probabilities."
         )
+    student_classes = outputs.static_num_classes(student, student_output, "student")
     for teacher in teachers:
-        if teacher_outputs == "logits" and ends_in_softmax(teacher):
+        if teacher_outputs == "logits" and outputs.ends_in_softmax(teacher, teacher_output):
+            layer = outputs.selected_layer(teacher, teacher_output, "teacher")
             raise ValueError(
-                f"The teacher's last layer `{teacher.layers[-1].name}` applies "
+                f"The teacher's layer `{layer.name}` applies "
                 "a softmax, but teacher_outputs='logits'. Pass "
-                "`teacher_outputs='probabilities'` to distil from its "
-                "probabilities, or rebuild it with a linear last layer."
+                "`teacher_outputs='probabilities'` (or leave it unset) to "
+                "distil from its probabilities, or rebuild it with a linear "
+                "last layer."
             )
         check_same_classes(
-            static_num_classes(teacher), static_num_classes(student),
+            outputs.static_num_classes(teacher, teacher_output), student_classes,
             "Build both with the same `num_classes`.",
         )
 

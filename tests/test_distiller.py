@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -106,8 +108,10 @@ def test_sgd_step_matches_float64_reference(alpha, temperature, weighted):
     np.testing.assert_allclose(
         logs["student_loss"], np.sum(w * hard) / 16, rtol=1e-5
     )
+    # At alpha == 1 the teacher does not run: the term is not computed.
+    expected_soft = 0.0 if alpha == 1.0 else np.sum(w * soft) / 16
     np.testing.assert_allclose(
-        logs["distillation_loss"], np.sum(w * soft) / 16, rtol=1e-5, atol=1e-7
+        logs["distillation_loss"], expected_soft, rtol=1e-5, atol=1e-7
     )
     new_kernel, new_bias = (w.numpy() for w in distiller.student.weights)
     np.testing.assert_allclose(
@@ -360,7 +364,10 @@ def test_one_hot_labels_are_accepted(tiny_data):
     np.testing.assert_allclose(one_hot["student_loss"], sparse["student_loss"], rtol=1e-6)
 
 
-def test_teacher_with_softmax_needs_explicit_option(tiny_data):
+def test_teacher_with_softmax_is_read_as_probabilities(tiny_data):
+    """Where the model shows its softmax, the Distiller reads probabilities
+    by itself; saying "logits" for it is refused; a subclassed teacher that
+    hides its softmax is read as logits, with a warning at the first batch."""
     x, y = tiny_data
     keras.utils.set_random_seed(9)
     teacher = make_mlp([16])
@@ -368,17 +375,31 @@ def test_teacher_with_softmax_needs_explicit_option(tiny_data):
         [teacher, keras.layers.Softmax()]
     )
     with pytest.raises(ValueError, match="teacher_outputs='probabilities'"):
-        Distiller(student=make_mlp([8]), teacher=probability_teacher)
+        Distiller(student=make_mlp([8]), teacher=probability_teacher, teacher_outputs="logits")
     student = make_mlp([8])
-    from_probabilities = Distiller(
-        student=student, teacher=probability_teacher, teacher_outputs="probabilities"
-    )
+    detected = Distiller(student=student, teacher=probability_teacher)
+    assert detected.teacher_outputs == "probabilities"
     from_logits = Distiller(student=student, teacher=teacher)
-    for distiller in (from_probabilities, from_logits):
+
+    class Hidden(keras.Model):
+        def call(self, inputs):
+            return keras.ops.softmax(teacher(inputs))
+
+    hidden = Distiller(student=student, teacher=Hidden())
+    explicit = Distiller(student=student, teacher=Hidden(), teacher_outputs="probabilities")
+    for distiller in (detected, from_logits, hidden, explicit):
         distiller.compile(optimizer=keras.optimizers.SGD(0.0), temperature=4.0)
-    a = from_probabilities.train_on_batch(x, y, return_dict=True)
-    b = from_logits.train_on_batch(x, y, return_dict=True)
-    np.testing.assert_allclose(a["distillation_loss"], b["distillation_loss"], rtol=1e-4)
+    expected = from_logits.train_on_batch(x, y, return_dict=True)["distillation_loss"]
+    for distiller in (detected, explicit):
+        value = distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"]
+        np.testing.assert_allclose(value, expected, rtol=1e-4)
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        misread = hidden.train_on_batch(x, y, return_dict=True)["distillation_loss"]
+    assert abs(misread - expected) > 0.1 * expected  # Read as logits: wrong.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Once per distiller, never for logits.
+        hidden.train_on_batch(x, y)
+        from_logits.fit(x, y, epochs=1, verbose=0)
 
 
 def test_student_with_softmax_is_refused():
@@ -637,17 +658,22 @@ def test_unlabelled_fit_needs_alpha_zero(tiny_data):
 @pytest.mark.parametrize("one_hot", [False, True])
 def test_unlabelled_samples_get_only_the_distillation_term(tiny_data, one_hot):
     """A marked sample's label and input do not enter the hard term: its
-    label can be anything; the hard term is the mean over the others."""
+    label can be anything; the hard term is the mean over the others.
+    Integer labels mark it with UNLABELLED, dense labels with an explicit
+    label mask (their values are never read as "missing")."""
     x, y = tiny_data
     x, y = x[:16], y[:16].copy()
     marked = np.arange(16) % 4 == 0
     y[marked] = keras_kd.UNLABELLED
-    labels = np.where(marked[:, None], 0.0, np.eye(4)[np.maximum(y, 0)]) if one_hot else y
+    if one_hot:
+        labels = keras_kd.targets(
+            labels=np.eye(4, dtype="float32")[np.maximum(y, 0)], label_mask=~marked)
+    else:
+        labels = y
     distiller = make_distiller(alpha=0.5, temperature=2.0)
     logits = distiller.student.predict(x, verbose=0)
     teacher_logits = distiller.teacher.predict(x, verbose=0)
-    logs = distiller.train_on_batch(x, labels.astype("float32") if one_hot else labels,
-                                    return_dict=True)
+    logs = distiller.train_on_batch(x, labels, return_dict=True)
     log_p = np.log(softmax64(logits))
     hard = -np.mean(log_p[~marked, y[~marked]])
     p_t, p_s = softmax64(teacher_logits / 2), softmax64(logits / 2)
@@ -744,8 +770,7 @@ def test_student_loss_reduction_and_ignore_class_are_honoured(tiny_data):
 
     def student_loss(**kwargs):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, **kwargs)
-        distiller.student_loss_fn = loss
-        distiller._default_student_loss = False
+        distiller.compile(student_loss_fn=loss)
         return float(distiller.compute_student_loss(y, logits, weights))
 
     np.testing.assert_allclose(student_loss(reduction="sum"), np.sum(weights * per_sample), rtol=1e-5)

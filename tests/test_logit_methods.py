@@ -99,7 +99,7 @@ def ours(loss, z_s, z_t, t, labels=None):
 @pytest.mark.parametrize("t", [1.0, 4.0])
 def test_dkd_equals_the_authors_code(scale, t):
     z_s, z_t, target = random_case(scale, 1)
-    loss = logit_methods.DecoupledKD(alpha=1.0, beta=8.0, dtype="float64")
+    loss = logit_methods.DecoupledKD(alpha=1.0, beta=8.0, dtype="float64", precision="float64")
     expected = mdistiller_dkd(z_s, z_t, target, 1.0, 8.0, t)
     np.testing.assert_allclose(ours(loss, z_s, z_t, t, target), expected, rtol=1e-5)
 
@@ -108,7 +108,7 @@ def test_dkd_equals_the_authors_code(scale, t):
 @pytest.mark.parametrize("t", [1.0, 4.0])
 def test_dist_equals_the_authors_code(scale, t):
     z_s, z_t, _ = random_case(scale, 2)
-    loss = logit_methods.DIST(beta=1.0, gamma=2.0, dtype="float64")
+    loss = logit_methods.DIST(beta=1.0, gamma=2.0, dtype="float64", precision="float64")
     np.testing.assert_allclose(ours(loss, z_s, z_t, t), dist_reference(z_s, z_t, 1.0, 2.0, t),
                                rtol=1e-5)
 
@@ -117,7 +117,7 @@ def test_dist_equals_the_authors_code(scale, t):
 @pytest.mark.parametrize("t", [1.0, 2.0])
 def test_logit_standardized_kd_equals_the_authors_code(scale, t):
     z_s, z_t, _ = random_case(scale, 3)
-    loss = logit_methods.LogitStandardizedKD(dtype="float64")
+    loss = logit_methods.LogitStandardizedKD(dtype="float64", precision="float64")
     np.testing.assert_allclose(ours(loss, z_s, z_t, t),
                                logit_standardized_reference(z_s, z_t, t), rtol=1e-5)
 
@@ -126,16 +126,16 @@ def test_logit_standardized_kd_equals_the_authors_code(scale, t):
 @pytest.mark.parametrize("t", [1.0, 4.0])
 def test_nkd_equals_the_authors_code(scale, t):
     z_s, z_t, target = random_case(scale, 4)
-    loss = logit_methods.NormalizedKD(gamma=1.5, dtype="float64")
+    loss = logit_methods.NormalizedKD(gamma=1.5, dtype="float64", precision="float64")
     np.testing.assert_allclose(ours(loss, z_s, z_t, t, target),
                                nkd_reference(z_s, z_t, target, 1.5, t), rtol=1e-5)
 
 
 LOSSES = {
-    "dkd": lambda: logit_methods.DecoupledKD(dtype="float64"),
-    "dist": lambda: logit_methods.DIST(dtype="float64"),
-    "logit_standardized_kd": lambda: logit_methods.LogitStandardizedKD(dtype="float64"),
-    "nkd": lambda: logit_methods.NormalizedKD(dtype="float64"),
+    "dkd": lambda: logit_methods.DecoupledKD(dtype="float64", precision="float64"),
+    "dist": lambda: logit_methods.DIST(dtype="float64", precision="float64"),
+    "logit_standardized_kd": lambda: logit_methods.LogitStandardizedKD(dtype="float64", precision="float64"),
+    "nkd": lambda: logit_methods.NormalizedKD(dtype="float64", precision="float64"),
 }
 
 
@@ -192,7 +192,7 @@ def test_label_losses_take_the_labels_and_the_teacher_where_there_are_none(tiny_
                       temperature=2.0, alpha=0.0)
     z_t = distiller.teacher.predict(x, verbose=0).astype("float64")
     z_s = distiller.student.predict(x, verbose=0).astype("float64")
-    reference = loss(dtype="float64")
+    reference = loss(dtype="float64", precision="float64")
     def step(*data):
         distiller.reset_metrics()  # Keras < 3.13 accumulates across *_on_batch calls.
         return distiller.train_on_batch(*data, return_dict=True)["distillation_loss"]
