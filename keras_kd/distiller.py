@@ -446,7 +446,7 @@ class Distiller(keras.Model):
         Returns:
             A float32 scalar.
         """
-        loss_fn = self._distillation_loss_for(student_logits)
+        loss_fn = self._distillation_loss_for(student_logits, teacher_logits)
         keras_mask = compat.keras_mask(student_logits)
         labelled, present = None, keras_mask
         if y is not None:
@@ -459,12 +459,21 @@ class Distiller(keras.Model):
             self.student_term.reduction(student_logits), true_classes,
         )
 
-    def _distillation_loss_for(self, student_logits):
+    def _distillation_loss_for(self, student_logits, teacher_logits=None):
         return self.distillation_term.resolve(
-            student_logits, self.student_term.resolve(student_logits))
+            student_logits, self.student_term.resolve(student_logits),
+            top_k=isinstance(teacher_logits, dict))
 
     def _combined_teacher_logits(self, raw, student_logits, kind=None):
         """One teacher's logits for the distillation loss (or `kind`)."""
+        if isinstance(raw, dict):  # A top-k cache: one teacher, as stored.
+            if self.teacher_side.is_ensemble or self._teacher_metrics:
+                raise ValueError(
+                    "A top-k teacher cache holds one teacher's top logits: it "
+                    "takes neither an ensemble nor teacher metrics. Distil the "
+                    "ensemble online, or drop the teacher metrics."
+                )
+            return raw
         if kind is None:
             kind = DistillationTerm.kind(self._distillation_loss_for(student_logits))
         logits = self.teacher_side.combine(raw, ops.cast(self._temperature, "float32"), kind)

@@ -75,6 +75,8 @@ class Teacher:
         return self._member_logits(self.models[0], inputs)
 
     def from_cache(self, cached):
+        if isinstance(cached, dict):  # Top-k logits (`keras_kd.top_k`).
+            return cached
         return ops.cast(cached, "float32")
 
     def combine(self, logits, temperature, kind="softmax"):
@@ -113,6 +115,8 @@ class Ensemble(Teacher):
         return ops.stack([self._member_logits(m, inputs) for m in self.models], axis=0)
 
     def from_cache(self, cached):
+        if isinstance(cached, dict):
+            return cached  # Top-k logits of one teacher: refused by the Distiller.
         cached = ops.cast(cached, "float32")
         if cached.shape[1] is not None and cached.shape[1] != len(self.models):
             raise ValueError(

@@ -98,8 +98,18 @@ class DistillationTerm:
         self.temperature = temperature
         self.default = default
 
-    def resolve(self, logits, student_loss_fn):
+    def resolve(self, logits, student_loss_fn, top_k=False):
+        """The loss for these student logits; `top_k` for batches that carry
+        a top-k teacher cache."""
         loss_fn = self.loss_fn
+        if top_k and not getattr(loss_fn, "takes_top_k", False):
+            raise ValueError(
+                "The batches carry a top-k teacher cache (`teacher_top_k`), "
+                f"which {type(loss_fn).__name__} cannot read. Compile with "
+                "`distillation_loss_fn=keras_kd.TopKKLDivergence(tail='bin', "
+                "cache_temperature=<the cache's temperature>)` (or "
+                "tail='renormalize' for any temperature)."
+            )
         binary = logits.shape[-1] == 1 or labels_module.is_binary_loss(student_loss_fn)
         if self.default and binary:
             loss_fn = BinaryKLDivergenceWithTemperature()
@@ -122,6 +132,8 @@ class DistillationTerm:
     def values(self, loss_fn, teacher_logits, student_logits, true_classes=None):
         """The loss per position `(batch, ...)`."""
         temperature = ops.cast(self.temperature, "float32")
+        if isinstance(teacher_logits, dict):  # A top-k cache.
+            return loss_fn.compute_top_k(teacher_logits, student_logits, temperature)
         teacher_logits = ops.cast(teacher_logits, "float32")
         student_logits = ops.cast(student_logits, "float32")
         if isinstance(loss_fn, DistillationLoss):

@@ -36,12 +36,15 @@ import os
 import shutil
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_kd.cache import CacheError
 from keras_kd.cache import fingerprint_model
+from keras_kd.losses import DistillationLoss
+from keras_kd.losses import KLDivergenceWithTemperature
 from keras_kd.validation import validate_choice
 from keras_kd.validation import validate_temperature
 
@@ -182,6 +185,7 @@ def _static_temperature(temperature):
     return None if value is None else float(value)
 
 
+@tf.autograph.experimental.do_not_convert
 def _check_bin_temperature(temperature, cache_temperature):
     """Refuses a `bin` temperature other than the cache's; returns deps."""
     message = (
@@ -208,6 +212,7 @@ def _check_bin_temperature(temperature, cache_temperature):
     ]
 
 
+@tf.autograph.experimental.do_not_convert
 def top_k_kl_divergence(
     indices,
     values,
@@ -319,6 +324,68 @@ def top_k_kl_divergence(
     # Rounding can leave -1e-9 where the exact value is 0.
     kl = ops.maximum(kl, 0.0)
     return kl * temperature**2
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class TopKKLDivergence(DistillationLoss):
+    """Token-level KD from a top-k teacher cache, as a distillation loss.
+
+    A `Distiller` whose batches carry `keras_kd.targets(labels,
+    teacher_top_k=...)` (from `top_k_dataset`) hands this loss the cached
+    dict instead of dense logits; `top_k_kl_divergence` gives the value per
+    position, reduced as the student loss is. A Distiller left with its
+    default loss uses `TopKKLDivergence()` for such batches.
+
+    Args:
+        tail: `"bin"` (default) or `"renormalize"`; see
+            `top_k_kl_divergence`.
+        cache_temperature: The cache's `temperature`; with `tail="bin"` the
+            Distiller's temperature must equal it.
+        temperature: Softmax temperature, or `None` for the Distiller's.
+        precision: Dtype of the arithmetic, `"float32"` by default.
+        reduction: `None` (as the student loss) or a Keras reduction.
+        name: Name of the loss.
+        dtype: Dtype of the returned loss.
+
+    Example:
+
+    >>> import numpy as np
+    >>> teacher = np.array([[[3.0, 1.0, 0.0, -1.0]]], "float32")
+    >>> indices, values, log_normalizer = top_k_logits(teacher, k=4)
+    >>> cached = {"indices": indices, "values": values, "log_normalizer": log_normalizer}
+    >>> loss = TopKKLDivergence()
+    >>> float(loss.compute_top_k(cached, teacher, 1.0)[0, 0]) < 1e-6
+    True
+    """
+
+    takes_top_k = True
+
+    def __init__(self, tail="bin", cache_temperature=1.0, temperature=None,
+                 precision="float32", reduction=None, name="top_k_kl_divergence",
+                 dtype="float32"):
+        super().__init__(temperature=temperature, precision=precision,
+                         reduction=reduction, name=name, dtype=dtype)
+        self.tail = validate_choice(tail, "tail", set(TAILS))
+        self.cache_temperature = validate_temperature(cache_temperature, "cache_temperature")
+
+    def compute_top_k(self, teacher_top_k, student_logits, temperature):
+        """The loss per position `(batch, ...)` from a cached top-k dict."""
+        values = top_k_kl_divergence(
+            teacher_top_k["indices"], teacher_top_k["values"],
+            teacher_top_k["log_normalizer"], student_logits, temperature,
+            tail=self.tail, cache_temperature=self.cache_temperature,
+            precision=self.precision,
+        )
+        return ops.cast(values, self.dtype)
+
+    def per_sample_loss(self, teacher_logits, student_logits, temperature):
+        # Dense teacher logits: exact KD (top-k with k = vocab).
+        return KLDivergenceWithTemperature.per_sample_loss(
+            self, teacher_logits, student_logits, temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "tail": self.tail,
+                "cache_temperature": self.cache_temperature}
 
 
 # --- Storage ----------------------------------------------------------------
