@@ -224,7 +224,7 @@ def import_commands(verbose=False):
     raised by the import is printed after descriptor 2 is restored.
     """
     if verbose:
-        from keras_kd import cli as commands
+        from keras_kd.cli import commands
 
         return commands
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -233,7 +233,7 @@ def import_commands(verbose=False):
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        from keras_kd import cli as commands
+        from keras_kd.cli import commands
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # Device probing logs here too.
@@ -248,7 +248,7 @@ def import_commands(verbose=False):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     commands = import_commands(args.verbose)
-    from keras_kd.callbacks import NonFiniteLossError
+    from keras_kd.distillation.callbacks import NonFiniteLossError
 
     try:
         getattr(commands, args.run)(args)

@@ -37,8 +37,8 @@ def run_seed(seed, x_train, y_train, x_test, y_test, args):
     from keras import distillation
 
     import keras_kd
-    from keras_kd import cache
-    from keras_kd import datasets
+    from keras_kd.distillation import cache
+    from keras_kd.data import datasets
     from keras_kd import models
 
     keras.utils.set_random_seed(seed)
@@ -107,7 +107,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from keras_kd import datasets
+    from keras_kd.data import datasets
 
     (x_train, y_train), (x_test, y_test) = datasets.load_arrays("mnist", source="sample")
     x_train = datasets.preprocess(x_train, "mnist").numpy()

@@ -42,7 +42,7 @@ def run_keras(teacher, student, x, y, epochs):
     import keras
     from keras import distillation
 
-    from keras_kd import datasets
+    from keras_kd.data import datasets
 
     start = time.perf_counter()
     rival = distillation.Distiller(
@@ -61,8 +61,8 @@ def run_keras(teacher, student, x, y, epochs):
 
 def run_cached(teacher, student, x, y, epochs):
     import keras_kd
-    from keras_kd import cache
-    from keras_kd import datasets
+    from keras_kd.distillation import cache
+    from keras_kd.data import datasets
 
     start = time.perf_counter()
     logits = cache.compute_teacher_logits(teacher, x)
@@ -106,7 +106,7 @@ def cached_path(samples, epochs, rounds):
 def precision(shape, rounds):
     import tensorflow as tf
 
-    from keras_kd import losses
+    from keras_kd.distillation import losses
 
     rng = tf.random.Generator.from_seed(0)
     teacher = rng.normal(shape) * 4.0

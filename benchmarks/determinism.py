@@ -25,7 +25,7 @@ def worker(deterministic):
     import keras
     import tensorflow as tf
 
-    from keras_kd import datasets
+    from keras_kd.data import datasets
     from keras_kd import models
 
     if deterministic:

@@ -59,7 +59,7 @@ args = parser.parse_args()
 
 (x_train, y_train), (x_test, y_test) = datasets.load_preprocessed()
 teacher = few_labels.train_teacher(x_train, y_train, epochs=4, seed=0)
-teacher_logits = keras_kd.cache.compute_teacher_logits(teacher, x_train)
+teacher_logits = keras_kd.distillation.cache.compute_teacher_logits(teacher, x_train)
 print(f"teacher {100 * few_labels.top1_accuracy(teacher, x_test, y_test):.2f}%; "
       f"{args.labels} labels, {args.steps} Adam steps per student, seeds {args.seeds}")
 

@@ -4,7 +4,7 @@ Shared by `speed.py`, `fast_paths.py` and `cache_pass.py`, so that they time
 the same models on the same data.
 """
 
-from keras_kd import datasets
+from keras_kd.data import datasets
 from keras_kd import models
 
 # Pair -> (teacher, student), as named in `keras_kd.models.MODEL_BUILDERS`.

@@ -40,7 +40,7 @@ def usual_pipeline(x, y, name, scaling="unit", layout="image", augment=False):
     augment image by image with `tf.image` ops, batch, scale, prefetch."""
     import tensorflow as tf
 
-    from keras_kd import datasets
+    from keras_kd.data import datasets
 
     padding = 2 if name == "mnist" else 4
 
@@ -66,8 +66,8 @@ def consumer_rate(x, y, cached, epochs):
     import keras
 
     import keras_kd
-    from keras_kd import cache
-    from keras_kd import datasets
+    from keras_kd.distillation import cache
+    from keras_kd.data import datasets
     from keras_kd import models
 
     keras.utils.set_random_seed(0)
@@ -100,7 +100,7 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from keras_kd import datasets
+    from keras_kd.data import datasets
 
     (mnist_x, mnist_y), _ = datasets.load_arrays("mnist", source="sample")
     rng = np.random.default_rng(0)

@@ -76,8 +76,8 @@ def run_worker(pair, config, epochs, jit_compile="default"):
     import keras
 
     import keras_kd
-    from keras_kd import cache
-    from keras_kd import datasets
+    from keras_kd.distillation import cache
+    from keras_kd.data import datasets
 
     keras.utils.set_random_seed(0)
     x, y = load_sample(pair)

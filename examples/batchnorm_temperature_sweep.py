@@ -24,9 +24,9 @@ import keras
 import numpy as np
 
 from keras_kd import Distiller
-from keras_kd import datasets
+from keras_kd.data import datasets
 from keras_kd import models
-from keras_kd.cache import compute_teacher_logits
+from keras_kd.distillation.cache import compute_teacher_logits
 
 PUBLISHED = {"teacher": 98.83, "scratch": 95.58, 1.0: 96.77, 1.5: 96.74, 2.0: 96.58, 4.0: 96.45, 10.0: 96.39}
 

@@ -29,10 +29,10 @@ import os
 import keras
 
 from keras_kd import Distiller
-from keras_kd import datasets
+from keras_kd.data import datasets
 from keras_kd import models
-from keras_kd import runs
-from keras_kd.cache import compute_teacher_logits
+from keras_kd.studies import runs
+from keras_kd.distillation.cache import compute_teacher_logits
 
 PUBLISHED = {
     "teacher": 91.90, "scratch": 85.01,

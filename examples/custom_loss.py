@@ -19,9 +19,9 @@ import keras
 from keras import ops
 
 import keras_kd
-from keras_kd import datasets
+from keras_kd.data import datasets
 from keras_kd import models
-from keras_kd.cache import compute_teacher_logits
+from keras_kd.distillation.cache import compute_teacher_logits
 
 
 @keras.saving.register_keras_serializable(package="my_project")

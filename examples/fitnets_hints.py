@@ -17,8 +17,8 @@ layers. Logits and features come from one student forward pass.
 import argparse
 
 import keras_kd
-from keras_kd import datasets
-from keras_kd import few_labels
+from keras_kd.data import datasets
+from keras_kd.studies import few_labels
 from keras_kd import models
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -25,9 +25,9 @@ import os
 import keras
 
 from keras_kd import Distiller
-from keras_kd import datasets
+from keras_kd.data import datasets
 from keras_kd import models
-from keras_kd.cache import compute_teacher_logits
+from keras_kd.distillation.cache import compute_teacher_logits
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--data-dir", default=None, help="CIFAR-10 files")

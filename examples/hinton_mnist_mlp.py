@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from keras_kd import Distiller
-from keras_kd import datasets
+from keras_kd.data import datasets
 from keras_kd import models
 
 PUBLISHED = "paper, 10,000 test digits: teacher 67 errors, student alone 146, distilled 74; without 3s: 206 (133 on threes), +3.5 bias: 109 (14 on threes)"

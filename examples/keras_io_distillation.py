@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from keras_kd import Distiller
-from keras_kd import datasets
+from keras_kd.data import datasets
 from keras_kd import models
 
 PUBLISHED = {

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 
 import keras_kd
-from keras_kd import datasets
-from keras_kd import few_labels
+from keras_kd.data import datasets
+from keras_kd.studies import few_labels
 from keras_kd import models
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -46,7 +46,7 @@ print(f"ensemble (mean of probabilities): "
       f"{100 * np.mean(mean_probabilities.argmax(1) == y_test):.2f}%")
 
 # 3. Their logits once, side by side: (digits, teachers, classes).
-logits = keras_kd.cache.compute_teacher_logits(teachers, x_train)
+logits = keras_kd.distillation.cache.compute_teacher_logits(teachers, x_train)
 labelled = few_labels.balanced_subset(y_train, args.labels, seed=0)
 
 

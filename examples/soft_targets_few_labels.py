@@ -24,10 +24,10 @@ import argparse
 import json
 import time
 
-from keras_kd import datasets
-from keras_kd import few_labels
+from keras_kd.data import datasets
+from keras_kd.studies import few_labels
 from keras_kd import models
-from keras_kd import reporting
+from keras_kd.studies import reporting
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--labels", type=int, nargs="+", default=[80, 240, 800, 8000],

@@ -18,7 +18,7 @@ import argparse
 import keras
 
 import keras_kd
-from keras_kd import datasets
+from keras_kd.data import datasets
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--limit", type=int, default=8000, help="training digits to use")

@@ -10,7 +10,7 @@ import pytest
 import keras_kd
 
 MODULES = sorted(
-    name for _, name, _ in pkgutil.iter_modules(keras_kd.__path__, "keras_kd.")
+    name for _, name, _ in pkgutil.walk_packages(keras_kd.__path__, "keras_kd.")
     if name != "keras_kd.__main__"  # Runs the command line when imported.
 )
 

@@ -1,0 +1,961 @@
+"""The `Distiller` model: trains a student on labels and a frozen teacher.
+
+It composes small parts with explicit interfaces, each tested alone:
+`keras_kd.batch` (what a batch means), `keras_kd.teacher` (one teacher or an
+ensemble), `keras_kd.terms` (the hard and the distillation term, reduced as
+Keras reduces), `keras_kd.hints` (feature hints) and
+`keras_kd.class_weights` (class weights in the data of one call).
+"""
+
+import inspect
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_kd.distillation import batch as batch_module
+from keras_kd.distillation import class_weights as class_weights_module
+from keras_kd.distillation import compat
+from keras_kd.distillation import labels as labels_module
+from keras_kd.distillation import outputs as outputs_module
+from keras_kd.distillation import teacher as teacher_module
+from keras_kd.distillation import validation
+from keras_kd.distillation.batch import UNLABELLED
+from keras_kd.distillation.ensembles import normalized_weights
+from keras_kd.distillation.hints import FeatureHints
+from keras_kd.distillation.losses import DEFAULT_TEMPERATURE
+from keras_kd.distillation.losses import DistillationLoss
+from keras_kd.distillation.losses import get_distillation_loss
+from keras_kd.distillation.losses import resolve_temperature
+from keras_kd.distillation.metrics import TeacherMetric
+from keras_kd.distillation.terms import DistillationTerm
+from keras_kd.distillation.terms import StudentTerm
+from keras_kd.distillation.terms import combine_masks
+from keras_kd.distillation.validation import validate_choice
+from keras_kd.distillation.validation import validate_fraction
+from keras_kd.distillation.validation import validate_temperature
+
+__all__ = ["Distiller", "UNLABELLED"]
+
+
+def _as_float(variable):
+    # The shortest decimal that is this float32: 0.1, not 0.10000000149.
+    return float(str(ops.convert_to_numpy(variable)))
+
+
+def check_backend():
+    """Raises unless Keras runs on TensorFlow, which the Distiller's steps use."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"keras_kd's Distiller needs the TensorFlow backend, but Keras runs "
+            f"on {backend!r}. Set `KERAS_BACKEND=tensorflow` before importing "
+            "Keras (or in ~/.keras/keras.json)."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Distiller(keras.Model):
+    """Trains a student to match a frozen teacher and the true labels.
+
+    The loss of each step is
+
+        alpha * student_loss(y, s) + (1 - alpha) * distillation_loss(t, s)
+        + sum(hint terms) + sum(student.losses)
+
+    where `s` and `t` are the student's and teacher's logits. The teacher runs
+    with `training=False` outside the gradient, and only when a term needs it
+    (not at `alpha == 1` without hints or teacher metrics, not with cached
+    outputs). Calling the distiller, `predict` and `evaluate` use the student
+    alone; `evaluate` reports what `student.evaluate` reports.
+
+    What a batch and an output mean is told, not guessed (README, "What the
+    Distiller does"):
+
+    - Logits `(batch, ..., classes)`: every leading position is one
+      distribution, so a sequence model's `(batch, time, vocab)` is distilled
+      token by token. Both terms are reduced as the student loss reduces
+      (its `reduction`, sample weights per sample or per position, Keras
+      masks, `ignore_class`).
+    - Labels: integer class labels may hold `keras_kd.UNLABELLED` (-1) for a
+      position without a label, which gets only the distillation term;
+      dense labels are never dropped for their values; mark them missing
+      with `keras_kd.targets(labels, label_mask=...)`. `fit(x)` without
+      labels (a transfer set) needs `alpha=0`. Every compiled metric sees the
+      labelled positions only.
+    - Several outputs: `teacher_output=` and `student_output=` name the
+      logits (a dict key, an output name or a position).
+    - One logit or a binary student loss: the distillation term compares
+      sigmoids (`BinaryKLDivergenceWithTemperature`).
+    - Ensembles: a list of teachers, combined per loss (`keras_kd.ensembles`).
+
+    Subclass hooks: `teacher_inputs(x)` / `student_inputs(x)` give each model
+    its own view of a batch, `teacher_logits(x)` the teacher's outputs,
+    `student_features` / `teacher_features` the features of hints,
+    `compute_student_loss` and `compute_distillation_loss` the two terms.
+
+    Args:
+        student: The `keras.Model` to train. It must output logits.
+        teacher: A trained `keras.Model`, or a list of them (an ensemble).
+            Frozen (`trainable=False`).
+        teacher_outputs: `None` (default): `"probabilities"` for a teacher
+            whose selected output comes from a softmax layer, else
+            `"logits"`. Pass `"probabilities"` for a subclassed teacher that
+            ends in a softmax (the Distiller warns at the first batch when
+            "logits" look like probabilities); they are read back with `log`.
+        teacher_weights: For a list of teachers, their weights (positive,
+            normalised to sum to 1); `None` weighs them equally.
+        ensemble: `"arithmetic"` (default, Hinton et al.'s mixture) or
+            `"geometric"`; see `keras_kd.ensembles`.
+        hints: A list of `keras_kd.FeatureHint`.
+        teacher_output: Which teacher output holds the logits, for a teacher
+            with several outputs: a dict key, an output name or a position.
+        student_output: The same for the student. The hard term and the
+            metrics use that output too.
+        align_vocabulary: `None` (default): teacher and student must output
+            the same number of classes. `"prefix"`: the teacher may output
+            more, as a language model whose embedding table is padded past
+            the tokenizer's vocabulary (to a multiple of 64, say) does; its
+            logits are cut to the student's first `classes` ids (a shared
+            prefix of ids, the same tokenizer) before any loss, so the
+            padded ids' mass is renormalised away. Different tokenizers are
+            out of scope.
+        name: Name of the model.
+        **kwargs: Passed to `keras.Model`.
+
+    Raises:
+        TypeError: if `student` and `teacher` are passed by position.
+        ValueError: for a non-model, a student that ends in a softmax, a
+            teacher that ends in one with `teacher_outputs="logits"`, or
+            models with different numbers of classes.
+        RuntimeError: when Keras does not run on TensorFlow.
+
+    Example:
+
+    ```python
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer="adam",
+        metrics=["sparse_categorical_accuracy"],
+        alpha=0.1,
+        temperature=10.0,
+    )
+    distiller.fit(x_train, y_train, epochs=3)
+    distiller.student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        *args,
+        student=None,
+        teacher=None,
+        teacher_outputs=None,
+        teacher_weights=None,
+        ensemble="arithmetic",
+        hints=None,
+        teacher_output=None,
+        student_output=None,
+        align_vocabulary=None,
+        name="distiller",
+        **kwargs,
+    ):
+        check_backend()
+        if args or student is None or teacher is None:
+            received = f"{len(args)} positional argument(s)" if args else (
+                "student=None" if student is None else "teacher=None"
+            )
+            raise TypeError(
+                "`Distiller` takes its models by keyword only, so that their "
+                "roles never depend on argument order. Use "
+                "`Distiller(student=student, teacher=teacher)`. Received: "
+                f"{received}."
+            )
+        super().__init__(name=name, **kwargs)
+        members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        if not members:
+            raise ValueError("`teacher` must be a model or a non-empty list of models.")
+        self.teacher_output = teacher_output
+        self.student_output = student_output
+        self.teacher_outputs = _resolve_teacher_outputs(teacher_outputs, members, teacher_output)
+        self.ensemble = validate_choice(ensemble, "ensemble", {"arithmetic", "geometric"})
+        self.teacher_weights = normalized_weights(teacher_weights, len(members))
+        self.align_vocabulary = validate_choice(align_vocabulary, "align_vocabulary", {None, "prefix"})
+        validation.check_models(student, members, self.teacher_outputs,
+                                teacher_output=teacher_output, student_output=student_output,
+                                align_vocabulary=self.align_vocabulary)
+        if isinstance(teacher, keras.Model):
+            side = teacher_module.Teacher(
+                teacher, teacher_output, self.teacher_outputs, self.teacher_inputs)
+        else:
+            side = teacher_module.Ensemble(
+                members, self.teacher_weights, self.ensemble, teacher_output,
+                self.teacher_outputs, self.teacher_inputs)
+        # The parts are plain objects (not tracked by Keras): the models they
+        # use are tracked here, in the order and under the names saved files
+        # have always used (teacher, student, hint models, connectors).
+        self.teacher = teacher if isinstance(teacher, keras.Model) else members
+        self.student = student
+        feature_hints = FeatureHints(
+            hints, student, self.teacher, student_output, teacher_output)
+        object.__setattr__(self, "teacher_side", side)
+        object.__setattr__(self, "feature_hints", feature_hints)
+        if feature_hints:
+            self._student_feature_model = feature_hints.student_model
+            self._teacher_feature_model = feature_hints.teacher_model
+        self.connectors = feature_hints.connectors
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.hint_trackers = [keras.metrics.Mean(name=n) for n in feature_hints.names]
+        # Variables, not Python floats: a traced step reads their current
+        # value, so changing them between epochs changes the loss.
+        self._alpha = self.add_weight(
+            name="alpha", shape=(), dtype="float32", trainable=False,
+            initializer=keras.initializers.Constant(0.1),
+        )
+        self._temperature = self.add_weight(
+            name="temperature", shape=(), dtype="float32", trainable=False,
+            initializer=keras.initializers.Constant(DEFAULT_TEMPERATURE),
+        )
+        self.student_loss_fn = None
+        self.distillation_loss_fn = None
+        object.__setattr__(self, "student_term", None)
+        object.__setattr__(self, "distillation_term", None)
+        object.__setattr__(self, "_teacher_metrics", ())
+        self._checked_first_batch = False
+        self._fitting_without_labels = False
+        # Built once both models are (BackupAndRestore and load_weights need
+        # a built model); a subclassed student builds on its first batch.
+        self.built = bool(student.built and all(t.built for t in members))
+
+    # Settings.
+
+    @property
+    def teachers(self):
+        """The teachers as a list (one model, or the ensemble's members)."""
+        return list(self.teacher_side.models)
+
+    @property
+    def hints(self):
+        """The `FeatureHint`s of the distiller."""
+        return self.feature_hints.hints
+
+    @property
+    def alpha(self):
+        """Weight of the student (hard) loss, a float in `[0, 1]`.
+
+        Settable at any time, also from a callback during `fit`.
+        """
+        return _as_float(self._alpha)
+
+    @alpha.setter
+    def alpha(self, value):
+        value = validate_fraction(value, "alpha")
+        if value > 0.0 and self._fitting_without_labels:
+            raise ValueError(_no_labels_message(value))
+        self._alpha.assign(value)
+
+    @property
+    def temperature(self):
+        """Softmax temperature of the distillation loss, a positive float.
+
+        Settable at any time, also from a callback during `fit`. A keras_kd
+        distillation loss built with its own temperature is kept at the same
+        value.
+        """
+        return _as_float(self._temperature)
+
+    @temperature.setter
+    def temperature(self, value):
+        value = validate_temperature(value)
+        self._temperature.assign(value)
+        loss = self.distillation_loss_fn
+        # A loss built with its own temperature follows the distiller's; one
+        # built without (None) keeps meaning "the distiller's".
+        if isinstance(loss, DistillationLoss) and loss.temperature is not None:
+            loss.temperature = value
+
+    @property
+    def metrics(self):
+        # Teacher metrics live outside Keras' attribute tracking, so that a
+        # later `compile` without them drops them from the logs.
+        metrics = list(super().metrics)
+        return metrics + [m for m in self._teacher_metrics if m not in metrics]
+
+    def compile(
+        self,
+        optimizer="adam",
+        metrics=None,
+        student_loss_fn=None,
+        distillation_loss_fn=None,
+        alpha=0.1,
+        temperature=None,
+        **kwargs,
+    ):
+        """Configures the distiller for training.
+
+        Keyword-compatible with the keras.io "Knowledge Distillation" example.
+
+        Args:
+            optimizer: Optimizer instance or name for the student.
+            metrics: Metrics on the student's logits and the labels, as in
+                `keras.Model.compile`; `weighted_metrics=` also works. Both
+                see only labelled positions. `keras_kd.TeacherAgreement` /
+                `TeacherKL` instances are fed the teacher's logits instead
+                (in `evaluate` they run the teacher).
+            student_loss_fn: Loss on the true labels, applied to the
+                student's logits. `None`: sparse categorical cross-entropy
+                on logits (categorical for dense labels, binary for one
+                logit). Strings resolve as in `keras.losses.get`, with
+                `from_logits=True` where the loss has that option. A loss
+                instance keeps its `reduction` and `ignore_class`.
+            distillation_loss_fn: Loss between teacher and student. `None`
+                gives `KLDivergenceWithTemperature` (Hinton, with `T**2`), or
+                `BinaryKLDivergenceWithTemperature` for one logit or a
+                binary `student_loss_fn`. A string names a keras_kd loss
+                (`keras_kd.distillation.losses.get_distillation_loss`). Any other Keras
+                loss or callable (e.g. `keras.losses.KLDivergence()`, as in
+                keras.io) receives softened probabilities of both, unscaled.
+            alpha: Weight of the student (hard) loss, in `[0, 1]`; the
+                distillation loss gets `1 - alpha`.
+            temperature: Softmax temperature, a positive finite number.
+                `None` takes the temperature of a keras_kd loss that was
+                given one, else 3.0. A value that contradicts the loss's own
+                is refused.
+            **kwargs: Passed to `keras.Model.compile` (`weighted_metrics`,
+                `jit_compile`, `steps_per_execution`, `run_eagerly`, ...).
+
+        Raises:
+            ValueError: for an invalid `alpha`, `temperature` or loss, a
+                temperature that disagrees with the loss's own, or a `loss=`
+                argument (use `student_loss_fn`).
+        """
+        for unsupported in ("loss", "loss_weights"):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(
+                    f"`Distiller.compile` does not take `{unsupported}`. "
+                    f"Received: {unsupported}={kwargs[unsupported]!r}. Pass "
+                    "`student_loss_fn`, `distillation_loss_fn` and `alpha`."
+                )
+            kwargs.pop(unsupported, None)
+        alpha = validate_fraction(alpha, "alpha")
+        listed = list(metrics) if isinstance(metrics, (list, tuple)) else metrics
+        if isinstance(listed, list):
+            object.__setattr__(
+                self, "_teacher_metrics", tuple(m for m in listed if isinstance(m, TeacherMetric))
+            )
+            listed = [m for m in listed if not isinstance(m, TeacherMetric)] or None
+        else:
+            object.__setattr__(self, "_teacher_metrics", ())
+        num_classes = outputs_module.static_num_classes(
+            self.student, self.student_output, "student")
+        self.student_loss_fn = labels_module.resolve_student_loss(student_loss_fn, num_classes)
+        distillation_loss = get_distillation_loss(distillation_loss_fn)
+        self.distillation_loss_fn = distillation_loss
+        object.__setattr__(self, "student_term", StudentTerm(
+            self.student_loss_fn, default=student_loss_fn is None))
+        object.__setattr__(self, "distillation_term", DistillationTerm(
+            distillation_loss, self._temperature, default=distillation_loss_fn is None))
+        self.temperature = resolve_temperature(temperature, distillation_loss)
+        self.alpha = alpha
+        self._user_loss_config = {
+            "student_loss_fn": student_loss_fn,
+            "distillation_loss_fn": distillation_loss_fn,
+        }
+        super().compile(optimizer=optimizer, metrics=listed, **kwargs)
+
+    # Views and forward passes (subclass hooks).
+
+    def student_inputs(self, x):
+        """Returns the student's view of a batch `x` (default: `x` itself).
+
+        Override together with `teacher_inputs` when the two models take
+        different inputs, e.g. `x = {"student": ..., "teacher": ...}`.
+        """
+        return x
+
+    def teacher_inputs(self, x):
+        """Returns the teacher's view of a batch `x` (default: `x` itself).
+
+        Override when the teacher takes other inputs than the student
+        (another resolution, another tokenizer); see
+        `examples/teacher_with_other_inputs.py`.
+        """
+        return x
+
+    def call(self, inputs, training=None):
+        return self.student(self.student_inputs(inputs), training=training)
+
+    def student_logits(self, x, training=None):
+        """The student's logits for a batch (its selected output)."""
+        return outputs_module.select_output(
+            self(x, training=training), self.student_output, "student", self.student)
+
+    def teacher_logits(self, x):
+        """Returns the teacher's float32 logits for a batch `x`.
+
+        One teacher gives `(batch, ..., classes)`; an ensemble its members'
+        logits `(members, batch, ..., classes)`, which the distillation term
+        combines (`keras_kd.ensembles`). Override to use another source of
+        teacher outputs. Runs with `training=False`.
+        """
+        return self.teacher_side(x)
+
+    def student_features(self, x, training=None):
+        """Returns `(logits, [feature per hint])` of one student forward pass.
+
+        Override for a subclassed student, returning the features the hints
+        name (in their order).
+        """
+        outputs = self.feature_hints.student_model(self.student_inputs(x), training=training)
+        return outputs[0], list(outputs[1:])
+
+    def teacher_features(self, x):
+        """Returns `(logits, [feature per hint])` of one teacher forward pass.
+
+        Override for a subclassed teacher, as `student_features`.
+        """
+        return self.teacher_side.features(x, self.feature_hints.teacher_model)
+
+    # The terms (subclass hooks).
+
+    def compute_student_loss(self, y, student_logits, sample_weight=None, label_mask=None):
+        """Returns the hard loss on the labels.
+
+        Positions with `UNLABELLED` (-1) integer labels, the loss's own
+        `ignore_class`, `False` in `label_mask` or in the logits' Keras mask
+        count for nothing; the rest is reduced as the loss's `reduction`
+        says (`keras_kd.reduction`).
+
+        Args:
+            y: The labels, or `None` for an unlabelled batch.
+            student_logits: The student's logits (with their Keras mask).
+            sample_weight: Optional weights per sample or per position.
+            label_mask: Optional explicit mask of labelled positions.
+
+        Returns:
+            A float32 scalar; 0 without labels.
+        """
+        return self.student_term(
+            y, student_logits, sample_weight, compat.keras_mask(student_logits), label_mask)
+
+    def compute_distillation_loss(self, teacher_logits, student_logits, sample_weight=None, y=None):
+        """Returns the teacher-student term, reduced as the student loss.
+
+        Positions with the student loss's `ignore_class` or outside the
+        logits' Keras mask count for nothing (padding); `UNLABELLED`
+        positions count.
+
+        Args:
+            teacher_logits: One teacher's logits (an ensemble's already
+                combined for this loss).
+            student_logits: The student's logits (with their Keras mask).
+            sample_weight: Optional weights per sample or per position.
+            y: The batch's labels, for the padding they mark and for losses
+                that need the true classes (DKD, NKD); where a position has
+                none, the teacher's top class stands in.
+
+        Returns:
+            A float32 scalar.
+        """
+        loss_fn = self._distillation_loss_for(student_logits, teacher_logits)
+        keras_mask = compat.keras_mask(student_logits)
+        labelled, present = None, keras_mask
+        if y is not None:
+            _, labelled, present = self.student_term.masks(y, student_logits, keras_mask)
+        true_classes = None
+        if getattr(loss_fn, "needs_labels", False):
+            true_classes = labels_module.true_classes(y, labelled, teacher_logits, student_logits)
+        return self.distillation_term(
+            loss_fn, teacher_logits, student_logits, sample_weight, present,
+            self.student_term.reduction(student_logits), true_classes,
+        )
+
+    def _distillation_loss_for(self, student_logits, teacher_logits=None):
+        return self.distillation_term.resolve(
+            student_logits, self.student_term.resolve(student_logits),
+            top_k=isinstance(teacher_logits, dict))
+
+    def _combined_teacher_logits(self, raw, student_logits, kind=None):
+        """One teacher's logits for the distillation loss (or `kind`)."""
+        if isinstance(raw, dict):  # A top-k cache: one teacher, as stored.
+            if self.align_vocabulary == "prefix":
+                raise ValueError(
+                    "`align_vocabulary='prefix'` cuts dense teacher logits; a top-k "
+                    "cache holds ids only. Write the cache from the aligned teacher "
+                    "(e.g. a model that returns `logits[..., :student_vocabulary]`)."
+                )
+            if self.teacher_side.is_ensemble or self._teacher_metrics:
+                raise ValueError(
+                    "A top-k teacher cache holds one teacher's top logits: it "
+                    "takes neither an ensemble nor teacher metrics. Distil the "
+                    "ensemble online, or drop the teacher metrics."
+                )
+            return raw
+        if kind is None:
+            kind = DistillationTerm.kind(self._distillation_loss_for(student_logits))
+        if self.align_vocabulary == "prefix":
+            raw = _prefix_vocabulary(raw, student_logits.shape[-1])
+        logits = self.teacher_side.combine(raw, ops.cast(self._temperature, "float32"), kind)
+        validation.check_same_classes(
+            logits.shape[-1], student_logits.shape[-1],
+            "Check the models' last layers and any cached teacher logits, or pass "
+            "`align_vocabulary='prefix'` for a teacher whose vocabulary is padded.",
+        )
+        return logits
+
+    def _regularization_loss(self):
+        losses = self.student.losses
+        if not losses:
+            return ops.zeros((), "float32")
+        return ops.sum(ops.stack([ops.cast(loss, "float32") for loss in losses]))
+
+    # Steps.
+
+    def _check_step_labels(self, batch, alpha):
+        if batch.labels is None:
+            # Runs in every step (also after `distiller.alpha = 0.5`); XLA
+            # drops asserts, so `fit` also checks eagerly.
+            tf.debugging.assert_less_equal(alpha, 0.0, message=_no_labels_message(None))
+
+    def _teacher_for_step(self, batch, student_logits, alpha, needed):
+        """The teacher's raw logits, run only when a term needs them."""
+        if batch.teacher_outputs is not None:
+            return self.teacher_side.from_cache(batch.teacher_outputs)
+        if needed:
+            return ops.stop_gradient(self.teacher_logits(batch.inputs))
+        dummy = teacher_module.dummy_logits(student_logits, self.teacher_side)
+        return ops.cond(
+            alpha < 1.0,
+            lambda: ops.stop_gradient(self.teacher_logits(batch.inputs)),
+            lambda: dummy,
+        )
+
+    def train_step(self, data):
+        batch = batch_module.parse_batch(data)
+        alpha = ops.cast(self._alpha, "float32")
+        self._check_step_labels(batch, alpha)
+        hints = self.feature_hints
+        teacher_features = cached = None
+        if hints:
+            online, teacher_features = self.teacher_features(batch.inputs)
+            cached = ops.stop_gradient(online) if batch.teacher_outputs is None else None
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+
+        with tf.GradientTape() as tape:
+            if hints:
+                student_logits, student_features = self.student_features(
+                    batch.inputs, training=True)
+            else:
+                student_logits = self.student_logits(batch.inputs, training=True)
+            raw_skippable = (
+                cached is None and batch.teacher_outputs is None and not self._teacher_metrics
+            )
+            raw = cached if cached is not None else self._teacher_for_step(
+                batch, student_logits, alpha, needed=not raw_skippable)
+            teacher_logits = self._combined_teacher_logits(raw, student_logits)
+            student_loss = self.compute_student_loss(
+                batch.labels, student_logits, batch.sample_weight, batch.label_mask)
+            distillation_loss = self.compute_distillation_loss(
+                teacher_logits, student_logits, batch.sample_weight,
+                **({"y": batch.labels} if _accepts_labels(self.compute_distillation_loss) else {}))
+            loss = (
+                alpha * student_loss
+                + (1.0 - alpha) * distillation_loss
+                + self._regularization_loss()
+            )
+            hint_losses = hints.losses(student_features, teacher_features) if hints else []
+            for hint_loss in hint_losses:
+                loss = loss + hint_loss
+            # Gradients are summed over replicas: scaling each replica's
+            # global-batch mean by 1 / N gives the mean over the global batch.
+            scaled_loss = self.optimizer.scale_loss(loss / num_replicas)
+
+        trainable_weights = self._trained_variables()
+        gradients = tape.gradient(scaled_loss, trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, trainable_weights))
+
+        batch_size = ops.shape(student_logits)[0]
+        compat.loss_tracker(self).update_state(loss, sample_weight=batch_size)
+        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
+        # At alpha == 1 the teacher did not run: the term was not computed.
+        computed = ops.cast(alpha < 1.0, "float32") if raw_skippable else 1.0
+        self.distillation_loss_tracker.update_state(
+            distillation_loss, sample_weight=ops.cast(batch_size, "float32") * computed)
+        for tracker, value in zip(self.hint_trackers, hint_losses):
+            tracker.update_state(value, sample_weight=batch_size)
+        self._update_metrics(batch, student_logits, raw)
+        return self._logs(batch)
+
+    def test_step(self, data):
+        batch = batch_module.parse_batch(data)
+        student_logits = self.student_logits(batch.inputs, training=False)
+        raw = None
+        if self._teacher_metrics:  # Opt-in: only they make evaluate run the teacher.
+            raw = (self.teacher_side.from_cache(batch.teacher_outputs)
+                   if batch.teacher_outputs is not None
+                   else self.teacher_logits(batch.inputs))
+        student_loss = self.compute_student_loss(
+            batch.labels, student_logits, batch.sample_weight, batch.label_mask)
+        # `loss` is what `student.evaluate` would report: the hard loss plus
+        # regularisation, so `val_loss` can drive checkpoints and stopping.
+        batch_size = ops.shape(student_logits)[0]
+        compat.loss_tracker(self).update_state(
+            student_loss + self._regularization_loss(), sample_weight=batch_size)
+        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
+        self._update_metrics(batch, student_logits, raw)
+        logs = self._logs(batch)
+        for tracker in [self.distillation_loss_tracker] + self.hint_trackers:
+            logs.pop(tracker.name, None)  # Training terms: evaluate has none.
+        return logs
+
+    def _update_metrics(self, batch, student_logits, raw_teacher):
+        keras_mask = compat.keras_mask(student_logits)
+        present = keras_mask
+        if batch.labels is not None:
+            safe, labelled, present = self.student_term.masks(
+                batch.labels, student_logits, keras_mask, batch.label_mask)
+            mask = labelled if labelled is not None else ops.ones(
+                ops.shape(student_logits)[:-1], "bool")
+            sample_weight = batch.sample_weight
+            if sample_weight is not None:
+                sample_weight = _weights_like(sample_weight, mask)
+            compat.update_compiled_metrics(
+                self, safe, student_logits, ops.cast(mask, "float32"), sample_weight)
+        if self._teacher_metrics and raw_teacher is not None:
+            teacher_logits = self._combined_teacher_logits(raw_teacher, student_logits, "softmax")
+            weights = combine_masks(present)
+            weights = None if weights is None else ops.cast(weights, "float32")
+            if batch.sample_weight is not None:
+                sw = _weights_like(batch.sample_weight, ops.ones(ops.shape(student_logits)[:-1]))
+                weights = sw if weights is None else weights * sw
+            for metric in self._teacher_metrics:
+                metric.update_state(teacher_logits, student_logits, weights)
+
+    def _logs(self, batch):
+        logs = {}
+        for metric in self.metrics:
+            if metric is compat.compiled_metrics(self) and batch.labels is None:
+                continue  # No labels: the label metrics have nothing new.
+            if getattr(metric, "built", True) is False:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                logs.update(result)
+            else:
+                logs[metric.name] = result
+        return compat.reducible_logs(logs)
+
+    def get_metrics_result(self):
+        # As Keras', but label metrics that a fit on unlabelled data left
+        # unbuilt have nothing to report yet, rather than an error.
+        results = {}
+        for metric in self.metrics:
+            if getattr(metric, "built", True) is False:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
+
+    def _trained_variables(self):
+        """The student's trainable weights and those of the hint connectors."""
+        return list(self.student.trainable_weights) + self.feature_hints.trainable_weights()
+
+    # Keras' loops, with what a distiller adds around them.
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """Trains the student; arguments as `keras.Model.fit`.
+
+        `y` may be omitted (a transfer set, with `alpha=0`), hold
+        `UNLABELLED` (-1) in integer class labels, or be a
+        `keras_kd.targets(...)` dict (cached teacher outputs, explicit label
+        masks). `class_weight` becomes sample weights of this call's data,
+        as in Keras; it works with cached teacher outputs.
+
+        Raises:
+            ValueError: for inputs the student cannot take, an endless
+                dataset without `steps_per_epoch`, `class_weight` together
+                with `sample_weight`, or data without labels while
+                `alpha > 0`.
+        """
+        self._check_x(x)
+        if (
+            isinstance(x, tf.data.Dataset)
+            and int(x.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+            and kwargs.get("steps_per_epoch") is None
+            and len(args) <= 10  # Not given by position either.
+        ):
+            raise ValueError(
+                "`x` is an endless dataset (e.g. `make_dataset(..., "
+                "start_epoch=k)`), so an epoch would never end. Pass "
+                "`steps_per_epoch` (see `keras_kd.data.datasets.steps_per_epoch`)."
+            )
+        class_weight = kwargs.pop("class_weight", None)
+        if class_weight is not None:
+            x, y, sample_weight = class_weights_module.apply_class_weight(
+                x, y, kwargs.pop("sample_weight", None), class_weight, self._has_class_axis)
+            if sample_weight is not None:
+                kwargs["sample_weight"] = sample_weight
+        if len(args) <= 6 and validation.orders_itself(x):
+            # Keras cannot shuffle these and warns that it ignores its own
+            # default `shuffle=True`; say False, which is what happens.
+            kwargs.setdefault("shuffle", False)
+        without_labels = _has_no_labels(x, y)
+        if without_labels and self.alpha > 0.0:
+            raise ValueError(_no_labels_message(self.alpha))
+        self._check_first_batch(x, y)
+        self._retrace_while_metrics_unbuilt()
+        self._fitting_without_labels = without_labels
+        try:
+            return super().fit(x, y, *args, **kwargs)
+        finally:
+            self._fitting_without_labels = False
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, **kwargs):
+        """As `keras.Model.train_on_batch`; `class_weight` applies to this
+        batch only."""
+        if class_weight is not None:
+            x, y, sample_weight = class_weights_module.apply_class_weight(
+                x, y, sample_weight, class_weight, self._has_class_axis)
+        if y is None and self.alpha > 0.0:
+            raise ValueError(_no_labels_message(self.alpha))
+        self._check_first_batch(x, y)
+        self._retrace_while_metrics_unbuilt()
+        return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """The student's loss and metrics on labelled data, as
+        `keras.Model.evaluate`; the teacher runs only for teacher metrics."""
+        self._check_x(x)
+        self._retrace_while_metrics_unbuilt()
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _retrace_while_metrics_unbuilt(self):
+        # Label metrics are built in the first traced step that has labels.
+        # A step traced on unlabelled data left them unbuilt, and a retrace
+        # of the same function may not create their variables: start anew.
+        metrics = compat.compiled_metrics(self)
+        if metrics is not None and not metrics.built:
+            self.train_function = self.test_function = None
+
+    def _has_class_axis(self, labels):
+        """Whether labels carry a class axis (for class weights)."""
+        logits_shape = _static_logits_shape(self.student, self.student_output)
+        rank = labels_module.static_rank(labels) if hasattr(labels, "shape") else np.ndim(labels)
+        if logits_shape is not None:
+            if logits_shape[-1] == 1:
+                return False
+            return rank == len(logits_shape) and np.shape(labels)[-1] != 1
+        # Unknown outputs: class indices are integers.
+        dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
+        integer = tf.as_dtype(dtype).is_integer
+        return not integer and rank >= 2 and np.shape(labels)[-1] != 1
+
+    def _check_x(self, x):
+        # A subclass with its own `student_inputs` feeds the student
+        # something else than `x`: nothing to compare.
+        if type(self).student_inputs is Distiller.student_inputs:
+            validation.check_inputs(self.student, x, "x")
+
+    def _check_first_batch(self, x, y):
+        """Warns once when the teacher's "logits" look like probabilities."""
+        if self._checked_first_batch or self.teacher_outputs != "logits":
+            return
+        if self.alpha == 1.0 and not self.feature_hints and not self._teacher_metrics:
+            return  # The teacher will not run: nothing to misread yet.
+        sample = _first_inputs_and_targets(x, y)
+        if sample is None:
+            return
+        self._checked_first_batch = True
+        inputs, targets = sample
+        parsed = batch_module.parse_batch((inputs, targets))
+        if isinstance(parsed.teacher_outputs, dict):
+            return  # Top-k logits: the cache made them from logits.
+        if parsed.teacher_outputs is not None:
+            values, source = parsed.teacher_outputs, "The cached teacher logits"
+        else:
+            values, source = self.teacher_side(inputs), "The teacher's outputs"
+            if self.teacher_side.is_ensemble:
+                values = values[0]
+        if bool(teacher_module.looks_like_probabilities(values)):
+            warnings.warn(
+                f"{source} look like probabilities (non-negative, summing to 1 "
+                "over the class axis), but the Distiller reads them as logits. "
+                "If the teacher ends in a softmax, pass "
+                "`Distiller(teacher_outputs='probabilities')`.",
+                stacklevel=3,
+            )
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' own fails under MultiWorkerMirroredStrategy: see compat.
+        if iterator is not None and compat.model_strategy(self) is not None:
+            data_batch = compat.first_local_batch(self.distribute_strategy, iterator)
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    # Saving.
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "student": keras.saving.serialize_keras_object(self.student),
+                "teacher": _serialize_teacher(self.teacher)
+                if isinstance(self.teacher, keras.Model)
+                else [_serialize_teacher(t) for t in self.teachers],
+                "teacher_outputs": self.teacher_outputs,
+                "teacher_weights": self.teacher_weights,
+                "ensemble": self.ensemble,
+                "hints": [hint.get_config() for hint in self.hints],
+                "teacher_output": self.teacher_output,
+                "student_output": self.student_output,
+                "align_vocabulary": self.align_vocabulary,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        teacher = config["teacher"]
+        config["teacher"] = (
+            [keras.saving.deserialize_keras_object(t) for t in teacher]
+            if isinstance(teacher, list) else keras.saving.deserialize_keras_object(teacher)
+        )
+        return cls(**config)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if not config:
+            return config
+        for key in ("loss", "loss_weights"):
+            config.pop(key, None)
+        config.update(
+            {
+                "alpha": self.alpha,
+                "temperature": self.temperature,
+                "student_loss_fn": keras.saving.serialize_keras_object(
+                    self._user_loss_config["student_loss_fn"]
+                ),
+                "distillation_loss_fn": keras.saving.serialize_keras_object(
+                    self._user_loss_config["distillation_loss_fn"]
+                ),
+            }
+        )
+        if self._teacher_metrics:
+            config["metrics"] = list(config.get("metrics") or []) + [
+                keras.saving.serialize_keras_object(m) for m in self._teacher_metrics
+            ]
+        return config
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded distiller and builds its optimizer.
+
+        Building the optimizer here lets `keras.models.load_model` restore
+        its state, so a reloaded distiller continues `fit` where it stopped.
+        """
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.optimizer is not None:
+            self.optimizer.build(self._trained_variables())
+
+
+def _prefix_vocabulary(teacher_logits, classes):
+    """The teacher's logits for the student's first `classes` ids."""
+    teacher_classes = teacher_logits.shape[-1]
+    if teacher_classes is not None and classes is not None and teacher_classes < classes:
+        raise ValueError(
+            f"`align_vocabulary='prefix'` cuts the teacher's {teacher_classes} logits to "
+            f"the student's {classes}, but the teacher has fewer. Pass the larger model "
+            "as the teacher, or leave `align_vocabulary` unset."
+        )
+    return teacher_logits[..., :classes]
+
+
+def _no_labels_message(alpha):
+    given = "" if alpha is None else f"alpha={alpha} "
+    return (
+        "The data has no labels, so the student loss cannot be computed, but "
+        f"{given}gives it weight (alpha > 0). To train on the distillation "
+        "term alone (a transfer set), set `alpha=0`; or pass labels, with "
+        f"{UNLABELLED} (`keras_kd.UNLABELLED`) marking the samples that have none."
+    )
+
+
+def _resolve_teacher_outputs(teacher_outputs, members, selector):
+    if teacher_outputs is not None:
+        return validate_choice(teacher_outputs, "teacher_outputs",
+                               set(teacher_module.TEACHER_OUTPUTS))
+    teacher_module.check_teacher_models(members)
+    softmax = [outputs_module.ends_in_softmax(m, selector) for m in members]
+    if all(softmax):
+        return "probabilities"
+    if any(softmax):
+        raise ValueError(
+            "Some teachers of the ensemble end in a softmax and others do not. "
+            "Give them the same kind of outputs, and pass `teacher_outputs`."
+        )
+    return "logits"
+
+
+def _static_logits_shape(model, selector):
+    symbolic = outputs_module.symbolic_outputs(model)
+    if symbolic is None:
+        return None
+    return tuple(outputs_module.select_output(symbolic, selector, "student", model).shape)
+
+
+def _weights_like(sample_weight, mask):
+    from keras_kd.distillation.reduction import broadcast_weights
+
+    return broadcast_weights(sample_weight, ops.cast(mask, "float32"))
+
+
+def _has_no_labels(x, y):
+    """True when `fit`'s data evidently carries no labels."""
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        return not isinstance(spec, tuple) or len(spec) < 2 or spec[1] is None
+    if isinstance(x, keras.utils.PyDataset) or hasattr(x, "__next__"):
+        return False  # Known at the first batch; the step checks it.
+    return y is None
+
+
+def _first_inputs_and_targets(x, y, size=64):
+    """A few inputs (and targets) of `fit`'s data, without consuming it."""
+    if isinstance(x, tf.data.Dataset):
+        element = next(iter(x.take(1)))
+        inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(element)
+        return inputs, targets
+    if isinstance(x, keras.utils.PyDataset) or hasattr(x, "__next__"):
+        return None
+    try:
+        inputs = tf.nest.map_structure(lambda a: np.asarray(a)[:size], x)
+        targets = None if y is None else tf.nest.map_structure(lambda a: np.asarray(a)[:size], y)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return inputs, targets
+
+
+def _accepts_labels(method):
+    """Whether a (user's) `compute_distillation_loss` takes `y`: overrides
+    written before it did keep working."""
+    parameters = inspect.signature(method).parameters
+    return "y" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def _serialize_teacher(teacher):
+    # Without its compile config: a frozen teacher's optimizer, rebuilt over
+    # no trainable weights, could not take its saved state back, and Keras
+    # would warn at every load that it skipped "optimizer" variables.
+    config = keras.saving.serialize_keras_object(teacher)
+    config.pop("compile_config", None)
+    return config

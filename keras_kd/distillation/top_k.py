@@ -1,0 +1,1026 @@
+"""Top-k teacher-logit caches for sequence models (language models).
+
+A language-model teacher gives logits of shape `(batch, time, vocab)`; the
+dense cache of `keras_kd.cache` would cost `4 * vocab` bytes per token
+(201 kB for GPT-2's 50,257 tokens). This module keeps, per token, only the
+teacher's `k` largest logits, their token ids and the log-normaliser
+`logsumexp(logits / T)` over the full vocabulary (`bytes_per_token`: 100
+bytes at `k=16`), as DistillKit's offline logits and Megatron-LM's top-k
+logits distillation do.
+
+`top_k_kl_divergence` compares such a cached teacher with a student's full
+logits in one of two ways:
+
+- `tail="bin"`: both distributions over `k + 1` bins, the `k` cached tokens
+  and one bin for the rest of the vocabulary. The teacher's tail mass is
+  exact, but needs the log-normaliser at the loss's temperature, so the
+  cache is made at one `temperature` and only that temperature is accepted.
+- `tail="renormalize"`: both distributions renormalised over the `k` cached
+  tokens. Any temperature works; the mass outside the top k is ignored.
+
+With `k = vocab` both equal the dense `T**2 * KL(softmax(t/T) ||
+softmax(s/T))` of `KLDivergenceWithTemperature`.
+
+`write_top_k_cache` runs the teacher once over the inputs, batch by batch,
+and writes a directory of `.npy` shards with a JSON manifest (fingerprints
+of the teacher's weights and of the inputs, checksums); `read_top_k_cache`
+checks it and memory-maps the shards; `top_k_dataset` streams it as a
+`tf.data.Dataset` of per-example dicts to `zip` with the inputs.
+"""
+
+import hashlib
+import json
+import math
+import numbers
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_kd.distillation.cache import CacheError
+from keras_kd.distillation.cache import fingerprint_model
+from keras_kd.distillation.losses import DistillationLoss
+from keras_kd.distillation.losses import KLDivergenceWithTemperature
+from keras_kd.distillation.validation import validate_choice
+from keras_kd.distillation.validation import validate_temperature
+
+TOP_K_FORMAT = "keras_kd.top_k"
+TOP_K_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# The keys of a cached example, as `top_k_dataset` yields them; they are
+# also the argument names of `top_k_kl_divergence`.
+TOP_K_KEYS = ("indices", "values", "log_normalizer")
+TEACHER_TOP_K_KEY = "teacher_top_k"
+
+TAILS = ("bin", "renormalize")
+_VALUES_DTYPES = ("float16", "float32")
+_VERIFY = ("open", "lazy", "none")
+
+# Tokens per shard by default: 1 Mi tokens, 100 MiB at k=16 in float16.
+DEFAULT_SHARD_TOKENS = 1 << 20
+# Examples per element of the generator behind `top_k_dataset` (unbatched
+# afterwards): one Python step per chunk rather than per example.
+_DATASET_CHUNK = 256
+_HASH_BLOCK = 1 << 20
+
+
+def bytes_per_token(k, values_dtype="float16"):
+    """Returns the bytes a top-k cache stores per token.
+
+    `k * 4` (int32 token ids) `+ k * itemsize` (the values) `+ 4` (the
+    float32 log-normaliser), against `4 * vocab` for a dense float32 cache.
+
+    Args:
+        k: Number of cached logits per token.
+        values_dtype: `"float16"` (default) or `"float32"`.
+
+    Returns:
+        An `int`.
+
+    Raises:
+        ValueError: if `k` is not a positive integer or `values_dtype` is
+            not one of the two.
+
+    Example:
+
+    >>> bytes_per_token(16)
+    100
+    >>> 4 * 50257  # A dense float32 row of GPT-2's vocabulary.
+    201028
+    """
+    k = _validate_k(k)
+    values_dtype = validate_choice(
+        str(np.dtype(values_dtype)) if _is_dtype(values_dtype) else values_dtype,
+        "values_dtype",
+        set(_VALUES_DTYPES),
+    )
+    return k * 4 + k * np.dtype(values_dtype).itemsize + 4
+
+
+def _is_dtype(value):
+    try:
+        np.dtype(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _validate_k(k, vocab_size=None):
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(
+            f"`k` must be a positive integer (logits kept per token). "
+            f"Received: k={k!r}. Use e.g. k=16."
+        )
+    if vocab_size is not None and k > vocab_size:
+        raise ValueError(
+            f"`k` must be at most the vocabulary size {vocab_size}. Received: "
+            f"k={k}. Pass k<={vocab_size} (k={vocab_size} keeps every logit)."
+        )
+    return int(k)
+
+
+def top_k_logits(logits, k, temperature=1.0):
+    """Returns the `k` largest logits, their ids and the log-normaliser.
+
+    Args:
+        logits: Teacher logits of shape `(..., vocab)`, e.g. `(batch, time,
+            vocab)`.
+        k: Number of logits to keep per position, `1 <= k <= vocab`.
+        temperature: The temperature of the log-normaliser (default 1.0).
+
+    Returns:
+        A tuple `(indices, values, log_normalizer)`: `indices` int32 `(...,
+        k)`, the token ids of the largest logits; `values` float32 `(...,
+        k)`, those logits, in descending order; `log_normalizer` float32
+        `(...)`, `logsumexp(logits / temperature)` over the full vocabulary.
+        The teacher's top-k log-probabilities at `temperature` are `values /
+        temperature - log_normalizer`, and its remaining (tail) mass is `1 -
+        sum(exp(values / temperature - log_normalizer))`.
+
+    Raises:
+        ValueError: if `k` is not an integer in `[1, vocab]` or `temperature`
+            is not a positive number.
+
+    Example:
+
+    >>> indices, values, log_normalizer = top_k_logits([[0.0, 2.0, 1.0]], k=2)
+    >>> indices.numpy().tolist(), values.numpy().tolist()
+    ([[1, 2]], [[2.0, 1.0]])
+    >>> round(float(log_normalizer[0]), 4)  # log(1 + e**2 + e)
+    2.4076
+    """
+    temperature = validate_temperature(temperature)
+    logits = ops.cast(ops.convert_to_tensor(logits), "float32")
+    if len(logits.shape) < 1 or logits.shape[-1] is None:
+        raise ValueError(
+            "`logits` must have a known last (vocabulary) axis. Received: "
+            f"logits of shape {tuple(logits.shape)}."
+        )
+    k = _validate_k(k, logits.shape[-1])
+    values, indices = tf.math.top_k(logits, k=k, sorted=True)
+    log_normalizer = tf.reduce_logsumexp(logits / temperature, axis=-1)
+    return tf.cast(indices, tf.int32), values, log_normalizer
+
+
+def _log1mexp(x):
+    """`log(1 - exp(x))` for `x < 0`, accurate on both sides of `-log 2`."""
+    return ops.where(
+        x > -math.log(2.0),
+        ops.log(-ops.expm1(x)),
+        ops.log1p(-ops.exp(x)),
+    )
+
+
+def _static_temperature(temperature):
+    if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
+        return float(temperature)
+    if isinstance(temperature, np.ndarray) or tf.executing_eagerly():
+        return float(ops.convert_to_numpy(temperature))
+    value = tf.get_static_value(temperature)
+    return None if value is None else float(value)
+
+
+@tf.autograph.experimental.do_not_convert
+def _check_bin_temperature(temperature, cache_temperature):
+    """Refuses a `bin` temperature other than the cache's; returns deps."""
+    message = (
+        f"tail='bin' needs the teacher's log-normaliser at the loss's "
+        f"temperature, and the cache holds it at cache_temperature="
+        f"{cache_temperature}. Pass temperature={cache_temperature}, "
+        "rebuild the cache at the temperature you want "
+        "(write_top_k_cache(..., temperature=T)), or use "
+        "tail='renormalize', which works at any temperature."
+    )
+    static = _static_temperature(temperature)
+    if static is not None:
+        if not math.isclose(static, cache_temperature, rel_tol=1e-6):
+            raise ValueError(f"{message} Received: temperature={static}.")
+        return []
+    # A symbolic temperature (a Distiller's variable inside tf.function).
+    return [
+        tf.debugging.assert_near(
+            tf.cast(temperature, tf.float32),
+            tf.constant(cache_temperature, tf.float32),
+            rtol=1e-6,
+            message=message,
+        )
+    ]
+
+
+@tf.autograph.experimental.do_not_convert
+def top_k_kl_divergence(
+    indices,
+    values,
+    log_normalizer,
+    student_logits,
+    temperature,
+    tail="bin",
+    cache_temperature=1.0,
+    precision="float32",
+):
+    """`T**2 * KL(teacher || student)` per position, from a top-k teacher.
+
+    Two treatments of the vocabulary outside the teacher's top k:
+
+    - `tail="bin"` (default): `k + 1` bins, the `k` cached tokens and one
+      tail bin holding the rest of the mass: `1 - sum(p_T[top k])` for the
+      teacher (from the full-vocabulary `log_normalizer`) and `1 -
+      sum(p_S[top k])` for the student, both computed in log space
+      (`log(1 - exp(logsumexp(...)))`, clamped so that a tail of ~0 gives
+      neither NaN losses nor NaN gradients; a tail below ~1e-7 in float32
+      counts as 0). The teacher's tail is exact, so with any `k` the loss
+      is a lower bound of the dense KL that it approaches as `k` grows.
+      The cache's `log_normalizer` is `logsumexp(z / cache_temperature)`,
+      so `temperature` must equal `cache_temperature`.
+    - `tail="renormalize"`: both distributions renormalised over the `k`
+      cached tokens, the teacher's `softmax(values / T)` and the student's
+      `log_softmax(student_logits[indices] / T)`. It works at any
+      temperature and ignores `log_normalizer`, but drops the tail mass.
+
+    With `k = vocab` both equal the dense `T**2 * KL(softmax(t/T) ||
+    softmax(s/T))` (`KLDivergenceWithTemperature`).
+
+    The first three arguments are the keys of `top_k_dataset`'s examples,
+    so a batch's `teacher_top_k` dict can be passed as `**teacher_top_k`.
+
+    Args:
+        indices: int32 token ids of the teacher's top k, `(batch, ..., k)`.
+        values: The teacher's logits at `indices`, `(batch, ..., k)` (float16
+            or float32; they may be shifted by a constant per position, as
+            `write_top_k_cache` stores them, if `log_normalizer` is shifted
+            by that constant over `cache_temperature`).
+        log_normalizer: `logsumexp(teacher_logits / cache_temperature)` over
+            the full vocabulary, `(batch, ...)`. Used by `tail="bin"` only.
+        student_logits: The student's full logits, `(batch, ..., vocab)`.
+        temperature: Softmax temperature, a positive float or scalar tensor.
+        tail: `"bin"` or `"renormalize"`, see above.
+        cache_temperature: The temperature of `log_normalizer` (the cache's
+            `temperature`, 1.0 by default). `tail="bin"` refuses another
+            `temperature`.
+        precision: Dtype of the arithmetic, `"float32"` (default) or
+            `"float64"`.
+
+    Returns:
+        A tensor of shape `(batch, ...)` in `precision`: the loss of each
+        position (mask padding positions yourself).
+
+    Raises:
+        ValueError: for an unknown `tail` or `precision`, or with
+            `tail="bin"`, a `temperature` other than `cache_temperature`
+            (inside a `tf.function`, with a symbolic temperature, an
+            `InvalidArgumentError` when run).
+
+    Example:
+
+    >>> import numpy as np
+    >>> teacher = np.array([[[3.0, 1.0, 0.0, -1.0]]])
+    >>> indices, values, log_normalizer = top_k_logits(teacher, k=2)
+    >>> kl = top_k_kl_divergence(indices, values, log_normalizer, teacher,
+    ...                          temperature=1.0)
+    >>> kl.shape, abs(float(kl[0, 0])) < 1e-6
+    (TensorShape([1, 1]), True)
+    """
+    tail = validate_choice(tail, "tail", set(TAILS))
+    precision = validate_choice(precision, "precision", {"float32", "float64"})
+    cache_temperature = validate_temperature(cache_temperature, "cache_temperature")
+    dependencies = []
+    if tail == "bin":
+        dependencies = _check_bin_temperature(temperature, cache_temperature)
+    temperature = ops.cast(temperature, precision)
+    if dependencies:
+        with tf.control_dependencies(dependencies):
+            temperature = tf.identity(temperature)
+    indices = ops.cast(indices, "int32")
+    values = ops.cast(tf.convert_to_tensor(values), precision)
+    student_logits = ops.cast(tf.convert_to_tensor(student_logits), precision)
+    if tail == "renormalize":
+        teacher_log_p = ops.log_softmax(values / temperature, axis=-1)
+        student_top = ops.take_along_axis(student_logits, indices, axis=-1)
+        student_log_q = ops.log_softmax(student_top / temperature, axis=-1)
+        kl = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_q), axis=-1)
+    else:
+        tiny = float(np.finfo(precision).eps)
+        log_normalizer = ops.cast(log_normalizer, precision)
+        teacher_log_p = values / temperature - log_normalizer[..., None]
+        student_log_softmax = ops.log_softmax(student_logits / temperature, axis=-1)
+        student_log_q = ops.take_along_axis(student_log_softmax, indices, axis=-1)
+        # log of the top-k mass, clamped below 0: the tail is >= ~eps.
+        teacher_top_mass = ops.logsumexp(teacher_log_p, axis=-1)
+        student_top_mass = ops.logsumexp(student_log_q, axis=-1)
+        teacher_log_tail = _log1mexp(ops.minimum(teacher_top_mass, -tiny))
+        student_log_tail = _log1mexp(ops.minimum(student_top_mass, -tiny))
+        # A teacher tail under the clamp (k = vocab; rounding) is 0 mass.
+        teacher_tail = ops.where(
+            teacher_top_mass >= -tiny, ops.zeros_like(teacher_log_tail),
+            ops.exp(teacher_log_tail),
+        )
+        kl = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_q), axis=-1)
+        kl = kl + teacher_tail * (teacher_log_tail - student_log_tail)
+    # Rounding can leave -1e-9 where the exact value is 0.
+    kl = ops.maximum(kl, 0.0)
+    return kl * temperature**2
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class TopKKLDivergence(DistillationLoss):
+    """Token-level KD from a top-k teacher cache, as a distillation loss.
+
+    A `Distiller` whose batches carry `keras_kd.targets(labels,
+    teacher_top_k=...)` (from `top_k_dataset`) hands this loss the cached
+    dict instead of dense logits; `top_k_kl_divergence` gives the value per
+    position, reduced as the student loss is. A Distiller left with its
+    default loss uses `TopKKLDivergence()` for such batches.
+
+    Args:
+        tail: `"bin"` (default) or `"renormalize"`; see
+            `top_k_kl_divergence`.
+        cache_temperature: The cache's `temperature`; with `tail="bin"` the
+            Distiller's temperature must equal it.
+        temperature: Softmax temperature, or `None` for the Distiller's.
+        precision: Dtype of the arithmetic, `"float32"` by default.
+        reduction: `None` (as the student loss) or a Keras reduction.
+        name: Name of the loss.
+        dtype: Dtype of the returned loss.
+
+    Example:
+
+    >>> import numpy as np
+    >>> teacher = np.array([[[3.0, 1.0, 0.0, -1.0]]], "float32")
+    >>> indices, values, log_normalizer = top_k_logits(teacher, k=4)
+    >>> cached = {"indices": indices, "values": values, "log_normalizer": log_normalizer}
+    >>> loss = TopKKLDivergence()
+    >>> float(loss.compute_top_k(cached, teacher, 1.0)[0, 0]) < 1e-6
+    True
+    """
+
+    takes_top_k = True
+
+    def __init__(self, tail="bin", cache_temperature=1.0, temperature=None,
+                 precision="float32", reduction=None, name="top_k_kl_divergence",
+                 dtype="float32"):
+        super().__init__(temperature=temperature, precision=precision,
+                         reduction=reduction, name=name, dtype=dtype)
+        self.tail = validate_choice(tail, "tail", set(TAILS))
+        self.cache_temperature = validate_temperature(cache_temperature, "cache_temperature")
+
+    def compute_top_k(self, teacher_top_k, student_logits, temperature):
+        """The loss per position `(batch, ...)` from a cached top-k dict."""
+        values = top_k_kl_divergence(
+            teacher_top_k["indices"], teacher_top_k["values"],
+            teacher_top_k["log_normalizer"], student_logits, temperature,
+            tail=self.tail, cache_temperature=self.cache_temperature,
+            precision=self.precision,
+        )
+        return ops.cast(values, self.dtype)
+
+    def per_sample_loss(self, teacher_logits, student_logits, temperature):
+        # Dense teacher logits: exact KD (top-k with k = vocab).
+        return KLDivergenceWithTemperature.per_sample_loss(
+            self, teacher_logits, student_logits, temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "tail": self.tail,
+                "cache_temperature": self.cache_temperature}
+
+
+# --- Storage ----------------------------------------------------------------
+
+
+def _flatten(structure, prefix=""):
+    """Returns `[(path, leaf)]` of a nest of dicts/lists/tuples, sorted keys."""
+    if isinstance(structure, dict):
+        items = []
+        for key in sorted(structure, key=str):
+            items += _flatten(structure[key], f"{prefix}/{key}")
+        return items
+    if isinstance(structure, (list, tuple)):
+        items = []
+        for index, item in enumerate(structure):
+            items += _flatten(item, f"{prefix}/{index}")
+        return items
+    return [(prefix or "/", structure)]
+
+
+class _InputsHasher:
+    """A sha256 of the inputs, the same for any batching of the same rows.
+
+    Each leaf array (e.g. `token_ids`, `padding_mask`) has its own digest,
+    fed the dtype and per-example shape whenever they change and then the
+    bytes of each batch's rows; the fingerprint hashes those digests and the
+    number of examples.
+    """
+
+    def __init__(self):
+        self.digests = {}
+        self.layouts = {}
+        self.num_examples = 0
+
+    def update(self, batch):
+        leaves = _flatten(batch)
+        sizes = set()
+        for path, leaf in leaves:
+            array = np.ascontiguousarray(ops.convert_to_numpy(leaf))
+            if array.ndim == 0:
+                raise ValueError(
+                    f"Every input of a batch must have a batch axis. Received: "
+                    f"a scalar at {path!r}. Pass batches, e.g. dataset.batch(32)."
+                )
+            sizes.add(len(array))
+            layout = f"{array.dtype}:{array.shape[1:]};"
+            if path not in self.digests:
+                self.digests[path] = hashlib.sha256(f"{path};".encode())
+            if self.layouts.get(path) != layout:
+                self.digests[path].update(layout.encode())
+                self.layouts[path] = layout
+            self.digests[path].update(array.tobytes())
+        if len(sizes) != 1:
+            raise ValueError(
+                "The inputs of one batch must have the same batch size. "
+                f"Received: sizes {dict((p, len(ops.convert_to_numpy(a))) for p, a in leaves)}."
+            )
+        self.num_examples += sizes.pop()
+
+    def hexdigest(self):
+        summary = {
+            "num_examples": self.num_examples,
+            "leaves": {path: d.hexdigest() for path, d in sorted(self.digests.items())},
+        }
+        return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
+
+
+def _iterate_batches(inputs, batch_size):
+    """Yields batches of model inputs from a dataset, iterable or arrays."""
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be None or a positive integer. Received: "
+            f"batch_size={batch_size!r}."
+        )
+    if isinstance(inputs, (np.ndarray, dict)) or tf.is_tensor(inputs):
+        leaves = _flatten(inputs)
+        arrays = [np.asarray(ops.convert_to_numpy(leaf)) for _, leaf in leaves]
+        sizes = {len(array) for array in arrays}
+        if len(sizes) != 1:
+            raise ValueError(
+                "All input arrays must hold the same number of examples. "
+                f"Received: {dict((p, len(a)) for (p, _), a in zip(leaves, arrays))}."
+            )
+        size = sizes.pop()
+        batch_size = batch_size or 32
+        for start in range(0, size, batch_size):
+            yield tf.nest.map_structure(
+                lambda a: a[start : start + batch_size], inputs
+            )
+        return
+    if isinstance(inputs, tf.data.Dataset):
+        if batch_size is not None:
+            inputs = inputs.unbatch().batch(batch_size)
+        yield from inputs
+        return
+    if batch_size is not None:
+        raise ValueError(
+            "`batch_size` applies to arrays and `tf.data.Dataset`s; an "
+            f"iterable of type {type(inputs).__name__} gives its own batches. "
+            "Pass batch_size=None or a tf.data.Dataset."
+        )
+    try:
+        iterator = iter(inputs)
+    except TypeError:
+        raise ValueError(
+            "`inputs` must be a tf.data.Dataset, an iterable of batches, a "
+            f"NumPy array or a dict of arrays. Received: {type(inputs).__name__}."
+        ) from None
+    yield from iterator
+
+
+def fingerprint_inputs(inputs, batch_size=None):
+    """Returns the sha256 fingerprint `write_top_k_cache` records of inputs.
+
+    The same rows give the same fingerprint however they are batched.
+
+    Args:
+        inputs: As for `write_top_k_cache`.
+        batch_size: As for `write_top_k_cache`.
+
+    Returns:
+        A 64-character hex string.
+
+    Example:
+
+    >>> import numpy as np
+    >>> tokens = np.arange(12, dtype="int32").reshape(4, 3)
+    >>> fingerprint_inputs(tokens, batch_size=1) == fingerprint_inputs(tokens)
+    True
+    """
+    hasher = _InputsHasher()
+    for batch in _iterate_batches(inputs, batch_size):
+        hasher.update(batch)
+    return hasher.hexdigest()
+
+
+def _select_output(outputs, output):
+    if output is None:
+        if isinstance(outputs, (dict, list, tuple)):
+            keys = list(outputs) if isinstance(outputs, dict) else list(range(len(outputs)))
+            raise ValueError(
+                "The teacher returns several outputs "
+                f"({type(outputs).__name__} with keys {keys}); pass `output=` "
+                "the key or index of its logits, e.g. output="
+                f"{keys[0]!r}."
+            )
+        return outputs
+    try:
+        return outputs[output]
+    except (KeyError, IndexError, TypeError):
+        keys = list(outputs) if isinstance(outputs, dict) else (
+            list(range(len(outputs))) if isinstance(outputs, (list, tuple)) else None
+        )
+        raise ValueError(
+            f"`output={output!r}` does not select a teacher output. The teacher "
+            f"returns {type(outputs).__name__}"
+            + (f" with keys {keys}" if keys is not None else " (a single tensor: pass output=None)")
+            + "."
+        ) from None
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _ShardWriter:
+    """Buffers at most one shard (plus one batch) and writes `.npy` files."""
+
+    def __init__(self, directory, shard_tokens, values_dtype):
+        self.directory = directory
+        self.shard_tokens = shard_tokens
+        self.values_dtype = values_dtype
+        self.buffer = []
+        self.buffered = 0
+        self.example_shape = None
+        self.shards = []
+
+    def add(self, indices, values, log_normalizer):
+        example_shape = tuple(log_normalizer.shape[1:])
+        if self.example_shape is not None and example_shape != self.example_shape:
+            self.flush()  # A shard holds examples of one shape.
+        self.example_shape = example_shape
+        self.buffer.append((indices, values.astype(self.values_dtype), log_normalizer))
+        self.buffered += len(indices)
+        rows = max(1, self.shard_tokens // max(1, int(np.prod(example_shape))))
+        while self.buffered >= rows:
+            self._write(rows)
+
+    def flush(self):
+        if self.buffered:
+            self._write(self.buffered)
+
+    def _write(self, rows):
+        arrays = [np.concatenate(parts) for parts in zip(*self.buffer)]
+        shard, rest = [a[:rows] for a in arrays], [a[rows:] for a in arrays]
+        self.buffer = [tuple(rest)] if len(rest[0]) else []
+        self.buffered = len(rest[0])
+        number = len(self.shards)
+        files = {}
+        for key, array in zip(TOP_K_KEYS, shard):
+            name = f"shard-{number:05d}-{key}.npy"
+            file_path = os.path.join(self.directory, name)
+            np.save(file_path, np.ascontiguousarray(array), allow_pickle=False)
+            files[key] = {
+                "file": name,
+                "dtype": str(array.dtype),
+                "shape": list(array.shape),
+                "sha256": _sha256_file(file_path),
+            }
+        self.shards.append({"examples": rows, "example_shape": list(self.example_shape), "files": files})
+
+
+def write_top_k_cache(
+    teacher,
+    inputs,
+    path,
+    k,
+    temperature=1.0,
+    batch_size=None,
+    shard_tokens=DEFAULT_SHARD_TOKENS,
+    output=None,
+    values_dtype="float16",
+    center_values=True,
+    rebuild=False,
+):
+    """Runs a teacher once over the inputs and writes its top-k logits.
+
+    The teacher runs batch by batch (`training=False`); the top k are taken
+    inside the compiled forward pass, so only `(batch, time, k)` arrays leave
+    it, and a shard is written every `shard_tokens` tokens: memory holds one
+    batch of logits and at most one shard, never the whole cache.
+
+    Layout of the directory `path`:
+
+    - `shard-00000-indices.npy`: int32 `(examples, time, k)`, token ids;
+    - `shard-00000-values.npy`: `values_dtype` `(examples, time, k)`, the
+      top-k logits in descending order;
+    - `shard-00000-log_normalizer.npy`: float32 `(examples, time)`,
+      `logsumexp(logits / temperature)` over the full vocabulary;
+    - more shards `shard-00001-...` in the order of the inputs, and
+    - `manifest.json`: format and version, the sha256 fingerprints of the
+      teacher's weights (`keras_kd.distillation.cache.fingerprint_model`) and of the
+      inputs (`fingerprint_inputs`), `k`, `temperature`, the vocabulary
+      size, dtypes, `center_values`, and per shard its number of examples,
+      shapes and the sha256 of each file.
+
+    With `center_values=True` (default) the stored values are the logits
+    minus each position's largest logit (so the first is 0) and the stored
+    log-normaliser is shifted by that logit over `temperature`. Both losses
+    of `top_k_kl_divergence` are unchanged by this shift, and float16 is
+    then most precise for the largest, most probable logits (a raw logit
+    of 20 rounds by up to 0.008, i.e. 0.8% of its probability).
+
+    The directory is written under a temporary name beside `path` and
+    renamed when complete, so an interrupted run leaves no partial cache.
+
+    Args:
+        teacher: A Keras model returning logits `(batch, ..., vocab)`, e.g.
+            a KerasHub `CausalLM` (`(batch, time, vocab)`).
+        inputs: The teacher's inputs, unshuffled and un-augmented, in the
+            order of training: a batched `tf.data.Dataset` or an iterable of
+            batches (model inputs only, e.g. `{"token_ids": (b, t),
+            "padding_mask": (b, t)}`: map `(x, y)` datasets to `x`), or a
+            NumPy array / dict of arrays holding every example.
+        path: The cache directory to write.
+        k: Logits kept per token, `1 <= k <= vocab`.
+        temperature: Temperature of the stored log-normaliser; the only
+            temperature that `tail="bin"` accepts (default 1.0).
+        batch_size: `None` (default): a dataset or iterable is used as
+            batched; arrays are split into batches of 32. An integer rebatches
+            a dataset or splits arrays into batches of that size.
+        shard_tokens: Tokens (positions) per shard; a shard holds whole
+            examples, at least one. Default 1 Mi (100 MiB at `k=16`).
+        output: `None` if the teacher returns one tensor, else the key or
+            index of its logits in the dict or list it returns.
+        values_dtype: `"float16"` (default, 2 bytes per value) or
+            `"float32"`.
+        center_values: Store values relative to each position's top logit
+            (default; see above). `False` stores the raw logits.
+        rebuild: If `path` exists: `False` (default) keeps a cache of the
+            same teacher, inputs and settings and refuses another one;
+            `True` replaces it.
+
+    Returns:
+        The cache, opened by `read_top_k_cache` (a `TopKCache`).
+
+    Raises:
+        ValueError: for invalid arguments, empty inputs or a teacher output
+            that is not `(batch, ..., vocab)` logits.
+        CacheError: if `path` holds another cache and `rebuild` is `False`.
+
+    Example:
+
+    ```python
+    inputs = preprocessor(texts)  # {"token_ids": ..., "padding_mask": ...}
+    write_top_k_cache(teacher_lm, inputs, "teacher_top_k", k=16,
+                      batch_size=8)
+    train = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices(inputs),
+        top_k_dataset("teacher_top_k"),
+    ).batch(8)
+    ```
+    """
+    temperature = validate_temperature(temperature)
+    k = _validate_k(k)
+    values_dtype = validate_choice(
+        str(np.dtype(values_dtype)) if _is_dtype(values_dtype) else values_dtype,
+        "values_dtype",
+        set(_VALUES_DTYPES),
+    )
+    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, numbers.Integral) or shard_tokens < 1:
+        raise ValueError(
+            f"`shard_tokens` must be a positive integer. Received: "
+            f"shard_tokens={shard_tokens!r}. Use e.g. {DEFAULT_SHARD_TOKENS}."
+        )
+    path = os.fspath(path)
+    teacher_fingerprint = fingerprint_model(teacher)
+    settings = {
+        "k": k,
+        "temperature": temperature,
+        "values_dtype": values_dtype,
+        "center_values": bool(center_values),
+        "output": output,
+    }
+    if os.path.exists(path) and not rebuild:
+        existing = read_top_k_cache(path, teacher=teacher, verify="none")
+        different = {
+            key: (existing.manifest.get(key), value)
+            for key, value in settings.items()
+            if existing.manifest.get(key) != value
+        }
+        if different:
+            raise CacheError(
+                f"The top-k cache {path} was written with other settings "
+                f"(cached, requested: {different}). Delete it, choose another "
+                "path, or pass rebuild=True to recompute it."
+            )
+        fingerprint = fingerprint_inputs(inputs, batch_size)
+        return read_top_k_cache(path, teacher=teacher, inputs_fingerprint=fingerprint)
+
+    def forward_pass(batch):
+        logits = _select_output(teacher(batch, training=False), output)
+        if len(logits.shape) < 2:
+            raise ValueError(
+                "The teacher's output must be logits of shape (batch, ..., "
+                f"vocab). Received: shape {tuple(logits.shape)}."
+            )
+        return top_k_logits(logits, k, temperature), tf.shape(logits)[-1]
+
+    forward = tf.function(forward_pass, reduce_retracing=True)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(path) + ".tmp-")
+    try:
+        hasher = _InputsHasher()
+        writer = _ShardWriter(temporary, int(shard_tokens), values_dtype)
+        vocab_size = None
+        for batch in _iterate_batches(inputs, batch_size):
+            hasher.update(batch)
+            (indices, values, log_normalizer), vocab = forward(batch)
+            indices, values, log_normalizer = (
+                np.asarray(ops.convert_to_numpy(a))
+                for a in (indices, values, log_normalizer)
+            )
+            vocab_size = int(vocab)
+            if center_values:
+                top = values[..., :1]
+                values = values - top
+                log_normalizer = log_normalizer - top[..., 0] / np.float32(temperature)
+            writer.add(indices, values, log_normalizer.astype(np.float32))
+        writer.flush()
+        if not writer.shards:
+            raise ValueError(
+                "`inputs` holds no batches: there is nothing to cache. Pass at "
+                "least one example."
+            )
+        manifest = {
+            "format": TOP_K_FORMAT,
+            "format_version": TOP_K_FORMAT_VERSION,
+            "teacher_fingerprint": teacher_fingerprint,
+            "inputs_fingerprint": hasher.hexdigest(),
+            **settings,
+            "vocab_size": vocab_size,
+            "num_examples": hasher.num_examples,
+            "num_tokens": int(sum(s["examples"] * int(np.prod(s["example_shape"])) for s in writer.shards)),
+            "dtypes": {"indices": "int32", "values": values_dtype, "log_normalizer": "float32"},
+            "shards": writer.shards,
+        }
+        with open(os.path.join(temporary, MANIFEST_NAME), "w") as f:
+            json.dump(manifest, f, indent=1)
+        if os.path.exists(path):  # rebuild: swap the old cache out, then drop it.
+            old = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(path) + ".old-")
+            os.rmdir(old)
+            os.rename(path, old)
+            os.rename(temporary, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return read_top_k_cache(path, teacher=None, verify="none")
+
+
+class TopKCache:
+    """An opened top-k cache: its manifest and memory-mapped shards.
+
+    Made by `read_top_k_cache`. Shards are opened with `np.load(mmap_mode=
+    "r")` the first time they are used, so opening a cache reads only its
+    manifest (and, with `verify="open"`, streams the files once through
+    sha256).
+
+    Attributes:
+        path: The cache directory.
+        manifest: The manifest dict (see `write_top_k_cache`).
+        k, temperature, vocab_size, num_examples, center_values: From the
+            manifest.
+    """
+
+    def __init__(self, path, manifest, verify):
+        self.path = path
+        self.manifest = manifest
+        self.k = manifest["k"]
+        self.temperature = manifest["temperature"]
+        self.vocab_size = manifest["vocab_size"]
+        self.num_examples = manifest["num_examples"]
+        self.center_values = manifest["center_values"]
+        self._verify = verify
+        self._verified = set()
+        self._open = {}
+
+    def __len__(self):
+        return self.num_examples
+
+    @property
+    def num_shards(self):
+        return len(self.manifest["shards"])
+
+    def _verify_file(self, entry):
+        file_path = os.path.join(self.path, entry["file"])
+        if entry["file"] in self._verified:
+            return
+        if not os.path.exists(file_path):
+            raise CacheError(
+                f"The top-k cache {self.path} is missing its shard file "
+                f"{entry['file']}. Delete the directory and write it again."
+            )
+        if _sha256_file(file_path) != entry["sha256"]:
+            raise CacheError(
+                f"The top-k cache {self.path} is damaged: the checksum of "
+                f"{entry['file']} does not match the manifest. Delete the "
+                "directory and write it again (write_top_k_cache(..., "
+                "rebuild=True))."
+            )
+        self._verified.add(entry["file"])
+
+    def verify(self):
+        """Checks every shard file against its sha256; raises `CacheError`."""
+        for shard in self.manifest["shards"]:
+            for entry in shard["files"].values():
+                self._verify_file(entry)
+
+    def shard(self, number):
+        """Returns shard `number` as a dict of read-only memory-mapped arrays.
+
+        Raises:
+            CacheError: if a file is missing, does not match its shape or
+                dtype, or (with `verify="lazy"`) its checksum.
+        """
+        if number in self._open:
+            return self._open[number]
+        arrays = {}
+        for key, entry in self.manifest["shards"][number]["files"].items():
+            if self._verify == "lazy":
+                self._verify_file(entry)
+            file_path = os.path.join(self.path, entry["file"])
+            try:
+                array = np.load(file_path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise CacheError(
+                    f"The top-k cache {self.path} has an unreadable shard file "
+                    f"{entry['file']} ({type(error).__name__}: {error}). Delete "
+                    "the directory and write it again."
+                ) from error
+            if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
+                raise CacheError(
+                    f"The top-k cache {self.path} has a shard file {entry['file']} "
+                    f"of shape {array.shape} and dtype {array.dtype}, but its "
+                    f"manifest says {tuple(entry['shape'])} {entry['dtype']}. "
+                    "Delete the directory and write it again."
+                )
+            arrays[key] = array
+        self._open[number] = arrays
+        return arrays
+
+    def chunks(self, size=_DATASET_CHUNK):
+        """Yields dicts of `size` consecutive examples (in-memory copies)."""
+        for number in range(self.num_shards):
+            arrays = self.shard(number)
+            rows = len(arrays["log_normalizer"])
+            for start in range(0, rows, size):
+                yield {key: np.array(arrays[key][start : start + size]) for key in TOP_K_KEYS}
+
+    def dataset(self):
+        """Returns the examples as a `tf.data.Dataset`; see `top_k_dataset`."""
+        shapes = {tuple(s["example_shape"]) for s in self.manifest["shards"]}
+        example_shape = shapes.pop() if len(shapes) == 1 else None
+        if example_shape is None:  # Shards of several lengths.
+            ranks = {len(s["example_shape"]) for s in self.manifest["shards"]}
+            example_shape = (None,) * ranks.pop()
+        dtypes = self.manifest["dtypes"]
+        signature = {
+            "indices": tf.TensorSpec((None, *example_shape, self.k), dtypes["indices"]),
+            "values": tf.TensorSpec((None, *example_shape, self.k), dtypes["values"]),
+            "log_normalizer": tf.TensorSpec((None, *example_shape), dtypes["log_normalizer"]),
+        }
+        return tf.data.Dataset.from_generator(
+            self.chunks, output_signature=signature
+        ).unbatch()
+
+
+def read_top_k_cache(path, teacher=None, inputs_fingerprint=None, verify="open"):
+    """Opens a top-k cache directory written by `write_top_k_cache`.
+
+    Args:
+        path: The cache directory.
+        teacher: Optional teacher model: its weights' fingerprint must match
+            the manifest's.
+        inputs_fingerprint: Optional `fingerprint_inputs(...)` of the inputs
+            you will zip the cache with: it must match the manifest's.
+        verify: When shard checksums are checked: `"open"` (default) hashes
+            every file now (streamed, one read of the cache); `"lazy"`
+            hashes each shard's files the first time the shard is opened
+            (e.g. while `top_k_dataset` iterates); `"none"` skips them
+            (shapes and dtypes are still checked).
+
+    Returns:
+        A `TopKCache`.
+
+    Raises:
+        CacheError: if `path` is not a readable cache of this format and
+            version, was made for another teacher or other inputs, or (by
+            checksum) is damaged.
+
+    Example:
+
+    ```python
+    cache = read_top_k_cache("teacher_top_k", teacher=teacher_lm)
+    shard = cache.shard(0)  # {"indices": memmap, "values": ..., ...}
+    ```
+    """
+    verify = validate_choice(verify, "verify", set(_VERIFY))
+    path = os.fspath(path)
+    manifest_path = os.path.join(path, MANIFEST_NAME)
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as error:
+        raise CacheError(
+            f"{path} is not a readable keras_kd top-k cache: its {MANIFEST_NAME} "
+            f"cannot be read ({type(error).__name__}: {error}). Write it with "
+            "write_top_k_cache, or delete it and write it again."
+        ) from error
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != TOP_K_FORMAT
+        or manifest.get("format_version") != TOP_K_FORMAT_VERSION
+    ):
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise CacheError(
+            f"The top-k cache {path} has format version {found!r}; this "
+            f"keras_kd reads version {TOP_K_FORMAT_VERSION}. Delete it and "
+            "write it again."
+        )
+    if teacher is not None and fingerprint_model(teacher) != manifest["teacher_fingerprint"]:
+        raise CacheError(
+            f"The top-k cache {path} was made for another teacher (the "
+            "fingerprint of its weights differs). Delete it, choose another "
+            "path, or pass rebuild=True to write_top_k_cache to recompute it."
+        )
+    if inputs_fingerprint is not None and inputs_fingerprint != manifest["inputs_fingerprint"]:
+        raise CacheError(
+            f"The top-k cache {path} was made for other inputs (their "
+            f"fingerprint {manifest['inputs_fingerprint'][:12]}... differs "
+            f"from {inputs_fingerprint[:12]}...). Delete it, choose another "
+            "path, or pass rebuild=True to write_top_k_cache to recompute it."
+        )
+    cache = TopKCache(path, manifest, verify)
+    if verify == "open":
+        cache.verify()
+    return cache
+
+
+def top_k_dataset(path, teacher=None, inputs_fingerprint=None, verify="open"):
+    """Returns a cache's examples as a `tf.data.Dataset`, in the order written.
+
+    Each element is a dict `{"indices": int32 (time, k), "values": (time, k),
+    "log_normalizer": float32 (time,)}` for one example. Shards are read
+    through memory maps, a few hundred examples at a time, so the dataset
+    never holds the cache in memory. `zip` it with the inputs (the same
+    order, unbatched) and batch to form training batches.
+
+    Args:
+        path: A cache directory, or a `TopKCache`.
+        teacher: As for `read_top_k_cache`.
+        inputs_fingerprint: As for `read_top_k_cache`.
+        verify: As for `read_top_k_cache`.
+
+    Returns:
+        An unbatched `tf.data.Dataset` of dicts.
+
+    Raises:
+        CacheError: as `read_top_k_cache`.
+
+    Example:
+
+    ```python
+    inputs = tf.data.Dataset.from_tensor_slices((x, y))
+    train = tf.data.Dataset.zip(inputs, top_k_dataset("teacher_top_k")).map(
+        lambda xy, top_k: (xy[0], {"labels": xy[1], "teacher_top_k": top_k})
+    ).batch(8)
+    ```
+    """
+    if isinstance(path, TopKCache):
+        cache = path
+        if teacher is not None or inputs_fingerprint is not None:
+            cache = read_top_k_cache(cache.path, teacher, inputs_fingerprint, verify)
+    else:
+        cache = read_top_k_cache(path, teacher, inputs_fingerprint, verify)
+    return cache.dataset()

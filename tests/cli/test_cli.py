@@ -1,0 +1,277 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras_kd_cli as cli
+
+
+DEMO = ["demo", "--teacher-epochs", "1", "--limit", "400", "--labels", "40", "--steps", "20"]
+
+
+def test_demo_writes_results_plot_and_student(tmp_path, capsys):
+    output = tmp_path / "demo"
+    arguments = DEMO + ["--output", str(output)]
+    assert cli.main(arguments) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((output / "results.json").read_text())
+    scenarios = results["scenarios"]
+    assert [row["scenario"] for row in scenarios] == [
+        "soft targets", "+ transfer set", "all labels, soft targets"]
+    for row in scenarios:
+        assert set(row) == {"scenario", "labels", "unlabelled", "teacher", "scratch", "distilled"}
+        assert all(0.0 <= row[key] <= 1.0 for key in ("teacher", "scratch", "distilled"))
+    assert [(r["labels"], r["unlabelled"]) for r in scenarios] == [(40, 0), (40, 360), (400, 0)]
+    # One teacher, and the transfer set's baseline is the same few-label student.
+    assert len({row["teacher"] for row in scenarios}) == 1
+    assert scenarios[0]["scratch"] == scenarios[1]["scratch"]
+    assert scenarios[0]["teacher"] > 0.2  # Better than chance.
+    # Every student's record, with its seed, for the plot and for rereading.
+    assert {(r["labels"], r["method"]) for r in results["records"]} == {
+        (40, "scratch"), (40, "soft_targets"), (40, "transfer_set"),
+        (400, "scratch"), (400, "soft_targets")}
+    # The printed table fits a terminal and shows every scenario.
+    long_lines = [
+        line for line in printed.splitlines() if len(line) > 80 and str(output) not in line]
+    assert not long_lines
+    assert "+ transfer set" in printed and "all labels" in printed
+
+    from matplotlib import image
+
+    picture = image.imread(output / "demo.png")
+    assert picture.shape[0] > 100 and picture.std() > 0.05
+
+    import keras
+
+    student = keras.models.load_model(output / "student.keras")
+    assert student.count_params() == 20_490
+
+    # A second run into the same directory refuses to overwrite.
+    assert cli.main(arguments) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_commands_print_no_tensorflow_log_lines(tmp_path):
+    """A user's run, in a fresh process with no TF_CPP_MIN_LOG_LEVEL set:
+    no C++ log lines (I0000/E0000/W0000, CUDA probing), no warnings."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "ABSL"))}
+    completed = subprocess.run(
+        [sys.executable, "-c", "import keras_kd_cli, sys; sys.exit(keras_kd_cli.main())",
+         *DEMO, "--output", str(tmp_path / "demo")],
+        capture_output=True, text=True, env=environment, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    output = completed.stdout + completed.stderr
+    for noise in ("I0000", "E0000", "W0000", "cuda", "oneDNN", "Warning", "WARNING"):
+        assert noise not in output, output[-3000:]
+    assert "+ transfer set" in completed.stdout
+
+
+@pytest.mark.parametrize("arguments", [["--help"], ["demo", "--help"], ["distill", "--help"]])
+def test_help_answers_without_importing_tensorflow(arguments):
+    code = (
+        "import sys, keras_kd_cli\n"
+        "try:\n    keras_kd_cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow')"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code, *arguments], capture_output=True, text=True, check=True,
+    )
+    assert completed.stdout.strip().endswith("no tensorflow")
+    assert "usage: keras-kd" in completed.stdout
+    if arguments[0] == "demo":
+        assert "bundled" in completed.stdout and "--overwrite" in completed.stdout
+
+
+def test_help_of_the_installed_command():
+    import shutil
+
+    command = shutil.which("keras-kd")
+    if command is None:
+        pytest.skip("keras-kd is not on PATH (the package is not installed)")
+    completed = subprocess.run([command, "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in completed.stdout and "--verbose" in completed.stdout
+
+
+def test_model_names_match_the_builders():
+    from keras_kd.models.builders import MODEL_BUILDERS
+
+    assert set(cli.MODEL_NAMES) == set(MODEL_BUILDERS)
+
+
+def test_unknown_command_is_an_error():
+    with pytest.raises(SystemExit):
+        cli.main(["distil-everything"])
+
+
+KERAS_KD = [sys.executable, "-m", "keras_kd"]
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    """A small trained teacher, via `keras-kd train-teacher`."""
+    output = tmp_path_factory.mktemp("runs") / "teacher"
+    assert cli.main([
+        "train-teacher", "--model", "keras-io-student", "--source", "sample",
+        "--limit", "512", "--epochs", "1", "--output", str(output), "--quiet",
+    ]) == 0
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "finished"
+    assert 0.0 <= record["results"]["test_accuracy"] <= 1.0
+    for name in ("model.keras", "checkpoint.keras", "log.csv"):
+        assert (output / name).exists(), name
+    assert any((output / "tensorboard").rglob("*tfevents*"))
+    return output / "model.keras"
+
+
+def test_distill_then_evaluate(teacher_file, tmp_path):
+    output = tmp_path / "distill"
+    arguments = [
+        "distill", "--teacher", str(teacher_file), "--student", "keras-io-student",
+        "--source", "sample", "--limit", "256", "--epochs", "1", "--output",
+        str(output), "--quiet", "--validation-fraction", "0.1",
+    ]
+    assert cli.main(arguments) == 0
+    results = json.loads((output / "run.json").read_text())["results"]
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and results["test_examples"] == 2000
+    assert (output / "teacher_logits.npz").exists()
+    log = (output / "log.csv").read_text().splitlines()
+    assert "val_sparse_categorical_accuracy" in log[0] and len(log) == 2
+
+    report = tmp_path / "evaluate.json"
+    assert cli.main([
+        "evaluate", str(output / "model.keras"), "--source", "sample", "--json", str(report),
+    ]) == 0
+    evaluated = json.loads(report.read_text())
+    # The evaluate command agrees with the run's own test accuracy.
+    assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    # The distiller checkpoint is evaluated through its student.
+    assert cli.main([
+        "evaluate", str(output / "checkpoint.keras"), "--source", "sample", "--json", str(report),
+    ]) == 0
+    assert json.loads(report.read_text())["accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-6)
+
+    # A second run into the same directory is refused; --resume with other
+    # settings too; --resume with more epochs continues (training in stages).
+    assert cli.main(arguments) == 2
+    changed = arguments + ["--resume", "--alpha", "0.5"]
+    assert cli.main(changed) == 2
+    # (argparse keeps the last value of a repeated option.) A speed setting
+    # may change between stages.
+    assert cli.main(arguments + ["--epochs", "2", "--resume", "--steps-per-execution", "4"]) == 0
+    assert len((output / "log.csv").read_text().splitlines()) == 3
+    import keras
+
+    # The option reaches compile (saved with the distiller's compile config).
+    resumed = keras.models.load_model(output / "checkpoint.keras")
+    assert resumed.steps_per_execution == 4
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "four"])
+def test_steps_per_execution_must_be_a_positive_integer(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["distill", "--teacher", "t.keras", "--student", "keras-io-student",
+                  "--output", "run", "--steps-per-execution", value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--steps-per-execution" in error and repr(value) in error
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["distill", "--teacher", "missing.keras", "--student", "keras-io-student"], "no such file"),
+        (["distill", "--teacher", "{teacher}", "--student", "hinton-student"], "same inputs"),
+        (["distill", "--teacher", "{teacher}", "--student", "keras-io-student", "--resume"], "Nothing to resume"),
+        (["distill", "--teacher", "{teacher}", "--student", "keras-io-student", "--temperature", "0"], "temperature"),
+        (["train-teacher", "--model", "keras-io-teacher", "--source", "files", "--data-dir", "nowhere"], "nowhere"),
+        (["evaluate", "{not_a_model}"], "could not be loaded"),
+    ],
+)
+def test_bad_input_is_a_clear_error(arguments, message, teacher_file, tmp_path, capsys):
+    not_a_model = tmp_path / "notes.keras"
+    not_a_model.write_text("not a model")
+    arguments = [a.format(teacher=teacher_file, not_a_model=not_a_model) for a in arguments]
+    if arguments[0] != "evaluate":
+        arguments += ["--output", str(tmp_path / "run"), "--source", "sample"][
+            : 2 if "--source" in arguments else 4
+        ]
+    assert cli.main(arguments + ["--quiet"] * (arguments[0] != "evaluate")) == 2
+    assert message in capsys.readouterr().err
+    # A refused command leaves no run behind.
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_sweep_writes_a_table_and_skips_finished_cells(teacher_file, tmp_path):
+    output = tmp_path / "sweep"
+    arguments = [
+        "sweep", "--teacher", str(teacher_file), "--student", "keras-io-student",
+        "--source", "sample", "--limit", "256", "--epochs", "1",
+        "--temperatures", "1", "4", "--seeds", "0", "1", "--output", str(output), "--quiet",
+    ]
+    assert cli.main(arguments) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    settings = {(r["setting"], r["temperature"]) for r in summary["rows"]}
+    assert settings == {("scratch", None), ("distilled", 1.0), ("distilled", 4.0)}
+    assert all(r["seeds"] == 2 and 0 <= r["test_accuracy_mean"] <= 1 for r in summary["rows"])
+    assert summary["calibrated_temperature"] > 0
+    table = (output / "summary.md").read_text()
+    assert table.count("| distilled |") == 2 and "Calibrated teacher temperature" in table
+
+    from matplotlib import image
+
+    assert image.imread(output / "sweep.png").std() > 0.05
+    cells = (output / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == 6
+
+    # Again, with one more temperature: only the 2 new cells run.
+    assert cli.main(arguments + ["--temperatures", "1", "4", "10"]) == 0
+    assert len((output / "cells.jsonl").read_text().splitlines()) == 8
+
+
+def test_distill_killed_mid_epoch_resumes_to_the_same_weights(teacher_file, tmp_path):
+    import signal
+    import time
+
+    import keras
+
+    def command(output, epochs=3):
+        return KERAS_KD + [
+            "distill", "--teacher", str(teacher_file), "--student", "keras-io-student",
+            "--source", "sample", "--limit", "4096", "--epochs", str(epochs),
+            "--output", str(output), "--quiet", "--seed", "5",
+        ]
+
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(command(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = interrupted / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 300
+    while not metadata.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # Into the second epoch.
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it was killed"
+    assert not (interrupted / "model.keras").exists()
+
+    subprocess.run(command(interrupted) + ["--resume"], check=True, capture_output=True)
+    whole = keras.models.load_model(tmp_path / "whole" / "model.keras").get_weights()
+    resumed = keras.models.load_model(interrupted / "model.keras").get_weights()
+    for expected, actual in zip(whole, resumed):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_export_command_checks_each_file(teacher_file, tmp_path):
+    output = tmp_path / "export"
+    arguments = ["export", str(teacher_file), "--output", str(output), "--source", "sample", "--limit", "200"]
+    assert cli.main(arguments) == 0
+    report = json.loads((output / "export.json").read_text())
+    assert set(report["formats"]) == {"keras", "saved_model", "tflite", "tflite_int8"}
+    assert report["formats"]["saved_model"]["max_abs_difference"] < 1e-5
+    assert report["formats"]["tflite"]["max_abs_difference"] < 1e-5
+    assert all(0 <= row["accuracy"] <= 1 for row in report["formats"].values())
+    assert cli.main(arguments) == 2  # Refuses to overwrite.

@@ -1,0 +1,146 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_mlp
+
+from keras_kd import Distiller
+from keras_kd.distillation import cache
+from keras_kd.data import datasets
+
+
+@pytest.fixture
+def teacher():
+    keras.utils.set_random_seed(20)
+    return make_mlp([16], name="teacher")
+
+
+def test_cached_and_online_training_give_the_same_weights(teacher, tiny_data):
+    x, y = tiny_data
+    logits = cache.compute_teacher_logits(teacher, x, batch_size=32)
+    weights = []
+    for teacher_logits in (None, logits):
+        keras.utils.set_random_seed(21)
+        distiller = Distiller(student=make_mlp([8]), teacher=teacher)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1), temperature=4.0)
+        # The same seeded shuffle: logits travel with their samples.
+        train = datasets.make_dataset(
+            x, y, name=None, scaling=None, batch_size=16, shuffle=True, seed=5,
+            teacher_logits=teacher_logits,
+        )
+        distiller.fit(train, epochs=3, verbose=0)
+        weights.append([w.numpy() for w in distiller.student.weights])
+    for online, cached in zip(*weights):
+        np.testing.assert_allclose(cached, online, atol=1e-6)
+
+
+def test_cache_file_round_trip_and_reuse(teacher, tiny_data, tmp_path, monkeypatch):
+    x, _ = tiny_data
+    path = tmp_path / "teacher.npz"
+    calls = []
+    forward_pass = cache._forward_pass
+
+    def counted_forward_pass(*args):
+        calls.append(1)
+        return forward_pass(*args)
+
+    monkeypatch.setattr(cache, "_forward_pass", counted_forward_pass)
+    first = cache.compute_teacher_logits(teacher, x, path=path)
+    np.testing.assert_allclose(first, teacher.predict(x, verbose=0), rtol=1e-6)
+    assert path.exists() and calls == [1]
+
+    # A matching key is read from disk: the teacher is not run again.
+    second = cache.compute_teacher_logits(teacher, x, path=path)
+    assert calls == [1]
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("num_samples, batch_size", [(64, 16), (50, 16), (5, 64), (1, 1)])
+def test_forward_pass_matches_predict_for_any_last_batch(teacher, num_samples, batch_size):
+    """The last batch is padded to one shape; the padding never leaks out."""
+    x = np.random.default_rng(22).normal(size=(num_samples, 6)).astype("float32")
+    logits = cache.compute_teacher_logits(teacher, x, batch_size=batch_size)
+    assert logits.shape == (num_samples, 4) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, teacher.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_inputs_are_refused(teacher):
+    with pytest.raises(ValueError, match=r"`x` must hold at least one input.*\(0, 6\)"):
+        cache.compute_teacher_logits(teacher, np.zeros((0, 6), "float32"))
+
+
+def test_changed_teacher_or_data_invalidates_the_key(teacher, tiny_data, tmp_path):
+    x, _ = tiny_data
+    path = tmp_path / "teacher.npz"
+    cache.compute_teacher_logits(teacher, x, path=path)
+    changed_data = x.copy()
+    changed_data[0, 0] += 1e-3
+    with pytest.raises(cache.CacheError, match="another teacher or other inputs"):
+        cache.compute_teacher_logits(teacher, changed_data, path=path)
+    kernel = teacher.layers[0].kernel
+    kernel.assign(kernel.numpy() + 1e-4)
+    with pytest.raises(cache.CacheError, match="rebuild=True"):
+        cache.compute_teacher_logits(teacher, x, path=path)
+    rebuilt = cache.compute_teacher_logits(teacher, x, path=path, rebuild=True)
+    np.testing.assert_allclose(rebuilt, teacher.predict(x, verbose=0), rtol=1e-6)
+    assert cache.fingerprint_model(teacher) != cache.fingerprint_model(make_mlp([16]))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
+def test_corrupt_or_foreign_file_is_refused(teacher, tiny_data, tmp_path, damage):
+    x, _ = tiny_data
+    path = tmp_path / "teacher.npz"
+    cache.compute_teacher_logits(teacher, x, path=path)
+    content = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(content[: len(content) // 2]))
+        match = "truncated"
+    elif damage == "flip":
+        with np.load(path) as data:
+            items = dict(data)
+        items["logits"] = items["logits"].copy()
+        items["logits"][3, 1] += 1.0
+        np.savez(path, **items)
+        match = "checksum"
+    else:
+        np.savez(path, something_else=np.zeros(3))
+        match = "not a keras_kd cache"
+    with pytest.raises(cache.CacheError, match=match):
+        cache.compute_teacher_logits(teacher, x, path=path)
+
+
+def test_probability_teacher_logits(tiny_data):
+    x, _ = tiny_data
+    keras.utils.set_random_seed(22)
+    base = make_mlp([16])
+    probabilities = keras.Sequential([base, keras.layers.Softmax()])
+    logits = cache.compute_teacher_logits(
+        probabilities, x, teacher_outputs="probabilities"
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.ops.softmax(logits)),
+        probabilities.predict(x, verbose=0),
+        rtol=1e-5, atol=1e-7,
+    )
+
+
+def test_cache_under_mirrored_strategy(teacher, tiny_data):
+    x, y = tiny_data
+    logits = cache.compute_teacher_logits(teacher, x)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    results = []
+    for scope in (tf.distribute.get_strategy(), strategy):
+        with scope.scope():
+            keras.utils.set_random_seed(23)
+            distiller = Distiller(student=make_mlp([8]), teacher=teacher)
+            distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+        train = datasets.make_dataset(
+            x, y, name=None, scaling=None, batch_size=32, teacher_logits=logits
+        )
+        history = distiller.fit(train, epochs=2, verbose=0)
+        results.append(([w.numpy() for w in distiller.student.weights], history.history))
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(
+        results[0][1]["distillation_loss"], results[1][1]["distillation_loss"], rtol=1e-5
+    )

@@ -1,0 +1,99 @@
+"""Each Keras/TensorFlow internal in keras_kd/compat.py, checked against the
+installed versions: an upgrade that renames or changes one fails here, by
+name, instead of deep inside a training run."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from conftest import make_mlp
+
+from keras_kd.distillation import compat
+
+
+def test_model_supports_jit_follows_layers_and_determinism(library_defaults):
+    model = make_mlp([4])
+    assert compat.model_supports_jit(model) is True
+    tf.config.experimental.enable_op_determinism()
+    assert compat.model_supports_jit(model) is False
+
+
+def test_op_determinism_can_be_turned_off_and_on():
+    assert compat.is_op_determinism_enabled()  # conftest turns it on.
+    compat.disable_op_determinism()
+    try:
+        assert not compat.is_op_determinism_enabled()
+    finally:
+        tf.config.experimental.enable_op_determinism()
+    assert compat.is_op_determinism_enabled()
+
+
+def test_loss_tracker_is_the_mean_behind_logged_loss():
+    model = make_mlp([4])
+    model.compile("sgd", "mse")
+    tracker = compat.loss_tracker(model)
+    assert isinstance(tracker, keras.metrics.Mean)
+    logs = model.train_on_batch(np.ones((2, 6)), np.ones((2, 4)), return_dict=True)
+    np.testing.assert_allclose(float(tracker.result()), logs["loss"], rtol=1e-6)
+
+
+def test_multi_worker_mode_is_false_for_local_strategies():
+    assert compat.in_multi_worker_mode(tf.distribute.get_strategy()) is False
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert compat.in_multi_worker_mode(mirrored) is False
+
+
+def test_built_input_shape_of_every_model_kind():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    subclassed = Subclassed()
+    assert compat.built_input_shape(subclassed) is None  # Not built yet.
+    subclassed(np.zeros((3, 5), "float32"))
+    assert compat.built_input_shape(subclassed) == (None, 5)
+    assert compat.built_input_shape(make_mlp([4])) == (None, 6)
+
+
+def test_keras_mask_is_read_from_masked_outputs():
+    inputs = keras.Input((3,), dtype="int32")
+    outputs = keras.layers.Dense(2)(keras.layers.Embedding(5, 4, mask_zero=True)(inputs))
+    model = keras.Model(inputs, outputs)
+    mask = compat.keras_mask(model(np.array([[1, 2, 0]])))
+    np.testing.assert_array_equal(mask, [[True, True, False]])
+    assert compat.keras_mask(make_mlp([4])(np.ones((1, 6), "float32"))) is None
+
+
+def test_producing_layer_of_a_functional_output():
+    inputs = keras.Input((3,))
+    layer = keras.layers.Dense(2, name="logits")
+    model = keras.Model(inputs, layer(inputs))
+    assert compat.producing_layer(model.outputs[0]) is layer
+
+
+def test_model_strategy_is_none_outside_a_strategy_and_set_inside():
+    assert compat.model_strategy(make_mlp([4])) is None
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        assert compat.model_strategy(make_mlp([4])) is not None
+
+
+def test_compiled_metrics_get_the_mask_and_the_weights():
+    model = make_mlp([4])
+    model.compile("sgd", "mse", metrics=["mae"], weighted_metrics=["mse"])
+    assert compat.compiled_metrics(model) is not None
+    y_true, y_pred = np.zeros((2, 4), "float32"), np.ones((2, 4), "float32")
+    y_pred[1] = 3.0
+    mask, weights = np.array([1.0, 0.0], "float32"), np.array([2.0, 5.0], "float32")
+    compat.update_compiled_metrics(model, y_true, y_pred, mask, weights)
+    results = compat.compiled_metrics(model).result()
+    assert results["mae"] == 1.0  # Only the first (masked-in) sample.
+    assert results["mse"] == 1.0
+
+
+def test_seed_generator_states_of_random_layers():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, seed=1)])
+    states = compat.seed_generator_states(model)
+    assert len(states) == 1 and "seed_generator_state" in states[0].path

@@ -1,0 +1,421 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_kd.distillation import top_k
+from keras_kd.distillation.cache import CacheError
+from keras_kd.distillation.cache import fingerprint_model
+
+VOCAB = 50
+TIME = 6
+
+
+# --- float64 NumPy references ------------------------------------------------
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def dense_kl(teacher, student, temperature):
+    log_p = _log_softmax(np.float64(teacher) / temperature)
+    log_q = _log_softmax(np.float64(student) / temperature)
+    return temperature**2 * (np.exp(log_p) * (log_p - log_q)).sum(-1)
+
+
+def _top(teacher, k):
+    return np.argsort(-np.float64(teacher), axis=-1, kind="stable")[..., :k]
+
+
+def bin_kl(teacher, student, k, temperature):
+    """KL over the k teacher-top tokens plus one tail bin, tails summed exactly."""
+    index = _top(teacher, k)
+    p = np.exp(_log_softmax(np.float64(teacher) / temperature))
+    q = np.exp(_log_softmax(np.float64(student) / temperature))
+    mask = np.zeros(p.shape, bool)
+    np.put_along_axis(mask, index, True, axis=-1)
+    p_k, q_k = np.take_along_axis(p, index, -1), np.take_along_axis(q, index, -1)
+    p_tail, q_tail = np.where(mask, 0, p).sum(-1), np.where(mask, 0, q).sum(-1)
+    kl = (p_k * np.log(p_k / q_k)).sum(-1)
+    tail = np.where(p_tail > 0, p_tail * np.log(np.where(p_tail > 0, p_tail, 1) / q_tail), 0)
+    return temperature**2 * (kl + tail)
+
+
+def renormalized_kl(teacher, student, k, temperature):
+    index = _top(teacher, k)
+    t = np.take_along_axis(np.float64(teacher), index, -1)
+    s = np.take_along_axis(np.float64(student), index, -1)
+    return dense_kl(t, s, temperature)
+
+
+REFERENCES = {"bin": bin_kl, "renormalize": renormalized_kl}
+
+
+def _logits(shape, seed, scale=2.0):
+    return (np.random.default_rng(seed).normal(size=shape) * scale).astype("float32")
+
+
+def _loss(teacher, student, k, temperature, tail, precision="float32"):
+    indices, values, log_normalizer = top_k.top_k_logits(teacher, k, temperature)
+    return top_k.top_k_kl_divergence(
+        indices, values, log_normalizer, student, temperature, tail=tail,
+        cache_temperature=temperature, precision=precision,
+    )
+
+
+# --- top_k_logits and the divergence -------------------------------------------
+
+
+def test_top_k_logits_shapes_order_and_normalizer():
+    logits = _logits((2, TIME, VOCAB), 0)
+    indices, values, log_normalizer = top_k.top_k_logits(logits, 5, temperature=2.0)
+    assert indices.dtype == tf.int32 and indices.shape == (2, TIME, 5)
+    assert values.shape == (2, TIME, 5) and log_normalizer.shape == (2, TIME)
+    np.testing.assert_array_equal(indices.numpy(), _top(logits, 5))
+    assert np.all(np.diff(values.numpy(), axis=-1) <= 0)
+    np.testing.assert_allclose(
+        values.numpy(), np.take_along_axis(logits, _top(logits, 5), -1)
+    )
+    expected = np.log(np.exp(np.float64(logits) / 2.0).sum(-1))
+    np.testing.assert_allclose(log_normalizer.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [0, VOCAB + 1, 2.0])
+def test_top_k_logits_refuses_bad_k(k):
+    with pytest.raises(ValueError, match="`k` must"):
+        top_k.top_k_logits(_logits((2, VOCAB), 0), k)
+
+
+@pytest.mark.parametrize("tail", ["bin", "renormalize"])
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_k_equal_to_vocab_is_the_dense_kl(tail, temperature):
+    teacher, student = _logits((3, TIME, VOCAB), 1), _logits((3, TIME, VOCAB), 2)
+    loss = _loss(teacher, student, VOCAB, temperature, tail)
+    assert loss.shape == (3, TIME)
+    np.testing.assert_allclose(
+        loss.numpy(), dense_kl(teacher, student, temperature), rtol=2e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("tail", ["bin", "renormalize"])
+@pytest.mark.parametrize("k", [1, 5, 20])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_k_below_vocab_matches_the_numpy_reference(tail, k, temperature):
+    teacher, student = _logits((2, TIME, VOCAB), 3), _logits((2, TIME, VOCAB), 4)
+    loss = _loss(teacher, student, k, temperature, tail)
+    expected = REFERENCES[tail](teacher, student, k, temperature)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-4, atol=1e-6)
+    if tail == "bin":  # The tail bin's KL bounds the dense KL from below.
+        assert np.all(expected <= dense_kl(teacher, student, temperature) + 1e-12)
+
+
+@pytest.mark.parametrize("tail", ["bin", "renormalize"])
+def test_gradient_matches_finite_differences_of_the_reference(tail):
+    teacher, student = _logits((1, 2, 7), 5), np.float64(_logits((1, 2, 7), 6))
+    k, temperature = 3, 1.5
+    indices, values, log_normalizer = top_k.top_k_logits(teacher, k, temperature)
+    variable = tf.Variable(student)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(top_k.top_k_kl_divergence(
+            indices, tf.cast(values, tf.float64), tf.cast(log_normalizer, tf.float64),
+            variable, temperature, tail=tail, cache_temperature=temperature,
+            precision="float64",
+        ))
+    gradient = tape.gradient(loss, variable).numpy()
+    numeric = np.zeros_like(student)
+    step = 1e-6
+    for position in np.ndindex(student.shape):
+        plus, minus = student.copy(), student.copy()
+        plus[position] += step
+        minus[position] -= step
+        reference = REFERENCES[tail]
+        numeric[position] = (
+            reference(teacher, plus, k, temperature).sum()
+            - reference(teacher, minus, k, temperature).sum()
+        ) / (2 * step)
+    np.testing.assert_allclose(gradient, numeric, atol=1e-6)
+    assert np.abs(gradient).max() > 1e-3
+
+
+@pytest.mark.parametrize("tail", ["bin", "renormalize"])
+@pytest.mark.parametrize("k, scale", [(VOCAB, 2.0), (4, 100.0), (VOCAB, 100.0)])
+def test_gradients_stay_finite_when_tails_vanish(tail, k, scale):
+    """k = vocab (tail exactly 0) and near one-hot logits (tails ~1e-40)."""
+    teacher = _logits((2, TIME, VOCAB), 7, scale)
+    student = tf.Variable(_logits((2, TIME, VOCAB), 8, scale))
+    with tf.GradientTape() as tape:
+        loss = _loss(teacher, student, k, 1.0, tail)
+    gradient = tape.gradient(loss, student)
+    assert np.all(np.isfinite(loss.numpy())) and np.all(loss.numpy() >= 0)
+    assert np.all(np.isfinite(gradient.numpy()))
+    if k == VOCAB:
+        np.testing.assert_allclose(
+            loss.numpy(), dense_kl(teacher, student.numpy(), 1.0), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_bin_refuses_another_temperature_than_the_cache():
+    teacher, student = _logits((2, TIME, VOCAB), 9), _logits((2, TIME, VOCAB), 10)
+    indices, values, log_normalizer = top_k.top_k_logits(teacher, 5, temperature=2.0)
+    with pytest.raises(ValueError, match=r"cache_temperature=2\.0.*temperature=3\.0"):
+        top_k.top_k_kl_divergence(
+            indices, values, log_normalizer, student, 3.0, cache_temperature=2.0
+        )
+    # A temperature variable, eagerly and inside a tf.function.
+    variable = tf.Variable(3.0)
+    with pytest.raises(ValueError, match="tail='renormalize'"):
+        top_k.top_k_kl_divergence(
+            indices, values, log_normalizer, student, variable, cache_temperature=2.0
+        )
+
+    @tf.function
+    def loss():
+        return top_k.top_k_kl_divergence(
+            indices, values, log_normalizer, student, variable, cache_temperature=2.0
+        )
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="cache_temperature"):
+        loss()
+    variable.assign(2.0)
+    np.testing.assert_allclose(
+        loss().numpy(), bin_kl(teacher, student, 5, 2.0), rtol=1e-4, atol=1e-6
+    )
+    # renormalize works at any temperature.
+    renormalized = top_k.top_k_kl_divergence(
+        indices, values, log_normalizer, student, 3.0, tail="renormalize",
+        cache_temperature=2.0,
+    )
+    np.testing.assert_allclose(
+        renormalized.numpy(), renormalized_kl(teacher, student, 5, 3.0), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_unknown_tail_is_refused():
+    logits = _logits((2, VOCAB), 0)
+    with pytest.raises(ValueError, match="`tail` must be one of"):
+        top_k.top_k_kl_divergence(*top_k.top_k_logits(logits, 2), logits, 1.0, tail="drop")
+
+
+def test_bytes_per_token():
+    assert top_k.bytes_per_token(16) == 16 * 4 + 16 * 2 + 4
+    assert top_k.bytes_per_token(8, "float32") == 8 * 4 + 8 * 4 + 4
+    assert top_k.bytes_per_token(8, np.float32) == 68
+    with pytest.raises(ValueError, match="values_dtype"):
+        top_k.bytes_per_token(8, "bfloat16")
+
+
+# --- Storage -----------------------------------------------------------------
+
+
+def _teacher(seed=20):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((TIME,), dtype="int32"),
+        keras.layers.Embedding(VOCAB, 8),
+        keras.layers.Dense(VOCAB),
+    ])
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return _teacher()
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return np.random.default_rng(0).integers(0, VOCAB, size=(20, TIME)).astype("int32")
+
+
+def _concatenated(cache):
+    shards = [cache.shard(n) for n in range(cache.num_shards)]
+    return {key: np.concatenate([s[key] for s in shards]) for key in top_k.TOP_K_KEYS}
+
+
+@pytest.mark.parametrize("values_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("center_values", [True, False])
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_round_trip_equals_top_k_logits(
+    teacher, tokens, tmp_path, values_dtype, center_values, as_dataset
+):
+    k, temperature = 7, 2.0
+    inputs = tf.data.Dataset.from_tensor_slices(tokens).batch(4) if as_dataset else tokens
+    path = tmp_path / "cache"
+    written = top_k.write_top_k_cache(
+        teacher, inputs, path, k, temperature=temperature,
+        batch_size=None if as_dataset else 4, shard_tokens=3 * TIME,
+        values_dtype=values_dtype, center_values=center_values,
+    )
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert written.manifest == manifest
+    assert (manifest["k"], manifest["temperature"], manifest["vocab_size"]) == (k, 2.0, VOCAB)
+    assert manifest["num_examples"] == 20 and manifest["num_tokens"] == 20 * TIME
+    assert [s["examples"] for s in manifest["shards"]] == [3] * 6 + [2]
+    assert manifest["inputs_fingerprint"] == top_k.fingerprint_inputs(tokens)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+    cache = top_k.read_top_k_cache(path, teacher=teacher, inputs_fingerprint=top_k.fingerprint_inputs(tokens))
+    stored = _concatenated(cache)
+    assert isinstance(cache.shard(0)["values"], np.memmap)
+    assert stored["values"].dtype == values_dtype and stored["indices"].dtype == np.int32
+    indices, values, log_normalizer = (
+        a.numpy() for a in top_k.top_k_logits(teacher(tokens), k, temperature)
+    )
+    if center_values:
+        log_normalizer = log_normalizer - values[..., 0] / temperature
+        values = values - values[..., :1]
+    np.testing.assert_array_equal(stored["indices"], indices)
+    tolerance = 2e-3 if values_dtype == "float16" else 1e-6
+    np.testing.assert_allclose(stored["values"], values, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(stored["log_normalizer"], log_normalizer, rtol=1e-6, atol=1e-6)
+    # The cached losses are the losses of the teacher's own top k.
+    student = _logits((20, TIME, VOCAB), 11)
+    for tail in ("bin", "renormalize"):
+        from_cache = top_k.top_k_kl_divergence(
+            **stored, student_logits=student, temperature=temperature, tail=tail,
+            cache_temperature=cache.temperature,
+        )
+        expected = REFERENCES[tail](teacher(tokens).numpy(), student, k, temperature)
+        np.testing.assert_allclose(from_cache.numpy(), expected, rtol=1e-2 if values_dtype == "float16" else 1e-4)
+
+
+def test_a_changed_teacher_is_refused(teacher, tokens, tmp_path):
+    path = tmp_path / "cache"
+    top_k.write_top_k_cache(teacher, tokens, path, 4, batch_size=8)
+    changed = _teacher()
+    weights = changed.get_weights()
+    weights[-1][0] += 1e-3
+    changed.set_weights(weights)
+    with pytest.raises(CacheError, match="another teacher.*rebuild=True"):
+        top_k.read_top_k_cache(path, teacher=changed)
+    with pytest.raises(CacheError, match="another teacher"):
+        top_k.write_top_k_cache(changed, tokens, path, 4, batch_size=8)
+    rebuilt = top_k.write_top_k_cache(changed, tokens, path, 4, batch_size=8, rebuild=True)
+    assert rebuilt.manifest["teacher_fingerprint"] == fingerprint_model(changed)
+    top_k.read_top_k_cache(path, teacher=changed)
+    assert sorted(os.listdir(tmp_path)) == ["cache"]
+
+
+def test_an_existing_cache_is_reused_or_refused(teacher, tokens, tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    top_k.write_top_k_cache(teacher, tokens, path, 4, batch_size=8)
+    mtime = os.path.getmtime(path / "manifest.json")
+    # Same teacher, inputs (batched otherwise) and settings: kept as is.
+    top_k.write_top_k_cache(teacher, tokens, path, 4, batch_size=5)
+    assert os.path.getmtime(path / "manifest.json") == mtime
+    with pytest.raises(CacheError, match="other settings"):
+        top_k.write_top_k_cache(teacher, tokens, path, 5, batch_size=8)
+    with pytest.raises(CacheError, match="other inputs"):
+        top_k.write_top_k_cache(teacher, tokens[::-1].copy(), path, 4, batch_size=8)
+
+
+@pytest.mark.parametrize("verify", ["open", "lazy"])
+def test_a_corrupted_shard_is_detected_by_its_checksum(teacher, tokens, tmp_path, verify):
+    path = tmp_path / "cache"
+    top_k.write_top_k_cache(teacher, tokens, path, 4, batch_size=8, shard_tokens=10 * TIME)
+    shard_file = path / "shard-00001-values.npy"
+    data = bytearray(shard_file.read_bytes())
+    data[-3] ^= 0xFF  # A value's byte: the header, shape and size stay valid.
+    shard_file.write_bytes(bytes(data))
+    if verify == "open":
+        with pytest.raises(CacheError, match="checksum of shard-00001-values.npy"):
+            top_k.read_top_k_cache(path)
+    else:
+        dataset = top_k.top_k_dataset(path, verify="lazy")
+        with pytest.raises(Exception, match="checksum of shard-00001-values.npy"):
+            list(dataset)
+    # Without verification the damage goes unseen: shapes are still right.
+    top_k.read_top_k_cache(path, verify="none").shard(1)
+
+
+def test_a_missing_or_foreign_directory_is_a_cache_error(tmp_path):
+    with pytest.raises(CacheError, match="manifest.json"):
+        top_k.read_top_k_cache(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CacheError, match="format version"):
+        top_k.read_top_k_cache(tmp_path)
+
+
+def test_an_interrupted_write_leaves_nothing(teacher, tokens, tmp_path):
+    def batches():
+        yield tokens[:4]
+        yield tokens[4:8]
+        raise RuntimeError("reader died")
+
+    with pytest.raises(RuntimeError, match="reader died"):
+        top_k.write_top_k_cache(teacher, batches(), tmp_path / "cache", 4, shard_tokens=TIME)
+    assert os.listdir(tmp_path) == []
+
+
+def _dict_teacher():
+    keras.utils.set_random_seed(30)
+    token_ids = keras.Input((TIME,), dtype="int32", name="token_ids")
+    padding_mask = keras.Input((TIME,), dtype="bool", name="padding_mask")
+    hidden = keras.layers.Embedding(VOCAB, 8)(token_ids)
+    hidden = hidden * keras.ops.cast(padding_mask, "float32")[..., None]
+    logits = keras.layers.Dense(VOCAB)(hidden)
+    return keras.Model(
+        {"token_ids": token_ids, "padding_mask": padding_mask},
+        {"logits": logits, "hidden": hidden},
+    )
+
+
+def test_the_dataset_zips_with_the_inputs_and_batches(tokens, tmp_path):
+    teacher = _dict_teacher()
+    mask = np.ones_like(tokens, bool)
+    mask[:, -2:] = False
+    x = {"token_ids": tokens, "padding_mask": mask}
+    y = np.roll(tokens, -1, axis=1)
+    inputs = tf.data.Dataset.from_tensor_slices(x)
+    with pytest.raises(ValueError, match="output='hidden'|output="):
+        top_k.write_top_k_cache(teacher, inputs.batch(8), tmp_path / "c", 4)
+    cache = top_k.write_top_k_cache(
+        teacher, inputs.batch(8), tmp_path / "cache", 4, output="logits",
+        shard_tokens=7 * TIME,
+    )
+    assert cache.num_shards == 3
+    teacher_top_k = top_k.top_k_dataset(tmp_path / "cache", teacher=teacher)
+    assert teacher_top_k.element_spec["indices"].shape == (TIME, 4)
+    train = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices((x, y)), teacher_top_k
+    ).map(lambda xy, t: (xy[0], {"labels": xy[1], "teacher_top_k": t})).batch(6)
+    batches = list(train)
+    assert [len(b[0]["token_ids"]) for b in batches] == [6, 6, 6, 2]
+    batch_x, batch_y = batches[1]
+    np.testing.assert_array_equal(batch_x["token_ids"], tokens[6:12])
+    np.testing.assert_array_equal(batch_y["labels"], y[6:12])
+    expected = top_k.top_k_logits(teacher(x)["logits"], 4)[0].numpy()[6:12]
+    np.testing.assert_array_equal(batch_y["teacher_top_k"]["indices"], expected)
+    student = keras.Sequential([keras.layers.Embedding(VOCAB, 4), keras.layers.Dense(VOCAB)])
+    loss = top_k.top_k_kl_divergence(
+        **batch_y["teacher_top_k"], student_logits=student(batch_x["token_ids"]),
+        temperature=1.0, cache_temperature=cache.temperature,
+    )
+    assert loss.shape == (6, TIME) and np.all(np.isfinite(loss.numpy()))
+
+
+def test_batches_of_several_lengths_go_to_separate_shards(tmp_path):
+    keras.utils.set_random_seed(40)
+    teacher = keras.Sequential([keras.layers.Embedding(VOCAB, 8), keras.layers.Dense(VOCAB)])
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, VOCAB, (3, length)).astype("int32") for length in (4, 4, 9)]
+    cache = top_k.write_top_k_cache(teacher, batches, tmp_path / "cache", 3)
+    assert [s["example_shape"] for s in cache.manifest["shards"]] == [[4], [9]]
+    examples = list(top_k.top_k_dataset(cache))
+    assert [e["indices"].shape[0] for e in examples] == [4] * 6 + [9] * 3
+    np.testing.assert_array_equal(
+        examples[-1]["indices"], top_k.top_k_logits(teacher(batches[2]), 3)[0][-1]
+    )
+
+
+def test_fingerprint_inputs_ignores_batching_not_content(tokens):
+    one = top_k.fingerprint_inputs(tf.data.Dataset.from_tensor_slices(tokens).batch(3))
+    assert one == top_k.fingerprint_inputs(tokens, batch_size=7)
+    changed = tokens.copy()
+    changed[5, 2] += 1
+    assert one != top_k.fingerprint_inputs(changed)
+    assert one != top_k.fingerprint_inputs(tokens[:-1])

@@ -1,0 +1,160 @@
+"""The package's layers: the distillation core stands on its own.
+
+`keras_kd.distillation` imports Keras, TensorFlow, NumPy and the standard
+library, never the data loaders, reference models, studies or command line,
+nor matplotlib, tensorflow-datasets or argparse. The check reads every
+module's imports (AST), so it fails as soon as someone adds such an import,
+also one inside a function.
+"""
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_kd
+
+PACKAGE = pathlib.Path(keras_kd.__file__).parent
+CORE = PACKAGE / "distillation"
+FORBIDDEN_IN_CORE = (
+    "keras_kd.data", "keras_kd.models", "keras_kd.studies", "keras_kd.cli", "keras_kd_cli",
+    "matplotlib", "tensorflow_datasets", "argparse",
+)
+
+
+def imported_modules(path):
+    """Every module a file imports, relative imports resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module
+            names.append(module)
+            # `from keras_kd import data` imports the subpackage itself.
+            names += [f"{module}.{alias.name}" for alias in node.names]
+    return names
+
+
+def forbidden_imports(directory):
+    found = []
+    for path in sorted(directory.rglob("*.py")):
+        for module in imported_modules(path):
+            if any(module == bad or module.startswith(bad + ".") for bad in FORBIDDEN_IN_CORE):
+                found.append(f"{path.relative_to(PACKAGE.parent)} imports {module}")
+    return found
+
+
+def test_the_core_imports_no_other_layer():
+    assert forbidden_imports(CORE) == []
+
+
+def test_the_check_catches_a_bad_import(tmp_path):
+    core = tmp_path / "keras_kd" / "distillation"
+    core.mkdir(parents=True)
+    (core / "fine.py").write_text("import keras\nfrom keras_kd.distillation import losses\n")
+    (core / "bad.py").write_text("def f():\n    from keras_kd.data import loaders\n")
+    (core / "plots.py").write_text("import matplotlib.pyplot as plt\n")
+    global PACKAGE
+    saved, PACKAGE = PACKAGE, tmp_path / "keras_kd"
+    try:
+        found = forbidden_imports(core)
+    finally:
+        PACKAGE = saved
+    assert found == [
+        "keras_kd/distillation/bad.py imports keras_kd.data",
+        "keras_kd/distillation/bad.py imports keras_kd.data.loaders",
+        "keras_kd/distillation/plots.py imports matplotlib.pyplot",
+    ]
+
+
+def test_the_top_level_shows_the_layers():
+    entries = sorted(p.name for p in PACKAGE.iterdir() if not p.name.startswith("__pycache__"))
+    assert entries == ["__init__.py", "__main__.py", "_deprecated.py", "cli", "data",
+                       "distillation", "models", "studies", "version.py"]
+
+
+def test_import_keras_kd_needs_neither_matplotlib_nor_tensorflow_datasets():
+    # Keras itself imports matplotlib when it is installed; blocking both
+    # shows keras_kd imports neither (it would fail here).
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "sys.modules['tensorflow_datasets'] = None\n"
+        "import keras_kd\n"
+        "keras_kd.Distiller, keras_kd.sweep, keras_kd.few_label_study\n"
+        "print('imported')\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "imported"
+
+
+@pytest.mark.parametrize("old, new", [
+    ("keras_kd.cache", "keras_kd.distillation.cache"),
+    ("keras_kd.losses", "keras_kd.distillation.losses"),
+    ("keras_kd.datasets", "keras_kd.data.datasets"),
+    ("keras_kd.runs", "keras_kd.studies.runs"),
+    ("keras_kd.backbones", "keras_kd.models.backbones"),
+])
+def test_old_module_paths_work_with_a_deprecation_warning(old, new):
+    code = (
+        "import warnings\n"
+        "warnings.simplefilter('error', DeprecationWarning)\n"
+        "import keras_kd\n"
+        "try:\n"
+        f"    import {old}\n"
+        "except DeprecationWarning as warning:\n"
+        "    print(warning)\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        f"import {old} as module\n"
+        "print(module.__name__)\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    message, name = result.stdout.strip().splitlines()
+    assert f"`{old}` moved to `{new}`" in message
+    assert name == new
+
+
+def test_old_attribute_paths_warn():
+    with pytest.warns(DeprecationWarning, match="keras_kd.data.datasets"):
+        module = keras_kd.__getattr__("datasets")
+    assert module.make_dataset is not None
+    with pytest.raises(AttributeError):
+        keras_kd.__getattr__("nonexistent")
+
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("kind", ["single", "ensemble", "hints"])
+def test_distillers_saved_by_round_2_load_and_predict_the_same(kind):
+    """Files saved by keras-kd 0.1 (before the core was rebuilt and moved)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # No skipped variables.
+        distiller = keras.models.load_model(FIXTURES / f"round2_{kind}.keras")
+    x = np.load(FIXTURES / "round2_inputs.npy")
+    expected = np.load(FIXTURES / f"round2_{kind}_predictions.npy")
+    np.testing.assert_allclose(distiller.predict(x, verbose=0), expected, rtol=1e-6)
+    assert distiller.alpha == pytest.approx(0.3) and distiller.temperature == 4.0
+    y = np.arange(len(x)) % 4
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    assert {"loss", "sparse_categorical_accuracy", "teacher_agreement"} <= set(logs)
+    distiller.fit(x, y, epochs=1, verbose=0)
