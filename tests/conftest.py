@@ -7,6 +7,7 @@ library's default configuration (no op determinism) use the
 after it."""
 
 import os
+import pickle
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -60,3 +61,30 @@ def tiny_data():
     x = rng.normal(size=(64, 6)).astype("float32")
     y = rng.integers(0, 4, size=(64,))
     return x, y
+
+
+def fake_images(n, shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+_CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def write_cifar_python(directory, n_per_batch=4):
+    """CIFAR-10 files in the real `cifar-10-batches-py` format (random pixels)."""
+    directory = os.path.join(directory, "cifar-10-batches-py")
+    os.makedirs(directory)
+    expected = {}
+    for index, name in enumerate(_CIFAR_TRAIN_BATCHES + ["test_batch"]):
+        data = fake_images(n_per_batch, (3072,), index)
+        labels = [int(v) for v in np.arange(n_per_batch) % 10]
+        batch = {
+            b"batch_label": f"batch {index}".encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img{i}.png".encode() for i in range(n_per_batch)],
+        }
+        with open(os.path.join(directory, name), "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        expected[name] = (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)
+    return directory, expected

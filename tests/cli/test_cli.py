@@ -120,7 +120,8 @@ def teacher_file(tmp_path_factory):
     ]) == 0
     record = json.loads((output / "run.json").read_text())
     assert record["status"] == "finished"
-    assert 0.0 <= record["results"]["test_accuracy"] <= 1.0
+    # Chance is 0.10 on ten digit classes; one epoch on 512 digits is well above.
+    assert record["results"]["test_accuracy"] > 0.3
     for name in ("model.keras", "checkpoint.keras", "log.csv"):
         assert (output / name).exists(), name
     assert any((output / "tensorboard").rglob("*tfevents*"))
@@ -131,15 +132,16 @@ def test_distill_then_evaluate(teacher_file, tmp_path):
     output = tmp_path / "distill"
     arguments = [
         "distill", "--teacher", str(teacher_file), "--student", "keras-io-student",
-        "--source", "sample", "--limit", "256", "--epochs", "1", "--output",
+        "--source", "sample", "--limit", "512", "--epochs", "2", "--output",
         str(output), "--quiet", "--validation-fraction", "0.1",
     ]
     assert cli.main(arguments) == 0
     results = json.loads((output / "run.json").read_text())["results"]
-    assert 0.0 <= results["test_accuracy"] <= 1.0 and results["test_examples"] == 2000
+    # An untrained student is at chance (0.10); distilled, clearly above.
+    assert results["test_accuracy"] > 0.3 and results["test_examples"] == 2000
     assert (output / "teacher_logits.npz").exists()
     log = (output / "log.csv").read_text().splitlines()
-    assert "val_sparse_categorical_accuracy" in log[0] and len(log) == 2
+    assert "val_sparse_categorical_accuracy" in log[0] and len(log) == 3  # Header, 2 epochs.
 
     report = tmp_path / "evaluate.json"
     assert cli.main([
@@ -161,8 +163,8 @@ def test_distill_then_evaluate(teacher_file, tmp_path):
     assert cli.main(changed) == 2
     # (argparse keeps the last value of a repeated option.) A speed setting
     # may change between stages.
-    assert cli.main(arguments + ["--epochs", "2", "--resume", "--steps-per-execution", "4"]) == 0
-    assert len((output / "log.csv").read_text().splitlines()) == 3
+    assert cli.main(arguments + ["--epochs", "3", "--resume", "--steps-per-execution", "4"]) == 0
+    assert len((output / "log.csv").read_text().splitlines()) == 4
     import keras
 
     # The option reaches compile (saved with the distiller's compile config).
@@ -216,7 +218,7 @@ def test_sweep_writes_a_table_and_skips_finished_cells(teacher_file, tmp_path):
     summary = json.loads((output / "summary.json").read_text())
     settings = {(r["setting"], r["temperature"]) for r in summary["rows"]}
     assert settings == {("scratch", None), ("distilled", 1.0), ("distilled", 4.0)}
-    assert all(r["seeds"] == 2 and 0 <= r["test_accuracy_mean"] <= 1 for r in summary["rows"])
+    assert all(r["seeds"] == 2 and r["test_accuracy_mean"] > 0.15 for r in summary["rows"])
     assert summary["calibrated_temperature"] > 0
     table = (output / "summary.md").read_text()
     assert table.count("| distilled |") == 2 and "Calibrated teacher temperature" in table
@@ -273,5 +275,7 @@ def test_export_command_checks_each_file(teacher_file, tmp_path):
     assert set(report["formats"]) == {"keras", "saved_model", "tflite", "tflite_int8"}
     assert report["formats"]["saved_model"]["max_abs_difference"] < 1e-5
     assert report["formats"]["tflite"]["max_abs_difference"] < 1e-5
-    assert all(0 <= row["accuracy"] <= 1 for row in report["formats"].values())
+    accuracies = [row["accuracy"] for row in report["formats"].values()]
+    # Every format keeps the teacher's accuracy (int8 within 2 points), well above chance.
+    assert min(accuracies) > 0.3 and max(accuracies) - min(accuracies) < 0.02
     assert cli.main(arguments) == 2  # Refuses to overwrite.

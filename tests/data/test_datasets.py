@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import fake_images
+from conftest import write_cifar_python
+
 from keras_kd.data import datasets
 from keras_kd.data import file_formats
 from keras_kd.data import loaders
@@ -25,10 +28,6 @@ def write_idx(path, array, compress=False):
     return path
 
 
-def fake_images(n, shape, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
-
-
 def fake_labels(n, seed=0):
     return np.arange(n) % 10
 
@@ -45,25 +44,6 @@ def idx_dir(tmp_path, request):
     for key, stem in file_formats._IDX_FILES.items():
         write_idx(tmp_path / stem, arrays[key], compress)
     return tmp_path, arrays
-
-
-def write_cifar_python(directory, n_per_batch=4):
-    directory = os.path.join(directory, "cifar-10-batches-py")
-    os.makedirs(directory)
-    expected = {}
-    for index, name in enumerate(file_formats._CIFAR_TRAIN_BATCHES + ["test_batch"]):
-        data = fake_images(n_per_batch, (3072,), index)
-        labels = [int(v) for v in np.arange(n_per_batch) % 10]
-        batch = {
-            b"batch_label": f"batch {index}".encode(),
-            b"labels": labels,
-            b"data": data,
-            b"filenames": [f"img{i}.png".encode() for i in range(n_per_batch)],
-        }
-        with open(os.path.join(directory, name), "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-        expected[name] = (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)
-    return directory, expected
 
 
 def write_cifar_binary(directory, n_per_batch=3):
