@@ -144,6 +144,10 @@ def test_old_attribute_paths_warn():
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
+@pytest.mark.skipif(
+    tuple(int(v) for v in keras.__version__.split(".")[:2]) < (3, 15),
+    reason="the fixtures were saved with Keras 3.15.1, whose layer configs older Keras cannot read",
+)
 @pytest.mark.parametrize("kind", ["single", "ensemble", "hints"])
 def test_distillers_saved_by_round_2_load_and_predict_the_same(kind):
     """Files saved by keras-kd 0.1 (before the core was rebuilt and moved)."""
@@ -153,7 +157,7 @@ def test_distillers_saved_by_round_2_load_and_predict_the_same(kind):
     x = np.load(FIXTURES / "round2_inputs.npy")
     expected = np.load(FIXTURES / f"round2_{kind}_predictions.npy")
     np.testing.assert_allclose(distiller.predict(x, verbose=0), expected, rtol=1e-6)
-    assert distiller.alpha == pytest.approx(0.3) and distiller.temperature == 4.0
+    assert distiller.alpha == pytest.approx(0.3) and distiller.temperature == 4.0  # Saved settings.
     y = np.arange(len(x)) % 4
     logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
     assert {"loss", "sparse_categorical_accuracy", "teacher_agreement"} <= set(logs)

@@ -73,10 +73,11 @@ def test_class_weight_does_not_outlive_its_call(tiny_data, pair):
     distiller = fresh()
     distiller.fit(x, y, class_weight={0: 10.0}, epochs=1, verbose=0, batch_size=16)
     distiller.reset_metrics()  # Keras < 3.13 accumulates *_on_batch logs.
-    assert distiller.train_on_batch(x, y, return_dict=True)["loss"] == pytest.approx(plain, rel=1e-6)
+    assert float(distiller.train_on_batch(x, y, return_dict=True)["loss"]) == pytest.approx(
+        float(plain), rel=1e-6)
     distiller.reset_metrics()
     once = distiller.train_on_batch(x, y, class_weight={0: 10.0}, return_dict=True)["loss"]
-    assert once == pytest.approx(weighted, rel=1e-6)
+    assert float(once) == pytest.approx(float(weighted), rel=1e-6)
     assert weighted > 2 * plain  # The class weights did change the loss.
 
 
@@ -111,7 +112,7 @@ def test_dense_multi_label_rows_without_a_positive_are_kept():
     distiller.compile(student_loss_fn=loss)
     expected = student.evaluate(x, y, verbose=0, batch_size=32)
     logs = distiller.evaluate(x, y, verbose=0, batch_size=32, return_dict=True)
-    assert logs["loss"] == pytest.approx(expected, rel=1e-6)
+    assert float(logs["loss"]) == pytest.approx(float(expected), rel=1e-6)
     # Multi-label student loss: the distillation term compares sigmoids.
     assert isinstance(distiller._distillation_loss_for(student(x)),
                       losses.BinaryKLDivergenceWithTemperature)
@@ -127,7 +128,8 @@ def test_unlabelled_fit_logs_every_term_and_teacher_metric(tiny_data):
     logs = {k: v[0] for k, v in distiller.fit(x, epochs=1, verbose=0, batch_size=64).history.items()}
     assert set(logs) == {"loss", "student_loss", "distillation_loss", "rkd_loss",
                          "teacher_agreement"}
-    assert logs["loss"] == pytest.approx(logs["distillation_loss"] + logs["rkd_loss"], rel=1e-5)
+    assert float(logs["loss"]) == pytest.approx(
+        float(logs["distillation_loss"] + logs["rkd_loss"]), rel=1e-5)
     assert 0.0 < logs["teacher_agreement"] < 1.0
 
 
@@ -277,7 +279,7 @@ def test_student_with_several_outputs_trains_the_named_one(tiny_data):
     logits_only.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                         metrics=["sparse_categorical_accuracy"])
     expected = logits_only.evaluate(x, y, return_dict=True, verbose=0)
-    assert logs["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert float(logs["loss"]) == pytest.approx(float(expected["loss"]), rel=1e-6)
     assert logs["sparse_categorical_accuracy"] == expected["sparse_categorical_accuracy"]
     distiller.fit(x, y, epochs=1, verbose=0)
 
@@ -359,7 +361,8 @@ def test_padded_positions_are_inert():
     garbage = np.where(real[..., None], cached, noise)
     second = distiller.train_on_batch(
         x, keras_kd.targets(labels=y, teacher_logits=garbage), return_dict=True)
-    assert first == pytest.approx(second, rel=1e-6)
+    assert {k: float(v) for k, v in first.items()} == pytest.approx(
+        {k: float(v) for k, v in second.items()}, rel=1e-6)
 
 
 def test_unlabelled_positions_get_only_the_distillation_term():
@@ -453,6 +456,6 @@ def test_a_padded_teacher_vocabulary_is_cut_to_the_shared_prefix():
         distiller = Distiller(student=student, teacher=teacher, align_vocabulary=align)
         distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.0)
         values.append(distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"])
-    assert values[0] == pytest.approx(values[1], rel=1e-6)
+    assert float(values[0]) == pytest.approx(float(values[1]), rel=1e-6)
     with pytest.raises(ValueError, match="at least the student's"):
         Distiller(student=padded, teacher=student, align_vocabulary="prefix")

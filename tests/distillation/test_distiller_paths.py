@@ -216,7 +216,8 @@ def check_path(model_kind, input_kind, teacher_source, labels):
     if y is not None:
         labelled = y != UNLABELLED
         accuracy = np.mean(np.argmax(student_logits, -1)[labelled] == y[labelled])
-        assert history.history["sparse_categorical_accuracy"][0] == pytest.approx(accuracy, abs=1e-6)
+        epoch_accuracy = float(history.history["sparse_categorical_accuracy"][0])
+        assert epoch_accuracy == pytest.approx(accuracy, abs=1e-6)
     else:
         assert "sparse_categorical_accuracy" not in history.history
 
@@ -244,7 +245,7 @@ def check_path(model_kind, input_kind, teacher_source, labels):
         np.testing.assert_allclose(results["loss"], expected, rtol=1e-5)
         labelled = y != UNLABELLED
         accuracy = np.mean(np.argmax(trained_logits, -1)[labelled] == y[labelled])
-        assert results["sparse_categorical_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+        assert float(results["sparse_categorical_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
         assert "distillation_loss" not in results
 
 
