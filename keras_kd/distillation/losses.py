@@ -50,7 +50,7 @@ class DistillationLoss(keras.losses.Loss):
         precision: Dtype of the log-space arithmetic. `"float32"` (default)
             is exact enough for log-softmax differences and runs about 2.3x
             faster than float64 on vocabulary-sized outputs
-            (`benchmarks/precision.py`); `"float64"` keeps the loss within
+            (`benchmarks/cached_path.py`); `"float64"` keeps the loss within
             1e-12 relative where `log p_teacher - log p_student` cancels.
         reduction: `None` (default): in a `Distiller`, reduce as the student
             loss reduces (its `reduction`, sample weights and masks over all
