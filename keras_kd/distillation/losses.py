@@ -48,7 +48,7 @@ class DistillationLoss(keras.losses.Loss):
             `Distiller` (1.0 when the loss is called on its own); a number
             also sets the Distiller's temperature at `compile`.
         precision: Dtype of the log-space arithmetic. `"float32"` (default)
-            is exact enough for log-softmax differences and runs about 2.3x
+            is exact enough for log-softmax differences and runs 2-2.7x
             faster than float64 on vocabulary-sized outputs
             (`benchmarks/cached_path.py`); `"float64"` keeps the loss within
             1e-12 relative where `log p_teacher - log p_student` cancels.
