@@ -25,9 +25,12 @@ with its own copy of the student (same initial weights):
   keras_kd online `keras_kd.Distiller`, the teacher run on every step
   keras_kd top-k  `keras_kd.Distiller` + `TopKKLDivergence(cache_temperature=2)`
                   on a cache written once by `write_top_k_cache` (k = 8 and
-                  32), streamed by `top_k_dataset` and zipped with the batches
-                  as `keras_kd.targets(labels, teacher_top_k=...)`; for the
-                  first k also with the cache read into memory beforehand
+                  32), streamed by `top_k_dataset(..., batch_size=16)` and
+                  zipped with the batches as `keras_kd.targets(labels,
+                  teacher_top_k=...)`; for the first k also paired per
+                  example (`top_k_dataset` unbatched, zipped with the
+                  examples, then batched: what an example-level shuffle
+                  needs) and with the cache read into memory beforehand
                   (`from_tensor_slices`), the step without the generator
   keras           `keras.distillation.Distiller` with
                   `LogitsDistillation(temperature=2, loss=keras.losses.KLDivergence())`,
@@ -136,10 +139,10 @@ def _options(jit_compile):
     return {} if jit_compile == "default" else {"jit_compile": jit_compile == "on"}
 
 
-def _pipeline(dataset, steps):
+def _pipeline(dataset, steps, batched=False):
     import tensorflow as tf
 
-    batches = dataset.batch(BATCH_SIZE, drop_remainder=True)
+    batches = dataset if batched else dataset.batch(BATCH_SIZE, drop_remainder=True)
     # A known length (the generator behind `top_k_dataset` has none), so
     # that Keras does not warn at each epoch's end that the data ran out.
     batches = batches.apply(tf.data.experimental.assert_cardinality(steps))
@@ -175,6 +178,14 @@ def build_configurations(vocabulary, x, y, weight, cache_root, jit_compile, top_
                    temperature=TEMPERATURE, **options)
     configurations["keras_kd online"] = (online, plain)
 
+    def distiller():
+        cached = keras_kd.Distiller(student=build(STUDENT, size, seed=1), teacher=teacher)
+        cached.compile(optimizer="adam", weighted_metrics=metrics, alpha=ALPHA,
+                       temperature=TEMPERATURE,
+                       distillation_loss_fn=keras_kd.TopKKLDivergence(
+                           cache_temperature=TEMPERATURE), **options)
+        return cached
+
     caches = {}
     inputs = plain.map(lambda x, y, w: x)
     for k in top_ks:
@@ -184,28 +195,29 @@ def build_configurations(vocabulary, x, y, weight, cache_root, jit_compile, top_
         seconds = time.perf_counter() - start
         disk = sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
         caches[k] = {"seconds": seconds, "bytes": disk, "positions": cache.manifest["num_tokens"]}
-        zipped = tf.data.Dataset.zip(examples, top_k.top_k_dataset(path, teacher=teacher))
+        # Paired per batch: the cache's batch i with the inputs' batch i.
+        zipped = tf.data.Dataset.zip(
+            examples.batch(BATCH_SIZE, drop_remainder=True),
+            top_k.top_k_dataset(path, teacher=teacher, batch_size=BATCH_SIZE,
+                                drop_remainder=True))
         data = _pipeline(zipped.map(
-            lambda e, t: (e[0], keras_kd.targets(e[1], teacher_top_k=t), e[2])), steps)
-        cached = keras_kd.Distiller(student=build(STUDENT, size, seed=1), teacher=teacher)
-        cached.compile(optimizer="adam", weighted_metrics=metrics, alpha=ALPHA,
-                       temperature=TEMPERATURE,
-                       distillation_loss_fn=keras_kd.TopKKLDivergence(
-                           cache_temperature=TEMPERATURE), **options)
-        configurations[f"keras_kd top-{k}"] = (cached, data)
+            lambda e, t: (e[0], keras_kd.targets(e[1], teacher_top_k=t), e[2])), steps,
+            batched=True)
+        configurations[f"keras_kd top-{k}"] = (distiller(), data)
         if k == top_ks[0]:
-            # The same step on the same cache read into memory first: what
-            # the step costs without `top_k_dataset`'s generator.
+            # Paired per example (unbatched, then batched): the pipeline an
+            # example-level shuffle needs.
+            zipped = tf.data.Dataset.zip(examples, top_k.top_k_dataset(path, teacher=teacher))
+            data = _pipeline(zipped.map(
+                lambda e, t: (e[0], keras_kd.targets(e[1], teacher_top_k=t), e[2])), steps)
+            configurations[f"keras_kd top-{k}, paired per example"] = (distiller(), data)
+            # The same cache read into memory first: the step without
+            # `top_k_dataset`'s generator.
             chunks = list(cache.chunks())
             in_memory = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
             data = _pipeline(tf.data.Dataset.from_tensor_slices(
                 (x, keras_kd.targets(y, teacher_top_k=in_memory), weight)), steps)
-            cached = keras_kd.Distiller(student=build(STUDENT, size, seed=1), teacher=teacher)
-            cached.compile(optimizer="adam", weighted_metrics=metrics, alpha=ALPHA,
-                           temperature=TEMPERATURE,
-                           distillation_loss_fn=keras_kd.TopKKLDivergence(
-                               cache_temperature=TEMPERATURE), **options)
-            configurations[f"keras_kd top-{k}, cache in memory"] = (cached, data)
+            configurations[f"keras_kd top-{k}, cache in memory"] = (distiller(), data)
 
     rival = distillation.Distiller(
         teacher=teacher, student=build(STUDENT, size, seed=1),

@@ -71,6 +71,33 @@ def _kl_to_mixture(log_p, log_q, weight):
     return ops.maximum(kl, 0.0)
 
 
+def _generalized_jsd(teacher_log_p, student_log_p, beta):
+    """`beta KL(p_T || M) + (1 - beta) KL(p_S || M)` over the last axis.
+
+    Both sides need a log-ratio to `M = beta p_T + (1 - beta) p_S`:
+    `log M/p_T = log(beta + (1 - beta) e^d)` and `log M/p_S = log M/p_T - d`,
+    `d = log p_S - log p_T`. One of them is evaluated as `log(w + (1 - w)
+    e^-|d|)` (the side whose ratio stays in `[log w, 0]`, stable), the other
+    follows by adding `|d|`: one transcendental pass for both sides, no
+    cancellation, and exactly 0 where `d == 0`.
+    """
+    d = student_log_p - teacher_log_p
+    student_above = d > 0.0
+    # w: the mixture weight of the side whose ratio is evaluated.
+    w = ops.where(student_above, ops.full_like(d, 1.0 - beta), ops.full_like(d, beta))
+    # -|d|, written so that its gradient at d == 0 is 1, not abs's 0.
+    e = ops.where(student_above, -d, d)
+    near = ops.log1p((1.0 - w) * ops.expm1(ops.maximum(e, -_NEAR)))
+    far = ops.log(w + (1.0 - w) * ops.exp(e))
+    small = ops.where(e > -_NEAR, near, far)
+    log_ratio_teacher = ops.where(student_above, small + d, small)  # log M / p_T
+    log_ratio_student = ops.where(student_above, small, small - d)  # log M / p_S
+    teacher_side = ops.sum(ops.exp(teacher_log_p) * (0.0 - log_ratio_teacher), axis=-1)
+    student_side = ops.sum(ops.exp(student_log_p) * (0.0 - log_ratio_student), axis=-1)
+    # Rounding can leave -1e-9 where the exact value is 0.
+    return beta * ops.maximum(teacher_side, 0.0) + (1.0 - beta) * ops.maximum(student_side, 0.0)
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
 class ReverseKL(DistillationLoss):
     """Reverse KL, `T**2 * KL(softmax(s/T) || softmax(t/T))` (MiniLLM).
@@ -132,8 +159,8 @@ class GeneralizedJSD(DistillationLoss):
         otherwise:  beta * KL(p_T || M) + (1 - beta) * KL(p_S || M),
                     M = beta * p_T + (1 - beta) * p_S
 
-    TRL takes `log M` as a logsumexp of the log-probabilities; here each KL
-    against `M` is computed from the log-ratio `log p_S - log p_T` (the same
+    TRL takes `log M` as a logsumexp of the log-probabilities; here both KLs
+    against `M` come from the one log-ratio `log p_S - log p_T` (the same
     value, exactly 0 for identical logits), never from probabilities.
     TRL applies no `T**2` factor; this loss multiplies by
     `T**2` as keras_kd's other losses do, so at `T = 1` it equals TRL's
@@ -191,12 +218,7 @@ class GeneralizedJSD(DistillationLoss):
         elif beta == 1.0:
             jsd = _kl(student_log_p, teacher_log_p)
         else:
-            # M = beta * p_T + (1 - beta) * p_S, seen from each side.
-            jsd = beta * _kl_to_mixture(
-                teacher_log_p, student_log_p, beta
-            ) + (1.0 - beta) * _kl_to_mixture(
-                student_log_p, teacher_log_p, 1.0 - beta
-            )
+            jsd = _generalized_jsd(teacher_log_p, student_log_p, beta)
         return jsd * (temperature**2)
 
     def get_config(self):

@@ -25,7 +25,8 @@ softmax(s/T))` of `KLDivergenceWithTemperature`.
 and writes a directory of `.npy` shards with a JSON manifest (fingerprints
 of the teacher's weights and of the inputs, checksums); `read_top_k_cache`
 checks it and memory-maps the shards; `top_k_dataset` streams it as a
-`tf.data.Dataset` of per-example dicts to `zip` with the inputs.
+`tf.data.Dataset` of per-example (or per-batch) dicts to `zip` with the
+inputs, read by tf.data itself.
 """
 
 import hashlib
@@ -63,8 +64,7 @@ _VERIFY = ("open", "lazy", "none")
 
 # Tokens per shard by default: 1 Mi tokens, 100 MiB at k=16 in float16.
 DEFAULT_SHARD_TOKENS = 1 << 20
-# Examples per element of the generator behind `top_k_dataset` (unbatched
-# afterwards): one Python step per chunk rather than per example.
+# Examples per chunk of `TopKCache.chunks` (in-memory copies).
 _DATASET_CHUNK = 256
 _HASH_BLOCK = 1 << 20
 
@@ -307,8 +307,11 @@ def top_k_kl_divergence(
         tiny = float(np.finfo(precision).eps)
         log_normalizer = ops.cast(log_normalizer, precision)
         teacher_log_p = values / temperature - log_normalizer[..., None]
-        student_log_softmax = ops.log_softmax(student_logits / temperature, axis=-1)
-        student_log_q = ops.take_along_axis(student_log_softmax, indices, axis=-1)
+        # Only k log-probabilities are needed: gather the scaled logits and
+        # subtract the log-normaliser (no full-vocabulary log_softmax).
+        student_scaled = student_logits / temperature
+        student_log_q = ops.take_along_axis(student_scaled, indices, axis=-1) - ops.logsumexp(
+            student_scaled, axis=-1, keepdims=True)
         # log of the top-k mass, clamped below 0: the tail is >= ~eps.
         teacher_top_mass = ops.logsumexp(teacher_log_p, axis=-1)
         student_top_mass = ops.logsumexp(student_log_q, axis=-1)
@@ -889,30 +892,133 @@ class TopKCache:
         self._open[number] = arrays
         return arrays
 
-    def chunks(self, size=_DATASET_CHUNK):
-        """Yields dicts of `size` consecutive examples (in-memory copies)."""
+    def chunks(self, size=_DATASET_CHUNK, drop_remainder=False):
+        """Yields dicts of `size` consecutive examples (in-memory copies).
+
+        A chunk spans shards of the same example shape, so chunk `i` holds
+        examples `i * size ...` as `inputs.batch(size)` would; where the
+        example shape changes (batches of several lengths were cached), the
+        chunk before it ends short.
+
+        Args:
+            size: Examples per chunk.
+            drop_remainder: Whether to drop a last chunk shorter than `size`
+                (as `tf.data.Dataset.batch(..., drop_remainder=True)`).
+        """
+        pieces, rows_pending, pending_shape = [], 0, None
+
+        def joined():
+            return {key: np.concatenate([piece[key] for piece in pieces])
+                    for key in TOP_K_KEYS}
+
         for number in range(self.num_shards):
             arrays = self.shard(number)
             rows = len(arrays["log_normalizer"])
-            for start in range(0, rows, size):
-                yield {key: np.array(arrays[key][start : start + size]) for key in TOP_K_KEYS}
+            shape = arrays["log_normalizer"].shape[1:]
+            if pieces and shape != pending_shape:
+                if not drop_remainder:
+                    yield joined()
+                pieces, rows_pending = [], 0
+            pending_shape = shape
+            start = 0
+            while start < rows:
+                stop = min(rows, start + size - rows_pending)
+                pieces.append({key: arrays[key][start:stop] for key in TOP_K_KEYS})
+                rows_pending += stop - start
+                start = stop
+                if rows_pending == size:
+                    yield joined()
+                    pieces, rows_pending = [], 0
+        if pieces and not drop_remainder:
+            yield joined()
 
-    def dataset(self):
-        """Returns the examples as a `tf.data.Dataset`; see `top_k_dataset`."""
-        shapes = {tuple(s["example_shape"]) for s in self.manifest["shards"]}
-        example_shape = shapes.pop() if len(shapes) == 1 else None
-        if example_shape is None:  # Shards of several lengths.
-            ranks = {len(s["example_shape"]) for s in self.manifest["shards"]}
-            example_shape = (None,) * ranks.pop()
-        dtypes = self.manifest["dtypes"]
-        signature = {
-            "indices": tf.TensorSpec((None, *example_shape, self.k), dtypes["indices"]),
-            "values": tf.TensorSpec((None, *example_shape, self.k), dtypes["values"]),
-            "log_normalizer": tf.TensorSpec((None, *example_shape), dtypes["log_normalizer"]),
-        }
-        return tf.data.Dataset.from_generator(
-            self.chunks, output_signature=signature
-        ).unbatch()
+    def _file_layout(self, entry):
+        """`(header bytes, dtype)` of a shard file, checked against the manifest."""
+        file_path = os.path.join(self.path, entry["file"])
+        try:
+            with open(file_path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran_order, dtype = read_header(f)
+                header_bytes = f.tell()
+        except (OSError, ValueError) as error:
+            raise CacheError(
+                f"The top-k cache {self.path} has an unreadable shard file "
+                f"{entry['file']} ({type(error).__name__}: {error}). Delete "
+                "the directory and write it again."
+            ) from error
+        if (list(shape) != entry["shape"] or str(dtype) != entry["dtype"]
+                or fortran_order or dtype.byteorder == ">"):
+            raise CacheError(
+                f"The top-k cache {self.path} has a shard file {entry['file']} "
+                f"of shape {shape} and dtype {dtype}, but its manifest says "
+                f"{tuple(entry['shape'])} {entry['dtype']}. Delete the "
+                "directory and write it again."
+            )
+        return header_bytes, dtype
+
+    def _records(self, numbers, key, example_shape):
+        """The raw examples of `key` in shards `numbers`: one string each."""
+        entries = [self.manifest["shards"][n]["files"][key] for n in numbers]
+        layouts = [self._file_layout(entry) for entry in entries]
+        dtype = layouts[0][1]
+        values_per_example = int(np.prod(example_shape)) * (1 if key == "log_normalizer" else self.k)
+        files = tf.data.Dataset.from_tensor_slices((
+            [os.path.join(self.path, entry["file"]) for entry in entries],
+            np.array([header for header, _ in layouts], np.int64),
+        ))
+        if self._verify == "lazy":
+            by_path = {os.path.join(self.path, e["file"]): e for e in entries}
+
+            def verify(file_path):
+                self._verify_file(by_path[file_path.numpy().decode()])
+                return file_path
+
+            files = files.map(lambda file_path, header: (
+                tf.ensure_shape(tf.py_function(verify, [file_path], tf.string), []), header))
+        return files.flat_map(lambda file_path, header: tf.data.FixedLengthRecordDataset(
+            file_path, values_per_example * dtype.itemsize, header_bytes=header))
+
+    def dataset(self, batch_size=None, drop_remainder=False):
+        """Returns the cache as a `tf.data.Dataset`; see `top_k_dataset`.
+
+        The shard files are read by tf.data itself (fixed-length records
+        after each `.npy` header), so no Python runs per example or batch.
+        """
+        groups = []  # Runs of consecutive shards with one example shape.
+        for number, shard in enumerate(self.manifest["shards"]):
+            shape = tuple(shard["example_shape"])
+            if groups and groups[-1][0] == shape:
+                groups[-1][1].append(number)
+            else:
+                groups.append((shape, [number]))
+        dtypes = {key: tf.as_dtype(self.manifest["dtypes"][key]) for key in TOP_K_KEYS}
+        datasets, length = [], 0
+        for example_shape, numbers in groups:
+            records = tf.data.Dataset.zip(
+                {key: self._records(numbers, key, example_shape) for key in TOP_K_KEYS})
+            examples = sum(self.manifest["shards"][n]["examples"] for n in numbers)
+            leading = []
+            if batch_size is not None:
+                records = records.batch(batch_size, drop_remainder=drop_remainder)
+                leading = [batch_size if drop_remainder else -1]
+                examples = (examples // batch_size if drop_remainder
+                            else -(-examples // batch_size))
+            length += examples
+
+            def decode(record, example_shape=example_shape, leading=leading):
+                shapes = {key: [*leading, *example_shape, self.k] for key in TOP_K_KEYS}
+                shapes["log_normalizer"] = [*leading, *example_shape]
+                return {key: tf.reshape(tf.io.decode_raw(record[key], dtypes[key]), shapes[key])
+                        for key in TOP_K_KEYS}
+
+            datasets.append(records.map(decode, num_parallel_calls=tf.data.AUTOTUNE))
+        dataset = datasets[0]
+        for more in datasets[1:]:
+            dataset = dataset.concatenate(more)
+        # A known length: Keras then knows the steps of an epoch of a zip.
+        return dataset.apply(tf.data.experimental.assert_cardinality(length))
 
 
 def read_top_k_cache(path, teacher=None, inputs_fingerprint=None, verify="open"):
@@ -987,26 +1093,47 @@ def read_top_k_cache(path, teacher=None, inputs_fingerprint=None, verify="open")
     return cache
 
 
-def top_k_dataset(path, teacher=None, inputs_fingerprint=None, verify="open"):
+def top_k_dataset(path, teacher=None, inputs_fingerprint=None, verify="open",
+                  batch_size=None, drop_remainder=False):
     """Returns a cache's examples as a `tf.data.Dataset`, in the order written.
 
     Each element is a dict `{"indices": int32 (time, k), "values": (time, k),
-    "log_normalizer": float32 (time,)}` for one example. Shards are read
-    through memory maps, a few hundred examples at a time, so the dataset
-    never holds the cache in memory. `zip` it with the inputs (the same
-    order, unbatched) and batch to form training batches.
+    "log_normalizer": float32 (time,)}` for one example, or with
+    `batch_size`, for `batch_size` consecutive examples (a leading batch
+    axis). tf.data reads the shard files itself (fixed-length records after
+    each `.npy` header), so no Python runs per example or batch and the
+    dataset never holds the cache in memory; its length is known.
+
+    Two ways to pair it with the inputs it was written from:
+
+    - unbatched (default): `zip` it with the unbatched inputs (the same
+      order), then shuffle and batch: any example-level pipeline;
+    - `batch_size=B`: `zip` it with `inputs.batch(B)`: one element per
+      batch, so tf.data does per batch what it would do per example (the
+      faster of the two; shuffle whole batches if at all).
 
     Args:
         path: A cache directory, or a `TopKCache`.
         teacher: As for `read_top_k_cache`.
         inputs_fingerprint: As for `read_top_k_cache`.
         verify: As for `read_top_k_cache`.
+        batch_size: `None` (default) for one element per example, or the
+            examples per element (batch `i` holds examples `i * B` to
+            `(i + 1) * B - 1`, as `inputs.batch(B)`; a batch does not span
+            shards of different lengths).
+        drop_remainder: With `batch_size`, whether to drop a last short
+            batch (then the batch axis is static, as with
+            `Dataset.batch(B, drop_remainder=True)`).
 
     Returns:
-        An unbatched `tf.data.Dataset` of dicts.
+        A `tf.data.Dataset` of dicts.
 
     Raises:
-        CacheError: as `read_top_k_cache`.
+        CacheError: as `read_top_k_cache`, or for a shard file whose `.npy`
+            header does not match the manifest. With `verify="lazy"`, a
+            shard whose checksum fails raises while the dataset reaches it
+            (a `tf.errors` error carrying the `CacheError`'s message).
+        ValueError: for a `batch_size` that is not a positive integer.
 
     Example:
 
@@ -1015,12 +1142,24 @@ def top_k_dataset(path, teacher=None, inputs_fingerprint=None, verify="open"):
     train = tf.data.Dataset.zip(inputs, top_k_dataset("teacher_top_k")).map(
         lambda xy, top_k: (xy[0], {"labels": xy[1], "teacher_top_k": top_k})
     ).batch(8)
+    # The same batches, paired per batch:
+    train = tf.data.Dataset.zip(
+        inputs.batch(8), top_k_dataset("teacher_top_k", batch_size=8)
+    ).map(lambda xy, top_k: (xy[0], {"labels": xy[1], "teacher_top_k": top_k}))
     ```
     """
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be a positive integer (the batch size of the "
+            f"inputs you zip the cache with) or None. Received: batch_size={batch_size!r}"
+        )
     if isinstance(path, TopKCache):
         cache = path
         if teacher is not None or inputs_fingerprint is not None:
             cache = read_top_k_cache(cache.path, teacher, inputs_fingerprint, verify)
     else:
         cache = read_top_k_cache(path, teacher, inputs_fingerprint, verify)
-    return cache.dataset()
+    return cache.dataset(batch_size, drop_remainder)

@@ -512,3 +512,31 @@ def test_fractions_at_and_inside_the_ends_are_accepted(cls, argument, value):
     loss = cls(**{argument: value})
     assert getattr(loss, argument) == float(value)
     assert type(getattr(loss, argument)) is float
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+def test_generalized_jsd_gradient_where_the_distributions_tie(beta):
+    # Per element, d/d log p_S of the JSD is (1 - beta) p_S log(p_S / M) and
+    # d/d log p_T is beta p_T log(p_T / M): 0 where log p_S == log p_T. The
+    # one-pass form splits on the sign of the log-ratio; its gradient must
+    # not jump at an exact tie (abs() there gave (1 - beta) p_S instead).
+    rng = np.random.default_rng(3)
+    teacher_p = softmax64(rng.normal(size=(4, 12)), 1.0)
+    # The student ties the teacher on every third class and spreads the
+    # rest of the mass at random: both normalised, ties exact.
+    ties = np.arange(12) % 3 == 0
+    rest = rng.uniform(0.1, 1.0, size=(4, 12)) * ~ties
+    rest = rest / rest.sum(-1, keepdims=True) * (1 - (teacher_p * ties).sum(-1, keepdims=True))
+    student_p = np.where(ties, teacher_p, rest)
+    teacher_log_p = np.log(teacher_p).astype("float32").astype("float64")
+    student_log_p = np.where(ties, teacher_log_p, np.log(student_p).astype("float32"))
+    mixture = beta * np.exp(teacher_log_p) + (1 - beta) * np.exp(student_log_p)
+    expected_teacher = beta * np.exp(teacher_log_p) * (teacher_log_p - np.log(mixture))
+    expected_student = (1 - beta) * np.exp(student_log_p) * (student_log_p - np.log(mixture))
+    teacher = tf.Variable(teacher_log_p.astype("float32"))
+    student = tf.Variable(student_log_p.astype("float32"))
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(divergences._generalized_jsd(teacher, student, beta))
+    teacher_gradient, student_gradient = tape.gradient(value, [teacher, student])
+    np.testing.assert_allclose(student_gradient.numpy(), expected_student, atol=1e-7)
+    np.testing.assert_allclose(teacher_gradient.numpy(), expected_teacher, atol=1e-7)

@@ -398,6 +398,45 @@ def test_the_dataset_zips_with_the_inputs_and_batches(tokens, tmp_path):
     assert loss.shape == (6, TIME) and np.all(np.isfinite(loss.numpy()))
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 8, 20, 64])
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_batched_dataset_equals_the_unbatched_one_batched(
+    teacher, tokens, tmp_path, batch_size, drop_remainder
+):
+    # Shards of 7 examples: batch sizes below, at, across and above them.
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 5, batch_size=4,
+                                    shard_tokens=7 * TIME)
+    assert [s["examples"] for s in cache.manifest["shards"]] == [7, 7, 6]
+    expected = list(top_k.top_k_dataset(cache).batch(batch_size, drop_remainder=drop_remainder))
+    batched = top_k.top_k_dataset(cache, batch_size=batch_size, drop_remainder=drop_remainder)
+    got = list(batched)
+    assert len(got) == len(expected) == (20 // batch_size if drop_remainder
+                                         else -(-20 // batch_size))
+    for got_batch, expected_batch in zip(got, expected):
+        for key in top_k.TOP_K_KEYS:
+            np.testing.assert_array_equal(got_batch[key], expected_batch[key])
+    leading = batched.element_spec["indices"].shape[0]
+    assert leading == (batch_size if drop_remainder else None)
+
+
+def test_batched_dataset_does_not_span_lengths(tmp_path):
+    keras.utils.set_random_seed(41)
+    teacher = keras.Sequential([keras.layers.Embedding(VOCAB, 8), keras.layers.Dense(VOCAB)])
+    rng = np.random.default_rng(2)
+    batches = [rng.integers(0, VOCAB, (3, length)).astype("int32") for length in (4, 4, 9)]
+    cache = top_k.write_top_k_cache(teacher, batches, tmp_path / "cache", 3)
+    sizes = [(len(b["indices"]), b["indices"].shape[1])
+             for b in top_k.top_k_dataset(cache, batch_size=4)]
+    assert sizes == [(4, 4), (2, 4), (3, 9)]
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 2.0, True, "8"])
+def test_batched_dataset_refuses_a_bad_batch_size(teacher, tokens, tmp_path, batch_size):
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 3, batch_size=8)
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive integer.*Received"):
+        top_k.top_k_dataset(cache, batch_size=batch_size)
+
+
 def test_batches_of_several_lengths_go_to_separate_shards(tmp_path):
     keras.utils.set_random_seed(40)
     teacher = keras.Sequential([keras.layers.Embedding(VOCAB, 8), keras.layers.Dense(VOCAB)])
