@@ -31,7 +31,7 @@ with its own copy of the student (same initial weights):
                   example (`top_k_dataset` unbatched, zipped with the
                   examples, then batched: what an example-level shuffle
                   needs) and with the cache read into memory beforehand
-                  (`from_tensor_slices`), the step without the generator
+                  (`from_tensor_slices`), the step without reading the files
   keras           `keras.distillation.Distiller` with
                   `LogitsDistillation(temperature=2, loss=keras.losses.KLDivergence())`,
                   `student_loss_weight=0.1`
@@ -39,7 +39,8 @@ with its own copy of the student (same initial weights):
 Each is compiled and run for one warm-up epoch (tracing), then timed over
 `--rounds` rounds of one `fit` epoch of `--steps` steps each, the
 configurations interleaved (order reversed every other round); the tables
-give medians. Then a padding check: one batch with its padded positions
+give medians. Then the input pipelines alone (first batch and a whole epoch, no training),
+and a padding check: one batch with its padded positions
 (inputs and targets) filled with zeros vs random tokens, the `distillation_loss`
 and `student_loss` each distiller reports from `train_on_batch` (the
 student's weights restored in between). keras.distillation averages over
@@ -143,8 +144,8 @@ def _pipeline(dataset, steps, batched=False):
     import tensorflow as tf
 
     batches = dataset if batched else dataset.batch(BATCH_SIZE, drop_remainder=True)
-    # A known length (the generator behind `top_k_dataset` has none), so
-    # that Keras does not warn at each epoch's end that the data ran out.
+    # The same known length for every pipeline, so that Keras never warns at
+    # an epoch's end that the data ran out.
     batches = batches.apply(tf.data.experimental.assert_cardinality(steps))
     return batches.prefetch(tf.data.AUTOTUNE)
 
@@ -212,7 +213,7 @@ def build_configurations(vocabulary, x, y, weight, cache_root, jit_compile, top_
                 lambda e, t: (e[0], keras_kd.targets(e[1], teacher_top_k=t), e[2])), steps)
             configurations[f"keras_kd top-{k}, paired per example"] = (distiller(), data)
             # The same cache read into memory first: the step without
-            # `top_k_dataset`'s generator.
+            # reading the cache's files.
             chunks = list(cache.chunks())
             in_memory = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
             data = _pipeline(tf.data.Dataset.from_tensor_slices(
@@ -308,8 +309,30 @@ def speed(args, cache_root):
         print(f"| k={k} | {info['seconds']:.1f} | {info['bytes']:,} B | "
               f"{info['bytes'] / info['positions']:.1f} | {info['bytes'] / real:.1f} |")
 
+    reading(configurations)
     padding_check(configurations, x, y, weight, vocabulary.vocabulary_size)
     return vocabulary, caches
+
+
+def reading(configurations, repeats=5):
+    """The input pipelines alone: first batch and whole epoch, no training."""
+    names = ["student"] + [name for name in configurations if name.startswith("keras_kd top-")]
+    print(f"\n## Reading the batches alone (no training), medians of {repeats} epochs\n")
+    print("| pipeline of | first batch ms | whole epoch ms |")
+    print("|---|---|---|")
+    for name in names:
+        dataset = configurations[name][1]
+        first, whole = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            iterator = iter(dataset)
+            next(iterator)
+            first.append(time.perf_counter() - start)
+            for _ in iterator:
+                pass
+            whole.append(time.perf_counter() - start)
+        print(f"| {name} | {1000 * statistics.median(first):.1f} | "
+              f"{1000 * statistics.median(whole):.1f} |")
 
 
 def padding_check(configurations, x, y, weight, vocabulary_size):

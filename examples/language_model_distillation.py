@@ -312,7 +312,9 @@ def distillation_loss(method):
         return keras_kd.GeneralizedJSD(beta=0.5)
     # The cache's forward KL over k + 1 bins: the k cached characters and
     # the rest of the vocabulary, whose teacher mass the log-normaliser gives.
-    return keras_kd.TopKKLDivergence(tail="bin", cache_temperature=args.temperature)
+    # The batches carry the cache's temperature; the Distiller checks that
+    # its own equals it.
+    return keras_kd.TopKKLDivergence(tail="bin")
 
 
 def train_student(method, seed, initial_weights):

@@ -21,6 +21,7 @@ from keras_kd.distillation import compat
 from keras_kd.distillation import labels as labels_module
 from keras_kd.distillation import outputs as outputs_module
 from keras_kd.distillation import teacher as teacher_module
+from keras_kd.distillation import top_k as top_k_module
 from keras_kd.distillation import validation
 from keras_kd.distillation.batch import UNLABELLED
 from keras_kd.distillation.ensembles import normalized_weights
@@ -226,6 +227,8 @@ class Distiller(keras.Model):
         object.__setattr__(self, "_teacher_metrics", ())
         self._checked_first_batch = False
         self._fitting_without_labels = False
+        # The temperature a top-k cache (tail="bin") ties this fit to.
+        self._top_k_cache_temperature = None
         # Built once both models are (BackupAndRestore and load_weights need
         # a built model); a subclassed student builds on its first batch.
         self.built = bool(student.built and all(t.built for t in members))
@@ -270,6 +273,13 @@ class Distiller(keras.Model):
     @temperature.setter
     def temperature(self, value):
         value = validate_temperature(value)
+        cache_temperature = self._top_k_cache_temperature
+        if cache_temperature is not None and not np.isclose(value, cache_temperature, rtol=1e-6):
+            # During a fit on a top-k cache with tail="bin" (e.g. a scheduler).
+            raise ValueError(
+                f"{top_k_module.bin_temperature_message(cache_temperature)} "
+                f"Received: temperature={value}."
+            )
         self._temperature.assign(value)
         loss = self.distillation_loss_fn
         # A loss built with its own temperature follows the distiller's; one
@@ -712,9 +722,11 @@ class Distiller(keras.Model):
         self._retrace_while_metrics_unbuilt()
         self._fitting_without_labels = without_labels
         try:
+            self._top_k_cache_temperature = self._check_top_k_cache(x, y)
             return super().fit(x, y, *args, **kwargs)
         finally:
             self._fitting_without_labels = False
+            self._top_k_cache_temperature = None
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, **kwargs):
         """As `keras.Model.train_on_batch`; `class_weight` applies to this
@@ -725,6 +737,7 @@ class Distiller(keras.Model):
         if y is None and self.alpha > 0.0:
             raise ValueError(_no_labels_message(self.alpha))
         self._check_first_batch(x, y)
+        self._check_top_k_cache(x, y)
         self._retrace_while_metrics_unbuilt()
         return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
 
@@ -761,6 +774,23 @@ class Distiller(keras.Model):
         # something else than `x`: nothing to compare.
         if type(self).student_inputs is Distiller.student_inputs:
             validation.check_inputs(self.student, x, "x")
+
+    def _check_top_k_cache(self, x, y):
+        """The cache temperature this call is tied to (see top_k), or None.
+
+        Runs eagerly on the first batch, so that it holds under XLA too.
+        """
+        if not _may_carry_top_k(x, y):
+            return None
+        sample = _first_inputs_and_targets(x, y)
+        if sample is None:
+            return None
+        cached = batch_module.parse_batch(sample).teacher_outputs
+        if not isinstance(cached, dict):
+            return None
+        loss_fn = self.distillation_term.top_k_loss()
+        temperature = getattr(loss_fn, "temperature", None) or self.temperature
+        return top_k_module.check_cache_temperature(loss_fn, cached, temperature)
 
     def _check_first_batch(self, x, y):
         """Warns once when the teacher's "logits" look like probabilities."""
@@ -941,6 +971,14 @@ def _first_inputs_and_targets(x, y, size=64):
     except (TypeError, ValueError, IndexError):
         return None
     return inputs, targets
+
+
+def _may_carry_top_k(x, y):
+    """Whether `fit`'s data has a `teacher_top_k` part (from its structure)."""
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        y = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
+    return isinstance(y, dict) and batch_module.TEACHER_TOP_K_KEY in y
 
 
 def _accepts_labels(method):

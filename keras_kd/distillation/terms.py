@@ -97,19 +97,14 @@ class DistillationTerm:
         self.loss_fn = loss_fn
         self.temperature = temperature
         self.default = default
+        self._top_k_default = None
 
     def resolve(self, logits, student_loss_fn, top_k=False):
         """The loss for these student logits; `top_k` for batches that carry
         a top-k teacher cache."""
         loss_fn = self.loss_fn
-        if top_k and not getattr(loss_fn, "takes_top_k", False):
-            raise ValueError(
-                "The batches carry a top-k teacher cache (`teacher_top_k`), "
-                f"which {type(loss_fn).__name__} cannot read. Compile with "
-                "`distillation_loss_fn=keras_kd.TopKKLDivergence(tail='bin', "
-                "cache_temperature=<the cache's temperature>)` (or "
-                "tail='renormalize' for any temperature)."
-            )
+        if top_k:
+            return self.top_k_loss()
         binary = logits.shape[-1] == 1 or labels_module.is_binary_loss(student_loss_fn)
         if self.default and binary:
             loss_fn = BinaryKLDivergenceWithTemperature()
@@ -123,6 +118,31 @@ class DistillationTerm:
                 "for one logit) or leave `distillation_loss_fn` unset."
             )
         return loss_fn
+
+    def top_k_loss(self):
+        """The loss for batches that carry a top-k teacher cache.
+
+        Left unset, the top-k form of Hinton's KD (`TopKKLDivergence()`,
+        which reads the cache's temperature from the batches).
+
+        Raises:
+            ValueError: if the compiled loss cannot read a top-k cache.
+        """
+        if self.default:
+            from keras_kd.distillation.top_k import TopKKLDivergence
+
+            if self._top_k_default is None:
+                self._top_k_default = TopKKLDivergence()
+            return self._top_k_default
+        if not getattr(self.loss_fn, "takes_top_k", False):
+            raise ValueError(
+                "The batches carry a top-k teacher cache (`teacher_top_k`), "
+                f"which {type(self.loss_fn).__name__} cannot read. Compile with "
+                "`distillation_loss_fn=keras_kd.TopKKLDivergence()` (tail='bin', "
+                "at the cache's temperature; tail='renormalize' for any "
+                "temperature), or leave `distillation_loss_fn` unset."
+            )
+        return self.loss_fn
 
     @staticmethod
     def kind(loss_fn):

@@ -56,6 +56,9 @@ MANIFEST_NAME = "manifest.json"
 # The keys of a cached example, as `top_k_dataset` yields them; they are
 # also the argument names of `top_k_kl_divergence`.
 TOP_K_KEYS = ("indices", "values", "log_normalizer")
+# Added to every element by `top_k_dataset`: the cache's temperature, so
+# that a loss never has to be told it (and cannot be told it wrongly).
+CACHE_TEMPERATURE_KEY = "cache_temperature"
 TEACHER_TOP_K_KEY = "teacher_top_k"
 
 TAILS = ("bin", "renormalize")
@@ -176,38 +179,63 @@ def _log1mexp(x):
     )
 
 
-def _static_temperature(temperature):
-    if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
-        return float(temperature)
-    if isinstance(temperature, np.ndarray) or tf.executing_eagerly():
-        return float(ops.convert_to_numpy(temperature))
-    value = tf.get_static_value(temperature)
-    return None if value is None else float(value)
+def _static_values(value):
+    """A NumPy array of `value` if known without running a graph, else None."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return np.asarray(float(value))
+    if isinstance(value, np.ndarray) or tf.executing_eagerly():
+        return np.asarray(ops.convert_to_numpy(value), dtype=np.float64)
+    static = tf.get_static_value(value)
+    return None if static is None else np.asarray(static, dtype=np.float64)
+
+
+def bin_temperature_message(cache_temperature=None):
+    """Why `tail="bin"` refuses a temperature, and what to do."""
+    if cache_temperature is None:  # Known only when the graph runs.
+        held, use = "the cache's temperature (the batch's cache_temperature)", "that value"
+    else:
+        held, use = f"cache_temperature={cache_temperature}", f"temperature={cache_temperature}"
+    return (
+        f"tail='bin' needs the teacher's log-normaliser at the loss's "
+        f"temperature, and the cache holds it at {held}. Pass {use} (the "
+        "Distiller's `temperature`), rebuild the cache at the temperature you "
+        "want (write_top_k_cache(..., temperature=T)), or use "
+        "tail='renormalize', which works at any temperature."
+    )
 
 
 @tf.autograph.experimental.do_not_convert
 def _check_bin_temperature(temperature, cache_temperature):
-    """Refuses a `bin` temperature other than the cache's; returns deps."""
-    message = (
-        f"tail='bin' needs the teacher's log-normaliser at the loss's "
-        f"temperature, and the cache holds it at cache_temperature="
-        f"{cache_temperature}. Pass temperature={cache_temperature}, "
-        "rebuild the cache at the temperature you want "
-        "(write_top_k_cache(..., temperature=T)), or use "
-        "tail='renormalize', which works at any temperature."
-    )
-    static = _static_temperature(temperature)
-    if static is not None:
-        if not math.isclose(static, cache_temperature, rel_tol=1e-6):
-            raise ValueError(f"{message} Received: temperature={static}.")
+    """Refuses a `bin` temperature other than the cache's; returns deps.
+
+    Either may be a number or a tensor (the cache's may come per example
+    from `top_k_dataset`). Known values are checked now; symbolic ones by
+    an assert in the graph, which XLA drops: the Distiller also checks in
+    Python at every `fit` and `train_on_batch` and when its temperature is
+    set.
+    """
+    static_temperature = _static_values(temperature)
+    static_cache = _static_values(cache_temperature)
+    if static_temperature is not None and static_cache is not None:
+        if static_cache.size and not np.allclose(
+            static_cache, static_temperature, rtol=1e-6, atol=0.0
+        ):
+            shown = float(static_cache.reshape(-1)[0])
+            raise ValueError(
+                f"{bin_temperature_message(shown)} Received: temperature="
+                f"{float(static_temperature)}."
+            )
         return []
     # A symbolic temperature (a Distiller's variable inside tf.function).
     return [
         tf.debugging.assert_near(
-            tf.cast(temperature, tf.float32),
-            tf.constant(cache_temperature, tf.float32),
+            tf.cast(cache_temperature, tf.float32),
+            tf.cast(temperature, tf.float32) + tf.zeros_like(
+                tf.cast(cache_temperature, tf.float32)),
             rtol=1e-6,
-            message=message,
+            message=bin_temperature_message(
+                float(static_cache.reshape(-1)[0])
+                if static_cache is not None and static_cache.size else None),
         )
     ]
 
@@ -260,7 +288,9 @@ def top_k_kl_divergence(
         temperature: Softmax temperature, a positive float or scalar tensor.
         tail: `"bin"` or `"renormalize"`, see above.
         cache_temperature: The temperature of `log_normalizer` (the cache's
-            `temperature`, 1.0 by default). `tail="bin"` refuses another
+            `temperature`, 1.0 by default): a number, or the
+            `cache_temperature` that `top_k_dataset` puts in every element
+            (so `**element` passes it). `tail="bin"` refuses another
             `temperature`.
         precision: Dtype of the arithmetic, `"float32"` (default) or
             `"float64"`.
@@ -287,7 +317,8 @@ def top_k_kl_divergence(
     """
     tail = validate_choice(tail, "tail", set(TAILS))
     precision = validate_choice(precision, "precision", {"float32", "float64"})
-    cache_temperature = validate_temperature(cache_temperature, "cache_temperature")
+    if isinstance(cache_temperature, numbers.Real) or cache_temperature is None:
+        cache_temperature = validate_temperature(cache_temperature, "cache_temperature")
     dependencies = []
     if tail == "bin":
         dependencies = _check_bin_temperature(temperature, cache_temperature)
@@ -329,6 +360,57 @@ def top_k_kl_divergence(
     return kl * temperature**2
 
 
+def check_cache_temperature(loss_fn, teacher_top_k, temperature):
+    """Checks, before training, a `tail="bin"` loss against the cache.
+
+    The in-graph check of `top_k_kl_divergence` is dropped under XLA, so the
+    Distiller calls this on the first batch of every `fit` and
+    `train_on_batch` (eagerly), and keeps the result to refuse a later
+    temperature change during that `fit`.
+
+    Args:
+        loss_fn: The distillation loss that reads the top-k batches.
+        teacher_top_k: A batch's `teacher_top_k` dict (NumPy or eager).
+        temperature: The temperature the loss will run at (a float).
+
+    Returns:
+        The cache temperature `temperature` must keep (a float), or `None`
+        when nothing ties it (`tail="renormalize"`, or no temperature known).
+
+    Raises:
+        ValueError: if the batch's cache temperature differs from the loss's
+            `cache_temperature` or (with `tail="bin"`) from `temperature`.
+    """
+    if getattr(loss_fn, "tail", None) != "bin":
+        return None
+    explicit = getattr(loss_fn, "cache_temperature", None)
+    carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
+    if carried is not None:
+        values = np.unique(np.asarray(ops.convert_to_numpy(carried), np.float64))
+        if values.size != 1:
+            raise ValueError(
+                "One batch of `teacher_top_k` holds examples of caches written at "
+                f"several temperatures ({values.tolist()}); tail='bin' needs one. "
+                "Zip the inputs with one cache."
+            )
+        carried = float(values[0])
+        if explicit is not None and not math.isclose(explicit, carried, rel_tol=1e-6):
+            raise ValueError(
+                f"TopKKLDivergence(cache_temperature={explicit}) was given, but the "
+                f"batches come from a cache written at temperature={carried}. "
+                "Leave cache_temperature unset (the batches carry it)."
+            )
+    cache_temperature = carried if carried is not None else explicit
+    if cache_temperature is None:
+        return None
+    if not math.isclose(float(temperature), cache_temperature, rel_tol=1e-6):
+        raise ValueError(
+            f"{bin_temperature_message(cache_temperature)} Received: "
+            f"temperature={float(temperature)}."
+        )
+    return cache_temperature
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
 class TopKKLDivergence(DistillationLoss):
     """Token-level KD from a top-k teacher cache, as a distillation loss.
@@ -337,25 +419,39 @@ class TopKKLDivergence(DistillationLoss):
     teacher_top_k=...)` (from `top_k_dataset`) hands this loss the cached
     dict instead of dense logits; `top_k_kl_divergence` gives the value per
     position, reduced as the student loss is. A Distiller left with its
-    default loss uses `TopKKLDivergence()` for such batches.
+    default `distillation_loss_fn` uses `TopKKLDivergence()` for such
+    batches.
+
+    The cache's temperature travels with the batches (`top_k_dataset` puts
+    it in every element), so it need not be given; with `tail="bin"` the
+    Distiller's temperature must equal it, checked at every `fit` and
+    `train_on_batch`, when the temperature is set, and in the step.
 
     Args:
         tail: `"bin"` (default) or `"renormalize"`; see
             `top_k_kl_divergence`.
-        cache_temperature: The cache's `temperature`; with `tail="bin"` the
-            Distiller's temperature must equal it.
+        cache_temperature: `None` (default): the temperature the batches
+            carry. A number: the cache's temperature for batches that do
+            not carry it (dicts made by hand, e.g. from
+            `TopKCache.chunks()`); batches that do must agree with it.
         temperature: Softmax temperature, or `None` for the Distiller's.
         precision: Dtype of the arithmetic, `"float32"` by default.
         reduction: `None` (as the student loss) or a Keras reduction.
         name: Name of the loss.
         dtype: Dtype of the returned loss.
 
+    Raises:
+        ValueError: for an unknown `tail`, a bad `cache_temperature`, or
+            (when the loss runs) batches that carry no cache temperature
+            while `cache_temperature` is `None`.
+
     Example:
 
     >>> import numpy as np
     >>> teacher = np.array([[[3.0, 1.0, 0.0, -1.0]]], "float32")
     >>> indices, values, log_normalizer = top_k_logits(teacher, k=4)
-    >>> cached = {"indices": indices, "values": values, "log_normalizer": log_normalizer}
+    >>> cached = {"indices": indices, "values": values,
+    ...           "log_normalizer": log_normalizer, "cache_temperature": 1.0}
     >>> loss = TopKKLDivergence()
     >>> float(loss.compute_top_k(cached, teacher, 1.0)[0, 0]) < 1e-6
     True
@@ -363,22 +459,49 @@ class TopKKLDivergence(DistillationLoss):
 
     takes_top_k = True
 
-    def __init__(self, tail="bin", cache_temperature=1.0, temperature=None,
+    def __init__(self, tail="bin", cache_temperature=None, temperature=None,
                  precision="float32", reduction=None, name="top_k_kl_divergence",
                  dtype="float32"):
         super().__init__(temperature=temperature, precision=precision,
                          reduction=reduction, name=name, dtype=dtype)
         self.tail = validate_choice(tail, "tail", set(TAILS))
-        self.cache_temperature = validate_temperature(cache_temperature, "cache_temperature")
+        self.cache_temperature = (
+            None if cache_temperature is None
+            else validate_temperature(cache_temperature, "cache_temperature"))
+
+    def batch_cache_temperature(self, teacher_top_k):
+        """The cache temperature for this batch: the batch's, else the loss's.
+
+        Raises:
+            ValueError: if neither the batch nor the loss has one.
+        """
+        carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
+        if carried is not None:
+            return carried
+        if self.cache_temperature is None:
+            raise ValueError(
+                "The `teacher_top_k` batches carry no `cache_temperature` (they "
+                "were not made by `top_k_dataset`), and TopKKLDivergence has "
+                "none either. Pass TopKKLDivergence(cache_temperature=<the "
+                "temperature the cache was written at>) or read the cache with "
+                "top_k_dataset."
+            )
+        return self.cache_temperature
 
     def compute_top_k(self, teacher_top_k, student_logits, temperature):
         """The loss per position `(batch, ...)` from a cached top-k dict."""
-        values = top_k_kl_divergence(
-            teacher_top_k["indices"], teacher_top_k["values"],
-            teacher_top_k["log_normalizer"], student_logits, temperature,
-            tail=self.tail, cache_temperature=self.cache_temperature,
-            precision=self.precision,
-        )
+        cache_temperature = self.batch_cache_temperature(teacher_top_k)
+        dependencies = []
+        carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
+        if carried is not None and self.cache_temperature is not None and self.tail == "bin":
+            dependencies = _check_bin_temperature(carried, self.cache_temperature)
+        with tf.control_dependencies(dependencies):
+            values = top_k_kl_divergence(
+                teacher_top_k["indices"], teacher_top_k["values"],
+                teacher_top_k["log_normalizer"], student_logits, temperature,
+                tail=self.tail, cache_temperature=cache_temperature,
+                precision=self.precision,
+            )
         return ops.cast(values, self.dtype)
 
     def per_sample_loss(self, teacher_logits, student_logits, temperature):
@@ -466,6 +589,16 @@ def _iterate_batches(inputs, batch_size):
         raise ValueError(
             f"`batch_size` must be None or a positive integer. Received: "
             f"batch_size={batch_size!r}."
+        )
+    if isinstance(inputs, tuple) or (
+        isinstance(inputs, tf.data.Dataset) and isinstance(inputs.element_spec, tuple)
+    ):
+        # What a preprocessor or a fit dataset gives: (x, y, sample_weight).
+        raise ValueError(
+            "`inputs` holds tuples, which read as Keras' (x, y, sample_weight): "
+            "the teacher must see the model inputs only. Pass x (e.g. `x, y, "
+            "sample_weight = preprocessor(texts)`, then `x`; for a dataset, "
+            "`dataset.map(lambda x, *rest: x)`), or a list of input batches."
         )
     if isinstance(inputs, (np.ndarray, dict)) or tf.is_tensor(inputs):
         leaves = _flatten(inputs)
@@ -691,13 +824,16 @@ def write_top_k_cache(
     Example:
 
     ```python
-    inputs = preprocessor(texts)  # {"token_ids": ..., "padding_mask": ...}
-    write_top_k_cache(teacher_lm, inputs, "teacher_top_k", k=16,
-                      batch_size=8)
+    # A CausalLMPreprocessor gives (x, y, sample_weight); the teacher sees x.
+    x, y, sample_weight = preprocessor(texts)
+    write_top_k_cache(teacher_lm, x, "teacher_top_k", k=16, batch_size=8)
     train = tf.data.Dataset.zip(
-        tf.data.Dataset.from_tensor_slices(inputs),
+        tf.data.Dataset.from_tensor_slices((x, y, sample_weight)),
         top_k_dataset("teacher_top_k"),
+    ).map(lambda xyw, top_k: (
+        xyw[0], keras_kd.targets(xyw[1], teacher_top_k=top_k), xyw[2])
     ).batch(8)
+    distiller.fit(train)  # the default distillation loss reads the cache
     ```
     """
     temperature = validate_temperature(temperature)
@@ -956,6 +1092,14 @@ class TopKCache:
                 f"{tuple(entry['shape'])} {entry['dtype']}. Delete the "
                 "directory and write it again."
             )
+        expected_bytes = header_bytes + int(np.prod(shape)) * dtype.itemsize
+        if os.path.getsize(file_path) != expected_bytes:
+            raise CacheError(
+                f"The top-k cache {self.path} has a truncated or padded shard "
+                f"file {entry['file']}: {os.path.getsize(file_path)} bytes where "
+                f"its header says {expected_bytes}. Delete the directory and "
+                "write it again."
+            )
         return header_bytes, dtype
 
     def _records(self, numbers, key, example_shape):
@@ -1010,10 +1154,17 @@ class TopKCache:
             def decode(record, example_shape=example_shape, leading=leading):
                 shapes = {key: [*leading, *example_shape, self.k] for key in TOP_K_KEYS}
                 shapes["log_normalizer"] = [*leading, *example_shape]
-                return {key: tf.reshape(tf.io.decode_raw(record[key], dtypes[key]), shapes[key])
-                        for key in TOP_K_KEYS}
+                element = {key: tf.reshape(tf.io.decode_raw(record[key], dtypes[key]),
+                                           shapes[key]) for key in TOP_K_KEYS}
+                element[CACHE_TEMPERATURE_KEY] = tf.fill(
+                    tf.shape(element["log_normalizer"])[: len(leading)],
+                    tf.constant(self.temperature, tf.float32))
+                return element
 
-            datasets.append(records.map(decode, num_parallel_calls=tf.data.AUTOTUNE))
+            # deterministic=True: the order must match the inputs' even when
+            # a pipeline's options allow tf.data to reorder.
+            datasets.append(records.map(
+                decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
         dataset = datasets[0]
         for more in datasets[1:]:
             dataset = dataset.concatenate(more)
@@ -1098,9 +1249,11 @@ def top_k_dataset(path, teacher=None, inputs_fingerprint=None, verify="open",
     """Returns a cache's examples as a `tf.data.Dataset`, in the order written.
 
     Each element is a dict `{"indices": int32 (time, k), "values": (time, k),
-    "log_normalizer": float32 (time,)}` for one example, or with
-    `batch_size`, for `batch_size` consecutive examples (a leading batch
-    axis). tf.data reads the shard files itself (fixed-length records after
+    "log_normalizer": float32 (time,), "cache_temperature": float32 ()}` for
+    one example, or with `batch_size`, for `batch_size` consecutive examples
+    (a leading batch axis on each). `cache_temperature` is the cache's
+    `temperature`, carried so that `TopKKLDivergence` and the Distiller can
+    check it against theirs. tf.data reads the shard files itself (fixed-length records after
     each `.npy` header), so no Python runs per example or batch and the
     dataset never holds the cache in memory; its length is known.
 
@@ -1118,12 +1271,15 @@ def top_k_dataset(path, teacher=None, inputs_fingerprint=None, verify="open",
         inputs_fingerprint: As for `read_top_k_cache`.
         verify: As for `read_top_k_cache`.
         batch_size: `None` (default) for one element per example, or the
-            examples per element (batch `i` holds examples `i * B` to
-            `(i + 1) * B - 1`, as `inputs.batch(B)`; a batch does not span
-            shards of different lengths).
-        drop_remainder: With `batch_size`, whether to drop a last short
-            batch (then the batch axis is static, as with
-            `Dataset.batch(B, drop_remainder=True)`).
+            examples per element: batch `i` holds examples `i * B` to
+            `(i + 1) * B - 1`, as `inputs.batch(B)`, when every example has
+            one shape. A cache of several lengths (batches of different
+            lengths were written) is batched run by run: a batch never mixes
+            lengths, so the run before a change of length ends short.
+        drop_remainder: With `batch_size`, whether to drop short batches
+            (then the batch axis is static, as with `Dataset.batch(B,
+            drop_remainder=True)`); with several lengths, that is the short
+            batch of each run.
 
     Returns:
         A `tf.data.Dataset` of dicts.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_kd
 from keras_kd.distillation import top_k
 from keras_kd.distillation.cache import CacheError
 from keras_kd.distillation.cache import fingerprint_model
@@ -391,9 +392,11 @@ def test_the_dataset_zips_with_the_inputs_and_batches(tokens, tmp_path):
     expected = top_k.top_k_logits(teacher(x)["logits"], 4)[0].numpy()[6:12]
     np.testing.assert_array_equal(batch_y["teacher_top_k"]["indices"], expected)
     student = keras.Sequential([keras.layers.Embedding(VOCAB, 4), keras.layers.Dense(VOCAB)])
+    # The elements carry the cache's temperature: `**element` passes it.
+    np.testing.assert_array_equal(batch_y["teacher_top_k"]["cache_temperature"], [1.0] * 6)
     loss = top_k.top_k_kl_divergence(
         **batch_y["teacher_top_k"], student_logits=student(batch_x["token_ids"]),
-        temperature=1.0, cache_temperature=cache.temperature,
+        temperature=1.0,
     )
     assert loss.shape == (6, TIME) and np.all(np.isfinite(loss.numpy()))
 
@@ -458,3 +461,159 @@ def test_fingerprint_inputs_ignores_batching_not_content(tokens):
     changed[5, 2] += 1
     assert one != top_k.fingerprint_inputs(changed)
     assert one != top_k.fingerprint_inputs(tokens[:-1])
+
+
+# ---------------------------------------------------------------------------
+# The tf.data reader against the stored arrays.
+
+
+@pytest.mark.parametrize("values_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("center_values", [True, False])
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_the_dataset_holds_the_stored_arrays(
+    teacher, tokens, tmp_path, values_dtype, center_values, batch_size
+):
+    cache = top_k.write_top_k_cache(
+        teacher, tokens, tmp_path / "cache", 5, temperature=2.0, batch_size=8,
+        shard_tokens=3 * TIME, values_dtype=values_dtype, center_values=center_values)
+    stored = _concatenated(cache)  # Through np.load's memory maps.
+    dataset = top_k.top_k_dataset(cache, batch_size=batch_size)
+    elements = list(dataset)
+    if batch_size is None:
+        read = {key: np.stack([e[key].numpy() for e in elements]) for key in elements[0]}
+    else:
+        read = {key: np.concatenate([e[key].numpy() for e in elements]) for key in elements[0]}
+    assert sorted(read) == sorted(top_k.TOP_K_KEYS + (top_k.CACHE_TEMPERATURE_KEY,))
+    for key in top_k.TOP_K_KEYS:
+        assert read[key].dtype == stored[key].dtype
+        np.testing.assert_array_equal(read[key], stored[key])
+    np.testing.assert_array_equal(read["cache_temperature"], np.full(20, 2.0, "float32"))
+    assert int(dataset.cardinality()) == (20 if batch_size is None else 5)
+
+
+def test_the_dataset_keeps_its_order_when_tf_data_may_reorder(teacher, tokens, tmp_path):
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 3, batch_size=8,
+                                    shard_tokens=2 * TIME)
+    options = tf.data.Options()
+    options.deterministic = False
+    dataset = top_k.top_k_dataset(cache, batch_size=2).with_options(options)
+    read = np.concatenate([e["indices"].numpy() for e in dataset])
+    np.testing.assert_array_equal(read, _concatenated(cache)["indices"])
+
+
+def test_a_truncated_shard_is_a_cache_error_even_unverified(teacher, tokens, tmp_path):
+    path = tmp_path / "cache"
+    top_k.write_top_k_cache(teacher, tokens, path, 3, batch_size=8, shard_tokens=5 * TIME)
+    shard_file = path / "shard-00001-indices.npy"
+    shard_file.write_bytes(shard_file.read_bytes()[:-10])
+    with pytest.raises(CacheError, match=r"truncated or padded shard file shard-00001-indices"):
+        top_k.top_k_dataset(path, verify="none")
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_writing_refuses_x_y_tuples(teacher, tokens, tmp_path, as_dataset):
+    data = (tokens, tokens)
+    if as_dataset:
+        data = tf.data.Dataset.from_tensor_slices(data).batch(4)
+    with pytest.raises(ValueError, match=r"holds tuples.*model inputs only"):
+        top_k.write_top_k_cache(teacher, data, tmp_path / "cache", 3)
+
+
+# ---------------------------------------------------------------------------
+# A Distiller on a top-k cache: the cache's temperature travels with it.
+
+
+def _lm(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((TIME,), dtype="int32"),
+        keras.layers.Embedding(VOCAB, 8),
+        keras.layers.Dense(VOCAB),
+    ])
+
+
+def _cached_batches(teacher, tokens, tmp_path, temperature):
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 6,
+                                    temperature=temperature, batch_size=8)
+    labels = np.roll(tokens, -1, axis=1)
+    inputs = tf.data.Dataset.from_tensor_slices((tokens, labels)).batch(5)
+    return tf.data.Dataset.zip(inputs, top_k.top_k_dataset(cache, batch_size=5)).map(
+        lambda xy, t: (xy[0], keras_kd.targets(xy[1], teacher_top_k=t)))
+
+
+def _top_k_distiller(teacher, loss=None, temperature=2.0, jit_compile=False):
+    distiller = keras_kd.Distiller(student=_lm(3), teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5,
+                      temperature=temperature, distillation_loss_fn=loss,
+                      jit_compile=jit_compile)
+    return distiller
+
+
+def test_the_default_loss_reads_the_cache_and_its_temperature(teacher, tokens, tmp_path):
+    batches = _cached_batches(teacher, tokens, tmp_path, temperature=2.0)
+    logs = {}
+    for name, loss in {"default": None,
+                       "explicit": keras_kd.TopKKLDivergence(cache_temperature=2.0)}.items():
+        logs[name] = _top_k_distiller(teacher, loss).evaluate(batches, verbose=0,
+                                                              return_dict=True)
+        logs[name].update(_top_k_distiller(teacher, loss).fit(
+            batches, epochs=1, verbose=0).history)
+    assert float(logs["default"]["distillation_loss"][0]) > 0.0
+    for key in ("loss", "distillation_loss"):
+        assert float(logs["default"][key][0]) == pytest.approx(
+            float(logs["explicit"][key][0]), rel=1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("call", ["fit", "train_on_batch"])
+def test_a_temperature_other_than_the_caches_is_refused(
+    teacher, tokens, tmp_path, jit_compile, call, library_defaults
+):
+    # Before, the default cache_temperature=1.0 met a cache written at 2.0
+    # and the loss came out ~10x too large without a word; under XLA the
+    # in-graph assert is dropped, so the check runs in Python.
+    batches = _cached_batches(teacher, tokens, tmp_path, temperature=2.0)
+    distiller = _top_k_distiller(teacher, temperature=1.0, jit_compile=jit_compile)
+    assert distiller.jit_compile == jit_compile  # XLA on, where asked (no op determinism).
+    with pytest.raises(ValueError, match=r"cache_temperature=2\.0.*Received: temperature=1\.0"):
+        if call == "fit":
+            distiller.fit(batches, epochs=1, verbose=0)
+        else:
+            x, y = next(iter(batches))
+            distiller.train_on_batch(x, y)
+    distiller.temperature = 2.0
+    distiller.fit(batches, epochs=1, verbose=0)
+
+
+def test_a_temperature_change_during_a_cached_fit_is_refused(teacher, tokens, tmp_path):
+    batches = _cached_batches(teacher, tokens, tmp_path, temperature=2.0)
+    distiller = _top_k_distiller(teacher)
+
+    class Heat(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            distiller.temperature = 4.0
+
+    with pytest.raises(ValueError, match=r"cache_temperature=2\.0.*Received: temperature=4\.0"):
+        distiller.fit(batches, epochs=2, verbose=0, callbacks=[Heat()])
+    # The tie ends with the fit.
+    distiller.temperature = 4.0
+    assert distiller.temperature == 4.0
+
+
+def test_an_explicit_cache_temperature_must_match_the_batches(teacher, tokens, tmp_path):
+    batches = _cached_batches(teacher, tokens, tmp_path, temperature=2.0)
+    distiller = _top_k_distiller(teacher, keras_kd.TopKKLDivergence(cache_temperature=1.0))
+    with pytest.raises(ValueError, match=r"cache_temperature=1\.0\) was given.*temperature=2\.0"):
+        distiller.fit(batches, epochs=1, verbose=0)
+
+
+def test_hand_made_batches_need_a_cache_temperature(teacher, tokens):
+    logits = teacher(tokens)
+    indices, values, log_normalizer = top_k.top_k_logits(logits, 4, temperature=2.0)
+    by_hand = {"indices": indices, "values": values, "log_normalizer": log_normalizer}
+    labels = np.roll(tokens, -1, axis=1)
+    distiller = _top_k_distiller(teacher)
+    with pytest.raises(ValueError, match=r"carry no `cache_temperature`.*cache_temperature=<"):
+        distiller.train_on_batch(tokens, keras_kd.targets(labels, teacher_top_k=by_hand))
+    told = _top_k_distiller(teacher, keras_kd.TopKKLDivergence(cache_temperature=2.0))
+    told.train_on_batch(tokens, keras_kd.targets(labels, teacher_top_k=by_hand))
