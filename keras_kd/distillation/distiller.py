@@ -229,6 +229,7 @@ class Distiller(keras.Model):
         self._fitting_without_labels = False
         # The temperature a top-k cache (tail="bin") ties this fit to.
         self._top_k_cache_temperature = None
+        self._first_batch_error = None
         # Built once both models are (BackupAndRestore and load_weights need
         # a built model); a subclassed student builds on its first batch.
         self.built = bool(student.built and all(t.built for t in members))
@@ -718,15 +719,24 @@ class Distiller(keras.Model):
         without_labels = _has_no_labels(x, y)
         if without_labels and self.alpha > 0.0:
             raise ValueError(_no_labels_message(self.alpha))
-        self._check_first_batch(x, y)
         self._retrace_while_metrics_unbuilt()
         self._fitting_without_labels = without_labels
+        self._first_batch_error = None
         try:
-            self._top_k_cache_temperature = self._check_top_k_cache(x, y)
+            if isinstance(x, tf.data.Dataset):
+                if self._first_batch_needs_checks(x, y):
+                    x = self._checked_dataset(x)
+            else:
+                self._top_k_cache_temperature = self._check_first_batch(x, y)
             return super().fit(x, y, *args, **kwargs)
+        except tf.errors.OpError as error:
+            if self._first_batch_error is not None:
+                raise self._first_batch_error from error
+            raise
         finally:
             self._fitting_without_labels = False
             self._top_k_cache_temperature = None
+            self._first_batch_error = None
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, **kwargs):
         """As `keras.Model.train_on_batch`; `class_weight` applies to this
@@ -737,7 +747,6 @@ class Distiller(keras.Model):
         if y is None and self.alpha > 0.0:
             raise ValueError(_no_labels_message(self.alpha))
         self._check_first_batch(x, y)
-        self._check_top_k_cache(x, y)
         self._retrace_while_metrics_unbuilt()
         return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
 
@@ -775,37 +784,81 @@ class Distiller(keras.Model):
         if type(self).student_inputs is Distiller.student_inputs:
             validation.check_inputs(self.student, x, "x")
 
-    def _check_top_k_cache(self, x, y):
-        """The cache temperature this call is tied to (see top_k), or None.
-
-        Runs eagerly on the first batch, so that it holds under XLA too.
-        """
-        if not _may_carry_top_k(x, y):
-            return None
-        sample = _first_inputs_and_targets(x, y)
-        if sample is None:
-            return None
-        cached = batch_module.parse_batch(sample).teacher_outputs
-        if not isinstance(cached, dict):
-            return None
-        loss_fn = self.distillation_term.top_k_loss()
-        temperature = getattr(loss_fn, "temperature", None) or self.temperature
-        return top_k_module.check_cache_temperature(loss_fn, cached, temperature)
-
     def _check_first_batch(self, x, y):
-        """Warns once when the teacher's "logits" look like probabilities."""
-        if self._checked_first_batch or self.teacher_outputs != "logits":
-            return
-        if self.alpha == 1.0 and not self.feature_hints and not self._teacher_metrics:
-            return  # The teacher will not run: nothing to misread yet.
+        """Checks the first batch of arrays (see `_first_batch_checks`).
+
+        Returns the cache temperature this call is tied to, or None. A
+        `tf.data.Dataset` is never iterated here: a second iterator would
+        advance its shuffle's seed and change the order `fit` sees; see
+        `_checked_dataset`.
+        """
+        if not self._first_batch_needs_checks(x, y):
+            return None
         sample = _first_inputs_and_targets(x, y)
         if sample is None:
-            return
-        self._checked_first_batch = True
-        inputs, targets = sample
+            return None
+        return self._first_batch_checks(*sample)
+
+    def _first_batch_needs_checks(self, x, y):
+        if _may_carry_top_k(x, y):
+            return True
+        if self._checked_first_batch or self.teacher_outputs != "logits":
+            return False
+        # Without a teacher run there is nothing to misread yet.
+        return self.alpha < 1.0 or bool(self.feature_hints) or bool(self._teacher_metrics)
+
+    def _checked_dataset(self, dataset):
+        """`dataset`, whose first batch runs `_first_batch_checks` as it passes.
+
+        The checks run eagerly in the input pipeline (a `tf.py_function`,
+        outside any XLA step) on the batch `fit` itself reads; their error,
+        if any, is kept in `self._first_batch_error` for `fit` to raise.
+        """
+        spec = dataset.element_spec
+        leaves = tf.nest.flatten(spec)
+        if not all(isinstance(leaf, tf.TensorSpec) for leaf in leaves):
+            return dataset  # Ragged or sparse parts: left unchecked.
+        done = []
+
+        def check(*flat):
+            if not done:
+                done.append(True)
+                element = tf.nest.pack_sequence_as(spec, list(flat))
+                inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(element)
+                try:
+                    self._top_k_cache_temperature = self._first_batch_checks(inputs, targets)
+                except ValueError as error:
+                    self._first_batch_error = error
+                    raise
+            return True
+
+        def checked(*element):
+            element = element if isinstance(spec, tuple) else element[0]
+            ran = tf.py_function(check, tf.nest.flatten(element), Tout=tf.bool)
+            with tf.control_dependencies([ran]):
+                return tf.nest.map_structure(tf.identity, element)
+
+        return dataset.map(checked)
+
+    def _first_batch_checks(self, inputs, targets):
+        """What is checked, eagerly, on a call's first batch.
+
+        Warns once per Distiller when the teacher's "logits" look like
+        probabilities, and ties a top-k cache's temperature to this call
+        (`top_k.check_cache_temperature`, which holds under XLA too).
+
+        Returns:
+            The cache temperature this call is tied to, or None.
+        """
         parsed = batch_module.parse_batch((inputs, targets))
-        if isinstance(parsed.teacher_outputs, dict):
-            return  # Top-k logits: the cache made them from logits.
+        if isinstance(parsed.teacher_outputs, dict):  # A top-k cache.
+            loss_fn = self.distillation_term.top_k_loss()
+            temperature = getattr(loss_fn, "temperature", None) or self.temperature
+            return top_k_module.check_cache_temperature(
+                loss_fn, parsed.teacher_outputs, temperature)
+        if self._checked_first_batch or self.teacher_outputs != "logits":
+            return None
+        self._checked_first_batch = True
         if parsed.teacher_outputs is not None:
             values, source = parsed.teacher_outputs, "The cached teacher logits"
         else:
@@ -820,6 +873,7 @@ class Distiller(keras.Model):
                 "`Distiller(teacher_outputs='probabilities')`.",
                 stacklevel=3,
             )
+        return None
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' own fails under MultiWorkerMirroredStrategy: see compat.
@@ -958,12 +1012,12 @@ def _has_no_labels(x, y):
 
 
 def _first_inputs_and_targets(x, y, size=64):
-    """A few inputs (and targets) of `fit`'s data, without consuming it."""
-    if isinstance(x, tf.data.Dataset):
-        element = next(iter(x.take(1)))
-        inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(element)
-        return inputs, targets
-    if isinstance(x, keras.utils.PyDataset) or hasattr(x, "__next__"):
+    """A few inputs (and targets) of `fit`'s arrays, without consuming them.
+
+    Datasets, PyDatasets and generators give None: reading them here would
+    consume or reorder what `fit` reads.
+    """
+    if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or hasattr(x, "__next__"):
         return None
     try:
         inputs = tf.nest.map_structure(lambda a: np.asarray(a)[:size], x)

@@ -17,6 +17,7 @@ from keras_kd.distillation.losses import BinaryKLDivergenceWithTemperature
 from keras_kd.distillation.losses import DistillationLoss
 from keras_kd.distillation.losses import KLDivergenceWithTemperature
 from keras_kd.distillation.reduction import reduce_values
+from keras_kd.distillation.top_k import TopKKLDivergence
 
 
 def combine_masks(*masks):
@@ -129,8 +130,6 @@ class DistillationTerm:
             ValueError: if the compiled loss cannot read a top-k cache.
         """
         if self.default:
-            from keras_kd.distillation.top_k import TopKKLDivergence
-
             if self._top_k_default is None:
                 self._top_k_default = TopKKLDivergence()
             return self._top_k_default

@@ -1012,18 +1012,9 @@ class TopKCache:
             try:
                 array = np.load(file_path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as error:
-                raise CacheError(
-                    f"The top-k cache {self.path} has an unreadable shard file "
-                    f"{entry['file']} ({type(error).__name__}: {error}). Delete "
-                    "the directory and write it again."
-                ) from error
+                raise self._unreadable(entry, error) from error
             if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
-                raise CacheError(
-                    f"The top-k cache {self.path} has a shard file {entry['file']} "
-                    f"of shape {array.shape} and dtype {array.dtype}, but its "
-                    f"manifest says {tuple(entry['shape'])} {entry['dtype']}. "
-                    "Delete the directory and write it again."
-                )
+                raise self._mismatch(entry, array.shape, array.dtype)
             arrays[key] = array
         self._open[number] = arrays
         return arrays
@@ -1068,6 +1059,21 @@ class TopKCache:
         if pieces and not drop_remainder:
             yield joined()
 
+    def _unreadable(self, entry, error):
+        return CacheError(
+            f"The top-k cache {self.path} has an unreadable shard file "
+            f"{entry['file']} ({type(error).__name__}: {error}). Delete the "
+            "directory and write it again."
+        )
+
+    def _mismatch(self, entry, shape, dtype):
+        return CacheError(
+            f"The top-k cache {self.path} has a shard file {entry['file']} of "
+            f"shape {tuple(shape)} and dtype {dtype}, but its manifest says "
+            f"{tuple(entry['shape'])} {entry['dtype']}. Delete the directory "
+            "and write it again."
+        )
+
     def _file_layout(self, entry):
         """`(header bytes, dtype)` of a shard file, checked against the manifest."""
         file_path = os.path.join(self.path, entry["file"])
@@ -1079,19 +1085,10 @@ class TopKCache:
                 shape, fortran_order, dtype = read_header(f)
                 header_bytes = f.tell()
         except (OSError, ValueError) as error:
-            raise CacheError(
-                f"The top-k cache {self.path} has an unreadable shard file "
-                f"{entry['file']} ({type(error).__name__}: {error}). Delete "
-                "the directory and write it again."
-            ) from error
+            raise self._unreadable(entry, error) from error
         if (list(shape) != entry["shape"] or str(dtype) != entry["dtype"]
                 or fortran_order or dtype.byteorder == ">"):
-            raise CacheError(
-                f"The top-k cache {self.path} has a shard file {entry['file']} "
-                f"of shape {shape} and dtype {dtype}, but its manifest says "
-                f"{tuple(entry['shape'])} {entry['dtype']}. Delete the "
-                "directory and write it again."
-            )
+            raise self._mismatch(entry, shape, dtype)
         expected_bytes = header_bytes + int(np.prod(shape)) * dtype.itemsize
         if os.path.getsize(file_path) != expected_bytes:
             raise CacheError(

@@ -845,3 +845,35 @@ def test_teacher_inputs_hook_gives_the_teacher_its_own_view(tiny_data):
     p_s = softmax64(distiller.student.predict(x, verbose=0) / 2)
     expected = 4 * np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
     np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_fit_reads_a_reshuffling_dataset_in_the_order_a_fresh_iteration_gives(cached):
+    # The first-batch checks once peeked with a second iterator, which
+    # advanced the shuffle's seed: fit then saw another order than
+    # student.fit would on the same dataset.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype("float32")
+    y = rng.integers(0, 4, 40).astype("int32")
+    teacher = make_mlp([8])
+    seen = []
+
+    def make(record):
+        targets = (keras_kd.targets(y, teacher_logits=teacher.predict(x, verbose=0))
+                   if cached else y)
+        dataset = tf.data.Dataset.from_tensor_slices((x, targets)).shuffle(
+            40, seed=7, reshuffle_each_iteration=True).batch(8)
+        if record:
+            def note(features):
+                seen.append(float(features.numpy().sum()))
+                return features
+
+            dataset = dataset.map(lambda f, t: (
+                tf.ensure_shape(tf.py_function(note, [f], tf.float32), f.shape), t))
+        return dataset
+
+    expected = [float(f.numpy().sum()) for f, _ in make(record=False)]
+    distiller = Distiller(student=make_mlp([8]), teacher=teacher)
+    distiller.compile(optimizer="sgd", alpha=0.5)
+    distiller.fit(make(record=True), epochs=1, verbose=0)
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)
