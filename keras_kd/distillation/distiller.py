@@ -720,6 +720,9 @@ class Distiller(keras.Model):
         if without_labels and self.alpha > 0.0:
             raise ValueError(_no_labels_message(self.alpha))
         self._retrace_while_metrics_unbuilt()
+        # Saved and restored: a callback may call fit again (nested).
+        outer = (self._fitting_without_labels, self._top_k_cache_temperature,
+                 self._first_batch_error)
         self._fitting_without_labels = without_labels
         self._first_batch_error = None
         try:
@@ -734,9 +737,8 @@ class Distiller(keras.Model):
                 raise self._first_batch_error from error
             raise
         finally:
-            self._fitting_without_labels = False
-            self._top_k_cache_temperature = None
-            self._first_batch_error = None
+            (self._fitting_without_labels, self._top_k_cache_temperature,
+             self._first_batch_error) = outer
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, **kwargs):
         """As `keras.Model.train_on_batch`; `class_weight` applies to this
@@ -811,34 +813,43 @@ class Distiller(keras.Model):
         """`dataset`, whose first batch runs `_first_batch_checks` as it passes.
 
         The checks run eagerly in the input pipeline (a `tf.py_function`,
-        outside any XLA step) on the batch `fit` itself reads; their error,
-        if any, is kept in `self._first_batch_error` for `fit` to raise.
+        outside any XLA step, on the first batch only) on the batch `fit`
+        itself reads; their error, if any, is kept in
+        `self._first_batch_error` for `fit` to raise.
         """
         spec = dataset.element_spec
         leaves = tf.nest.flatten(spec)
         if not all(isinstance(leaf, tf.TensorSpec) for leaf in leaves):
-            return dataset  # Ragged or sparse parts: left unchecked.
-        done = []
+            # Ragged or sparse parts cannot pass a py_function: the checks
+            # are left to the step (the in-graph assert of a top-k loss).
+            return dataset
 
         def check(*flat):
-            if not done:
-                done.append(True)
-                element = tf.nest.pack_sequence_as(spec, list(flat))
-                inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(element)
-                try:
-                    self._top_k_cache_temperature = self._first_batch_checks(inputs, targets)
-                except ValueError as error:
-                    self._first_batch_error = error
-                    raise
+            element = tf.nest.pack_sequence_as(spec, list(flat))
+            inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(element)
+            try:
+                self._top_k_cache_temperature = self._first_batch_checks(inputs, targets)
+            except Exception as error:  # Re-raised by `fit` as it is.
+                self._first_batch_error = error
+                raise
             return True
 
-        def checked(*element):
-            element = element if isinstance(spec, tuple) else element[0]
-            ran = tf.py_function(check, tf.nest.flatten(element), Tout=tf.bool)
+        # tf.data unpacks exact tuples only (not namedtuples) into arguments.
+        unpacked = type(spec) is tuple
+
+        def checked(index, *element):
+            element = element if unpacked else element[0]
+            ran = tf.cond(
+                index == 0,
+                lambda: tf.py_function(check, tf.nest.flatten(element), Tout=tf.bool),
+                lambda: tf.constant(True),
+            )
             with tf.control_dependencies([ran]):
                 return tf.nest.map_structure(tf.identity, element)
 
-        return dataset.map(checked)
+        if unpacked:
+            return dataset.enumerate().map(lambda index, element: checked(index, *element))
+        return dataset.enumerate().map(checked)
 
     def _first_batch_checks(self, inputs, targets):
         """What is checked, eagerly, on a call's first batch.
@@ -1019,9 +1030,14 @@ def _first_inputs_and_targets(x, y, size=64):
     """
     if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or hasattr(x, "__next__"):
         return None
+
+    def head(a):
+        a = np.asarray(a)
+        return a[:size] if a.ndim else a  # A scalar (e.g. a cache_temperature) as is.
+
     try:
-        inputs = tf.nest.map_structure(lambda a: np.asarray(a)[:size], x)
-        targets = None if y is None else tf.nest.map_structure(lambda a: np.asarray(a)[:size], y)
+        inputs = tf.nest.map_structure(head, x)
+        targets = None if y is None else tf.nest.map_structure(head, y)
     except (TypeError, ValueError, IndexError):
         return None
     return inputs, targets

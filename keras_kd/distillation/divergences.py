@@ -84,11 +84,13 @@ def _generalized_jsd(teacher_log_p, student_log_p, beta):
     d = student_log_p - teacher_log_p
     student_above = d > 0.0
     # w: the mixture weight of the side whose ratio is evaluated.
+    # Both weights from Python floats: exact even for beta near 0 or 1.
     w = ops.where(student_above, ops.full_like(d, 1.0 - beta), ops.full_like(d, beta))
+    one_minus_w = ops.where(student_above, ops.full_like(d, beta), ops.full_like(d, 1.0 - beta))
     # -|d|, written so that its gradient at d == 0 is 1, not abs's 0.
     e = ops.where(student_above, -d, d)
-    near = ops.log1p((1.0 - w) * ops.expm1(ops.maximum(e, -_NEAR)))
-    far = ops.log(w + (1.0 - w) * ops.exp(e))
+    near = ops.log1p(one_minus_w * ops.expm1(ops.maximum(e, -_NEAR)))
+    far = ops.log(w + one_minus_w * ops.exp(e))
     small = ops.where(e > -_NEAR, near, far)
     log_ratio_teacher = ops.where(student_above, small + d, small)  # log M / p_T
     log_ratio_student = ops.where(student_above, small, small - d)  # log M / p_S

@@ -210,9 +210,8 @@ def _check_bin_temperature(temperature, cache_temperature):
 
     Either may be a number or a tensor (the cache's may come per example
     from `top_k_dataset`). Known values are checked now; symbolic ones by
-    an assert in the graph, which XLA drops: the Distiller also checks in
-    Python at every `fit` and `train_on_batch` and when its temperature is
-    set.
+    an assert in the graph, which XLA drops: the Distiller also checks
+    eagerly on the first batch (see `TopKKLDivergence`).
     """
     static_temperature = _static_values(temperature)
     static_cache = _static_values(cache_temperature)
@@ -221,9 +220,9 @@ def _check_bin_temperature(temperature, cache_temperature):
             static_cache, static_temperature, rtol=1e-6, atol=0.0
         ):
             shown = float(static_cache.reshape(-1)[0])
+            received = float(static_temperature.reshape(-1)[0])
             raise ValueError(
-                f"{bin_temperature_message(shown)} Received: temperature="
-                f"{float(static_temperature)}."
+                f"{bin_temperature_message(shown)} Received: temperature={received}."
             )
         return []
     # A symbolic temperature (a Distiller's variable inside tf.function).
@@ -424,8 +423,12 @@ class TopKKLDivergence(DistillationLoss):
 
     The cache's temperature travels with the batches (`top_k_dataset` puts
     it in every element), so it need not be given; with `tail="bin"` the
-    Distiller's temperature must equal it, checked at every `fit` and
-    `train_on_batch`, when the temperature is set, and in the step.
+    Distiller's temperature must equal it. The Distiller checks on the
+    first batch of every `fit` (a `tf.data.Dataset`'s as it passes, arrays
+    before) and `train_on_batch`, and when its temperature is set during
+    such a fit; those checks hold under XLA. Batches from a `PyDataset`, a
+    generator, or a dataset with ragged or sparse parts are checked only in
+    the step (an assert that XLA drops).
 
     Args:
         tail: `"bin"` (default) or `"renormalize"`; see
@@ -494,7 +497,7 @@ class TopKKLDivergence(DistillationLoss):
         dependencies = []
         carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
         if carried is not None and self.cache_temperature is not None and self.tail == "bin":
-            dependencies = _check_bin_temperature(carried, self.cache_temperature)
+            dependencies = self._check_given_cache_temperature(carried)
         with tf.control_dependencies(dependencies):
             values = top_k_kl_divergence(
                 teacher_top_k["indices"], teacher_top_k["values"],
@@ -503,6 +506,23 @@ class TopKKLDivergence(DistillationLoss):
                 precision=self.precision,
             )
         return ops.cast(values, self.dtype)
+
+    def _check_given_cache_temperature(self, carried):
+        """The batches' cache temperature must be the one this loss was given."""
+        message = (
+            f"TopKKLDivergence(cache_temperature={self.cache_temperature}) was "
+            "given, but the batches come from a cache written at another "
+            "temperature. Leave cache_temperature unset (the batches carry it)."
+        )
+        static = _static_values(carried)
+        if static is not None:
+            if static.size and not np.allclose(static, self.cache_temperature, rtol=1e-6):
+                raise ValueError(f"{message} Received: {float(static.reshape(-1)[0])}.")
+            return []
+        return [tf.debugging.assert_near(
+            tf.cast(carried, tf.float32),
+            tf.fill(tf.shape(carried), tf.constant(self.cache_temperature, tf.float32)),
+            rtol=1e-6, message=message)]
 
     def per_sample_loss(self, teacher_logits, student_logits, temperature):
         # Dense teacher logits: exact KD (top-k with k = vocab).
@@ -1022,6 +1042,9 @@ class TopKCache:
     def chunks(self, size=_DATASET_CHUNK, drop_remainder=False):
         """Yields dicts of `size` consecutive examples (in-memory copies).
 
+        Each holds the stored arrays and, as `top_k_dataset`'s elements, a
+        `cache_temperature` per example.
+
         A chunk spans shards of the same example shape, so chunk `i` holds
         examples `i * size ...` as `inputs.batch(size)` would; where the
         example shape changes (batches of several lengths were cached), the
@@ -1035,8 +1058,12 @@ class TopKCache:
         pieces, rows_pending, pending_shape = [], 0, None
 
         def joined():
-            return {key: np.concatenate([piece[key] for piece in pieces])
-                    for key in TOP_K_KEYS}
+            chunk = {key: np.concatenate([piece[key] for piece in pieces])
+                     for key in TOP_K_KEYS}
+            # As `top_k_dataset`'s elements: a complete `teacher_top_k`.
+            chunk[CACHE_TEMPERATURE_KEY] = np.full(
+                len(chunk["log_normalizer"]), self.temperature, np.float32)
+            return chunk
 
         for number in range(self.num_shards):
             arrays = self.shard(number)

@@ -547,10 +547,7 @@ def test_the_default_loss_reads_the_cache_and_its_temperature(teacher, tokens, t
     logs = {}
     for name, loss in {"default": None,
                        "explicit": keras_kd.TopKKLDivergence(cache_temperature=2.0)}.items():
-        logs[name] = _top_k_distiller(teacher, loss).evaluate(batches, verbose=0,
-                                                              return_dict=True)
-        logs[name].update(_top_k_distiller(teacher, loss).fit(
-            batches, epochs=1, verbose=0).history)
+        logs[name] = _top_k_distiller(teacher, loss).fit(batches, epochs=1, verbose=0).history
     assert float(logs["default"]["distillation_loss"][0]) > 0.0
     for key in ("loss", "distillation_loss"):
         assert float(logs["default"][key][0]) == pytest.approx(
@@ -610,3 +607,20 @@ def test_hand_made_batches_need_a_cache_temperature(teacher, tokens):
         distiller.train_on_batch(tokens, keras_kd.targets(labels, teacher_top_k=by_hand))
     told = _top_k_distiller(teacher, keras_kd.TopKKLDivergence(cache_temperature=2.0))
     told.train_on_batch(tokens, keras_kd.targets(labels, teacher_top_k=by_hand))
+    # A scalar cache_temperature in hand-made arrays is read, and checked.
+    carried = {**by_hand, "cache_temperature": 2.0}
+    cold = _top_k_distiller(teacher, temperature=1.0)
+    with pytest.raises(ValueError, match=r"cache_temperature=2\.0.*Received: temperature=1\.0"):
+        cold.train_on_batch(tokens, keras_kd.targets(labels, teacher_top_k=carried))
+
+
+def test_chunks_are_complete_teacher_top_k_dicts(teacher, tokens, tmp_path):
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 3, temperature=2.0,
+                                    batch_size=8, shard_tokens=7 * TIME)
+    chunks = list(cache.chunks(size=6))
+    assert [len(c["indices"]) for c in chunks] == [6, 6, 6, 2]
+    stored = _concatenated(cache)
+    for key in top_k.TOP_K_KEYS:
+        np.testing.assert_array_equal(np.concatenate([c[key] for c in chunks]), stored[key])
+    np.testing.assert_array_equal(np.concatenate([c["cache_temperature"] for c in chunks]),
+                                  np.full(20, 2.0, "float32"))
