@@ -834,11 +834,9 @@ class Distiller(keras.Model):
                 raise
             return True
 
-        # tf.data unpacks exact tuples only (not namedtuples) into arguments.
-        unpacked = type(spec) is tuple
-
-        def checked(index, *element):
-            element = element if unpacked else element[0]
+        # enumerate() gives (index, element): the element arrives whole, as
+        # a tuple, dict, namedtuple or tensor, and leaves as it came.
+        def checked(index, element):
             ran = tf.cond(
                 index == 0,
                 lambda: tf.py_function(check, tf.nest.flatten(element), Tout=tf.bool),
@@ -847,8 +845,6 @@ class Distiller(keras.Model):
             with tf.control_dependencies([ran]):
                 return tf.nest.map_structure(tf.identity, element)
 
-        if unpacked:
-            return dataset.enumerate().map(lambda index, element: checked(index, *element))
         return dataset.enumerate().map(checked)
 
     def _first_batch_checks(self, inputs, targets):
