@@ -489,8 +489,9 @@ class Distiller(keras.Model):
             student_logits, self.student_term.resolve(student_logits),
             top_k=isinstance(teacher_logits, dict))
 
-    def _combined_teacher_logits(self, raw, student_logits, kind=None):
-        """One teacher's logits for the distillation loss (or `kind`)."""
+    def _combined_teacher_logits(self, raw, student_logits, kind=None, temperature=None):
+        """One teacher's logits for the distillation loss (or `kind`), an
+        ensemble's mixed at `temperature` (default: the distiller's)."""
         if isinstance(raw, dict):  # A top-k cache: one teacher, as stored.
             if self.align_vocabulary == "prefix":
                 raise ValueError(
@@ -509,7 +510,9 @@ class Distiller(keras.Model):
             kind = DistillationTerm.kind(self._distillation_loss_for(student_logits))
         if self.align_vocabulary == "prefix":
             raw = _prefix_vocabulary(raw, student_logits.shape[-1])
-        logits = self.teacher_side.combine(raw, ops.cast(self._temperature, "float32"), kind)
+        if temperature is None:
+            temperature = ops.cast(self._temperature, "float32")
+        logits = self.teacher_side.combine(raw, temperature, kind)
         validation.check_same_classes(
             logits.shape[-1], student_logits.shape[-1],
             "Check the models' last layers and any cached teacher logits, or pass "
@@ -636,7 +639,10 @@ class Distiller(keras.Model):
             compat.update_compiled_metrics(
                 self, safe, student_logits, ops.cast(mask, "float32"), sample_weight)
         if self._teacher_metrics and raw_teacher is not None:
-            teacher_logits = self._combined_teacher_logits(raw_teacher, student_logits, "softmax")
+            # At T = 1, as the metrics' docstrings say: an ensemble's mixture
+            # at the training temperature is another distribution.
+            teacher_logits = self._combined_teacher_logits(
+                raw_teacher, student_logits, "softmax", temperature=1.0)
             weights = combine_masks(present)
             weights = None if weights is None else ops.cast(weights, "float32")
             if batch.sample_weight is not None:

@@ -6,6 +6,8 @@ follows its teacher.
 `Distiller.compile(metrics=[...])` the Distiller feeds them the teacher's
 logits. During `fit` those are at hand; in `evaluate` they are opt-in,
 because they make `evaluate` run the teacher (which it otherwise does not).
+An ensemble's members are mixed at T = 1 for them (its predictive
+distribution), whatever the training temperature.
 """
 
 import keras
