@@ -20,6 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd.distillation import batch as batch_module
+from keras_kd.distillation.fingerprints import fingerprint_array  # noqa: F401 - public here too.
+from keras_kd.distillation.fingerprints import fingerprint_model  # noqa: F401 - public here too.
+from keras_kd.distillation.fingerprints import fingerprint_teachers
 from keras_kd.distillation.xla import auto_jit_compile
 
 # A cached batch's target: `keras_kd.targets(labels, teacher_logits=...)`.
@@ -33,37 +36,6 @@ CACHE_FORMAT_VERSION = 1
 
 class CacheError(ValueError):
     """A teacher-logits cache file does not match or is damaged."""
-
-
-def fingerprint_model(model):
-    """Returns a sha256 hex digest of a model's weights (names, shapes, bytes).
-
-    Args:
-        model: A Keras model.
-
-    Returns:
-        A 64-character hex string; any changed weight changes it.
-    """
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
-        digest.update(f"{weight.path}:{value.dtype}:{value.shape};".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def _fingerprint_teachers(teacher):
-    if isinstance(teacher, (list, tuple)):
-        return [fingerprint_model(member) for member in teacher]
-    return fingerprint_model(teacher)
-
-
-def fingerprint_array(array):
-    """Returns a sha256 hex digest of an array's dtype, shape and bytes."""
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype}:{array.shape};".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def _logits_checksum(logits):
@@ -81,7 +53,8 @@ def compute_teacher_logits(
 ):
     """Computes a frozen teacher's logits once, optionally cached on disk.
 
-    The cache is keyed by a fingerprint of the teacher's weights and of the
+    The cache is keyed by a fingerprint of the teacher's weights and
+    architecture (`keras_kd.distillation.fingerprints`) and of the
     exact inputs the teacher sees (so preprocessing is part of the key). A
     file whose key does not match is refused, or recomputed with
     `rebuild=True`; a truncated or altered file is detected by its checksum.
@@ -132,7 +105,7 @@ def compute_teacher_logits(
     key = json.dumps(
         {
             "format": CACHE_FORMAT_VERSION,
-            "teacher": _fingerprint_teachers(teacher),
+            "teacher": fingerprint_teachers(teacher),
             "inputs": fingerprint_array(x),
             "teacher_outputs": teacher_outputs,
         },

@@ -43,7 +43,9 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd.distillation.cache import CacheError
-from keras_kd.distillation.cache import fingerprint_model
+from keras_kd.distillation.fingerprints import InputsHasher as _InputsHasher
+from keras_kd.distillation.fingerprints import fingerprint_model
+from keras_kd.distillation.fingerprints import flatten as _flatten
 from keras_kd.distillation.losses import DistillationLoss
 from keras_kd.distillation.losses import KLDivergenceWithTemperature
 from keras_kd.distillation.validation import validate_choice
@@ -537,68 +539,6 @@ class TopKKLDivergence(DistillationLoss):
 # --- Storage ----------------------------------------------------------------
 
 
-def _flatten(structure, prefix=""):
-    """Returns `[(path, leaf)]` of a nest of dicts/lists/tuples, sorted keys."""
-    if isinstance(structure, dict):
-        items = []
-        for key in sorted(structure, key=str):
-            items += _flatten(structure[key], f"{prefix}/{key}")
-        return items
-    if isinstance(structure, (list, tuple)):
-        items = []
-        for index, item in enumerate(structure):
-            items += _flatten(item, f"{prefix}/{index}")
-        return items
-    return [(prefix or "/", structure)]
-
-
-class _InputsHasher:
-    """A sha256 of the inputs, the same for any batching of the same rows.
-
-    Each leaf array (e.g. `token_ids`, `padding_mask`) has its own digest,
-    fed the dtype and per-example shape whenever they change and then the
-    bytes of each batch's rows; the fingerprint hashes those digests and the
-    number of examples.
-    """
-
-    def __init__(self):
-        self.digests = {}
-        self.layouts = {}
-        self.num_examples = 0
-
-    def update(self, batch):
-        leaves = _flatten(batch)
-        sizes = set()
-        for path, leaf in leaves:
-            array = np.ascontiguousarray(ops.convert_to_numpy(leaf))
-            if array.ndim == 0:
-                raise ValueError(
-                    f"Every input of a batch must have a batch axis. Received: "
-                    f"a scalar at {path!r}. Pass batches, e.g. dataset.batch(32)."
-                )
-            sizes.add(len(array))
-            layout = f"{array.dtype}:{array.shape[1:]};"
-            if path not in self.digests:
-                self.digests[path] = hashlib.sha256(f"{path};".encode())
-            if self.layouts.get(path) != layout:
-                self.digests[path].update(layout.encode())
-                self.layouts[path] = layout
-            self.digests[path].update(array.tobytes())
-        if len(sizes) != 1:
-            raise ValueError(
-                "The inputs of one batch must have the same batch size. "
-                f"Received: sizes {dict((p, len(ops.convert_to_numpy(a))) for p, a in leaves)}."
-            )
-        self.num_examples += sizes.pop()
-
-    def hexdigest(self):
-        summary = {
-            "num_examples": self.num_examples,
-            "leaves": {path: d.hexdigest() for path, d in sorted(self.digests.items())},
-        }
-        return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
-
-
 def _iterate_batches(inputs, batch_size):
     """Yields batches of model inputs from a dataset, iterable or arrays."""
     if batch_size is not None and (
@@ -791,7 +731,8 @@ def write_top_k_cache(
       `logsumexp(logits / temperature)` over the full vocabulary;
     - more shards `shard-00001-...` in the order of the inputs, and
     - `manifest.json`: format and version, the sha256 fingerprints of the
-      teacher's weights (`keras_kd.distillation.cache.fingerprint_model`) and of the
+      teacher's weights and architecture
+      (`keras_kd.distillation.fingerprints.fingerprint_model`) and of the
       inputs (`fingerprint_inputs`), `k`, `temperature`, the vocabulary
       size, dtypes, `center_values`, and per shard its number of examples,
       shapes and the sha256 of each file.
@@ -1252,7 +1193,7 @@ def read_top_k_cache(path, teacher=None, inputs_fingerprint=None, verify="open")
     if teacher is not None and fingerprint_model(teacher) != manifest["teacher_fingerprint"]:
         raise CacheError(
             f"The top-k cache {path} was made for another teacher (the "
-            "fingerprint of its weights differs). Delete it, choose another "
+            "fingerprint of its weights and architecture differs). Delete it, choose another "
             "path, or pass rebuild=True to write_top_k_cache to recompute it."
         )
     if inputs_fingerprint is not None and inputs_fingerprint != manifest["inputs_fingerprint"]:

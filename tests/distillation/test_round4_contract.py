@@ -127,3 +127,70 @@ def _mixture_kl_at(teachers, x, s, temperature):
     member_p = [softmax64(np.float64(t.predict(x, verbose=0)) / temperature) for t in teachers]
     logits = temperature * np.log(0.3 * member_p[0] + 0.7 * member_p[1])
     return np.mean(kl64(logits, s))
+
+
+# Row 3: a cache belongs to a teacher's weights and architecture.
+
+VOCAB, TIME = 8, 5
+
+
+def _image_teacher(scale, activation="relu"):
+    keras.utils.set_random_seed(13)
+    return keras.Sequential([
+        keras.Input((6,)), keras.layers.Rescaling(scale),
+        keras.layers.Dense(8, activation=activation), keras.layers.Dense(4),
+    ], name="teacher")
+
+
+def _lm(seed=20, activation=None, vocab=VOCAB, softmax=False):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((TIME,), dtype="int32"), keras.layers.Embedding(vocab, 8)]
+    if activation is not None:
+        layers.append(keras.layers.Activation(activation))
+    layers.append(keras.layers.Dense(vocab, activation="softmax" if softmax else None))
+    return keras.Sequential(layers, name="lm")
+
+
+def _tokens(n=6, vocab=VOCAB, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, size=(n, TIME)).astype("int32")
+
+
+@pytest.mark.parametrize("change", ["rescaling", "activation"])
+def test_a_changed_weightless_layer_is_another_teacher_for_the_dense_cache(tmp_path, change):
+    """Row 3. Before round 4 the fingerprint hashed the weights only, and the
+    cache of `Rescaling(1.0)` (or a relu) came back for `Rescaling(2.0)` (or
+    a tanh) with the same weights."""
+    x = _data(16)[0]
+    old = _image_teacher(1.0)
+    new = _image_teacher(2.0) if change == "rescaling" else _image_teacher(1.0, "tanh")
+    assert all(np.array_equal(a, b) for a, b in zip(old.get_weights(), new.get_weights()))
+    path = tmp_path / "teacher.npz"
+    cache_module.compute_teacher_logits(old, x, path=path)
+    with pytest.raises(cache_module.CacheError, match="another teacher or other inputs"):
+        cache_module.compute_teacher_logits(new, x, path=path)
+    rebuilt = cache_module.compute_teacher_logits(new, x, path=path, rebuild=True)
+    np.testing.assert_allclose(rebuilt, new.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_changed_activation_is_another_teacher_for_the_top_k_cache(tmp_path):
+    """Row 3, the top-k cache: the same fingerprint serves both caches."""
+    tokens = _tokens()
+    old, new = _lm(activation="relu"), _lm(activation="tanh")
+    top_k.write_top_k_cache(old, tokens, tmp_path / "cache", k=3, batch_size=3)
+    with pytest.raises(cache_module.CacheError, match="another teacher.*architecture"):
+        top_k.read_top_k_cache(tmp_path / "cache", teacher=new)
+    with pytest.raises(cache_module.CacheError, match="another teacher"):
+        top_k.write_top_k_cache(new, tokens, tmp_path / "cache", k=3, batch_size=3)
+
+
+def test_freezing_or_reloading_a_teacher_keeps_its_fingerprint(tmp_path):
+    """What is not another teacher: the Distiller freezes its teacher
+    (`trainable=False`), and a saved teacher reloads with the same outputs."""
+    teacher = _image_teacher(2.0)
+    before = cache_module.fingerprint_model(teacher)
+    Distiller(student=make_mlp([4]), teacher=teacher)
+    assert teacher.trainable is False
+    assert cache_module.fingerprint_model(teacher) == before
+    teacher.save(tmp_path / "teacher.keras")
+    reloaded = keras.models.load_model(tmp_path / "teacher.keras")
+    assert cache_module.fingerprint_model(reloaded) == before
