@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd.distillation import batch as batch_module
+from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation.fingerprints import fingerprint_array  # noqa: F401 - public here too.
 from keras_kd.distillation.fingerprints import fingerprint_model  # noqa: F401 - public here too.
 from keras_kd.distillation.fingerprints import fingerprint_teachers
@@ -48,7 +49,7 @@ def compute_teacher_logits(
     batch_size=64,
     path=None,
     rebuild=False,
-    teacher_outputs="logits",
+    teacher_outputs=None,
     jit_compile="auto",
 ):
     """Computes a frozen teacher's logits once, optionally cached on disk.
@@ -73,8 +74,11 @@ def compute_teacher_logits(
         batch_size: Batch size of the teacher's forward pass.
         path: Optional `.npz` file to read from or write to.
         rebuild: Recompute and overwrite when the key of `path` differs.
-        teacher_outputs: `"logits"` or `"probabilities"` (turned into
-            logits with `log`, as `Distiller` does).
+        teacher_outputs: `None` (default): `"probabilities"` for a teacher
+            whose output comes from a softmax layer, else `"logits"`, as the
+            `Distiller` decides. `"probabilities"` are stored as their
+            `log`, which is what the Distiller distils from; `"logits"` for
+            a teacher that ends in a softmax is refused.
         jit_compile: Run the forward pass with XLA. `"auto"` follows
             Keras' rule, as the `Distiller` does: XLA on GPU/TPU machines
             when every layer supports it; `True` turns it on anywhere.
@@ -102,6 +106,9 @@ def compute_teacher_logits(
             "`x` must hold at least one input for the teacher. Received: "
             f"x of shape {x.shape}."
         )
+    members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    teacher_outputs = teacher_module.resolve_teacher_outputs(
+        teacher_outputs, members, where="compute_teacher_logits")
     key = json.dumps(
         {
             "format": CACHE_FORMAT_VERSION,
@@ -122,14 +129,14 @@ def compute_teacher_logits(
                 "it, choose another path, or pass rebuild=True (--rebuild-"
                 "cache) to recompute it."
             )
-    members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     outputs = []
     for member in members:
         member_jit = auto_jit_compile(member) if jit_compile == "auto" else bool(jit_compile)
         outputs.append(_forward_pass(member, x, batch_size, member_jit))
     logits = outputs[0] if len(outputs) == 1 and members[0] is teacher else np.stack(outputs, 1)
     if teacher_outputs == "probabilities":
-        logits = np.log(np.maximum(logits, 1e-30)).astype(np.float32)
+        # As the Distiller reads such a teacher online (`teacher.as_logits`).
+        logits = np.log(np.maximum(logits, np.float32(1e-30))).astype(np.float32)
     if path is not None:
         _write_cache(path, key, logits)
     return logits

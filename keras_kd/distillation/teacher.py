@@ -142,6 +142,49 @@ def dummy_logits(student_logits, teacher):
     return zeros
 
 
+def resolve_teacher_outputs(teacher_outputs, models, selector=None, where="the Distiller"):
+    """What a teacher's selected output holds, as the Distiller reads it.
+
+    Args:
+        teacher_outputs: `None` (from the model: `"probabilities"` when the
+            selected output comes from a softmax layer, else `"logits"`),
+            `"logits"` or `"probabilities"`.
+        models: The teacher models (an ensemble's members).
+        selector: Which output holds the logits (see `keras_kd.outputs`).
+        where: Who asks, for the messages.
+
+    Returns:
+        `"logits"` or `"probabilities"`.
+
+    Raises:
+        ValueError: for another value, `"logits"` for a teacher that ends in
+            a softmax, or an ensemble whose members disagree.
+    """
+    from keras_kd.distillation.validation import validate_choice
+
+    check_teacher_models(models)
+    softmax = [outputs_module.ends_in_softmax(m, selector) for m in models]
+    if teacher_outputs is not None:
+        teacher_outputs = validate_choice(teacher_outputs, "teacher_outputs", set(TEACHER_OUTPUTS))
+        if teacher_outputs == "logits" and any(softmax):
+            layer = outputs_module.selected_layer(models[softmax.index(True)], selector, "teacher")
+            raise ValueError(
+                f"The teacher's layer `{layer.name}` applies a softmax, but "
+                f"teacher_outputs='logits': {where} would store or read its "
+                "probabilities as logits. Pass `teacher_outputs='probabilities'` "
+                "(or leave it unset), as the online Distiller reads such a teacher."
+            )
+        return teacher_outputs
+    if all(softmax):
+        return "probabilities"
+    if any(softmax):
+        raise ValueError(
+            "Some teachers of the ensemble end in a softmax and others do not. "
+            "Give them the same kind of outputs, and pass `teacher_outputs`."
+        )
+    return "logits"
+
+
 def check_teacher_models(teachers):
     for model in teachers:
         if not isinstance(model, keras.Model):

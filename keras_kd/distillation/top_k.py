@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation.cache import CacheError
 from keras_kd.distillation.fingerprints import InputsHasher as _InputsHasher
 from keras_kd.distillation.fingerprints import fingerprint_model
@@ -714,6 +715,7 @@ def write_top_k_cache(
     values_dtype="float16",
     center_values=True,
     rebuild=False,
+    teacher_outputs=None,
 ):
     """Runs a teacher once over the inputs and writes its top-k logits.
 
@@ -773,6 +775,11 @@ def write_top_k_cache(
         rebuild: If `path` exists: `False` (default) keeps a cache of the
             same teacher, inputs and settings and refuses another one;
             `True` replaces it.
+        teacher_outputs: `None` (default): `"probabilities"` for a teacher
+            whose output comes from a softmax layer, else `"logits"`, as the
+            `Distiller` decides. Probabilities are cached as their `log`
+            (what the online Distiller distils from), so `k = vocab` gives
+            the online loss; `"logits"` for a softmax teacher is refused.
 
     Returns:
         The cache, opened by `read_top_k_cache` (a `TopKCache`).
@@ -810,8 +817,11 @@ def write_top_k_cache(
             f"shard_tokens={shard_tokens!r}. Use e.g. {DEFAULT_SHARD_TOKENS}."
         )
     path = os.fspath(path)
+    teacher_outputs = teacher_module.resolve_teacher_outputs(
+        teacher_outputs, [teacher], output, where="write_top_k_cache")
     teacher_fingerprint = fingerprint_model(teacher)
     settings = {
+        "teacher_outputs": teacher_outputs,
         "k": k,
         "temperature": temperature,
         "values_dtype": values_dtype,
@@ -836,6 +846,7 @@ def write_top_k_cache(
 
     def forward_pass(batch):
         logits = _select_output(teacher(batch, training=False), output)
+        logits = teacher_module.as_logits(logits, teacher_outputs)
         if len(logits.shape) < 2:
             raise ValueError(
                 "The teacher's output must be logits of shape (batch, ..., "
