@@ -335,7 +335,7 @@ def top_k_kl_divergence(
         teacher_log_p = ops.log_softmax(values / temperature, axis=-1)
         student_top = ops.take_along_axis(student_logits, indices, axis=-1)
         student_log_q = ops.log_softmax(student_top / temperature, axis=-1)
-        kl = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_q), axis=-1)
+        kl = _sum_p_log_ratio(teacher_log_p, student_log_q)
     else:
         tiny = float(np.finfo(precision).eps)
         log_normalizer = ops.cast(log_normalizer, precision)
@@ -355,11 +355,22 @@ def top_k_kl_divergence(
             teacher_top_mass >= -tiny, ops.zeros_like(teacher_log_tail),
             ops.exp(teacher_log_tail),
         )
-        kl = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_q), axis=-1)
+        kl = _sum_p_log_ratio(teacher_log_p, student_log_q)
         kl = kl + teacher_tail * (teacher_log_tail - student_log_tail)
     # Rounding can leave -1e-9 where the exact value is 0.
     kl = ops.maximum(kl, 0.0)
     return kl * temperature**2
+
+
+def _sum_p_log_ratio(log_p, log_q):
+    """`sum(p * (log p - log q))` over the last axis, where a bin of zero
+    teacher probability (an -inf or clipped value) contributes exactly 0
+    (not `0 * inf`), in the value and in the gradient."""
+    p = ops.exp(log_p)
+    present = p > 0.0
+    safe_log_p = ops.where(present, log_p, ops.zeros_like(log_p))
+    terms = ops.where(present, p * (safe_log_p - log_q), ops.zeros_like(log_p))
+    return ops.sum(terms, axis=-1)
 
 
 def check_cache_temperature(loss_fn, teacher_top_k, temperature):
@@ -673,6 +684,12 @@ class _ShardWriter:
         if self.example_shape is not None and example_shape != self.example_shape:
             self.flush()  # A shard holds examples of one shape.
         self.example_shape = example_shape
+        if self.values_dtype == "float16":
+            # Beyond +-65504 float16 holds only infinities, and an -inf
+            # value (an id of probability ~0, a padded row) would make the
+            # loss NaN; clipped, its probability is still exactly 0.
+            limit = float(np.finfo(np.float16).max)
+            values = np.clip(values, -limit, limit)
         self.buffer.append((indices, values.astype(self.values_dtype), log_normalizer))
         self.buffered += len(indices)
         rows = max(1, self.shard_tokens // max(1, int(np.prod(example_shape))))

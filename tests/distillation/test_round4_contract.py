@@ -249,3 +249,53 @@ def test_a_softmax_teacher_in_a_top_k_cache_with_k_vocab_is_the_online_loss(tmp_
     with pytest.raises(ValueError, match=r"teacher_outputs='logits'.*write_top_k_cache"):
         top_k.write_top_k_cache(teacher, tokens, tmp_path / "other", k=3,
                                 teacher_outputs="logits")
+
+
+# Row 5: float16 top-k values of near-impossible ids.
+
+@pytest.mark.parametrize("tail", ["bin", "renormalize"])
+def test_float16_cache_of_near_impossible_ids_is_finite_and_exact(tmp_path, tail):
+    """Row 5. Before round 4 a centred value below -65504 (a logit bias of
+    -1e5) became -inf in the default float16 cache and the loss was NaN.
+    Now the value is clipped, its bin has probability exactly 0, and the loss
+    equals the float64 dense KL of the logits the cache holds."""
+    teacher = _lm(23, stddev=2.0)
+    dense = teacher.layers[-1]
+    dense.bias.assign(np.where(np.arange(VOCAB) % 3 == 0, -1e5, 0.0).astype("float32"))
+    tokens = _tokens(4, seed=6)
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", k=VOCAB, batch_size=4)
+    element = next(iter(top_k.top_k_dataset(cache, batch_size=4)))
+    stored = element["values"].numpy()
+    assert stored.dtype == np.float16 and np.isfinite(stored).all() and stored.min() == -65504
+    keras.utils.set_random_seed(24)
+    student_logits = tf.Variable(np.random.default_rng(7).normal(size=(4, TIME, VOCAB)), dtype="float32")
+    with tf.GradientTape() as tape:
+        kl = top_k.top_k_kl_divergence(
+            element["indices"], element["values"], element["log_normalizer"], student_logits,
+            temperature=1.0, tail=tail, cache_temperature=1.0)
+    gradient = tape.gradient(kl, student_logits).numpy()
+    assert np.isfinite(kl.numpy()).all() and np.isfinite(gradient).all()
+    # Within float16's rounding of the other logits (2**-11 relative) of
+    # the float64 dense KL; the -1e5 ids have probability 0 in both.
+    teacher_logits = teacher.predict(tokens, verbose=0)
+    np.testing.assert_allclose(kl.numpy(), kl64(teacher_logits, student_logits.numpy()),
+                               rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("tail", ["bin", "renormalize"])
+def test_bins_of_zero_teacher_probability_contribute_exactly_zero(tail):
+    """Row 5: an -inf value (a masked id) is a bin of probability 0, which
+    contributes 0, not `0 * inf` (NaN before round 4)."""
+    rng = np.random.default_rng(8)
+    teacher = rng.normal(size=(3, VOCAB)) * 2.0
+    teacher[:, ::3] = -np.inf
+    indices = np.argsort(-teacher, axis=-1).astype("int32")
+    values = np.take_along_axis(teacher, indices, -1).astype("float32")
+    finite = np.where(np.isfinite(teacher), teacher, -np.inf)
+    log_normalizer = np.log(np.sum(np.exp(finite), -1)).astype("float32")
+    student = tf.Variable(rng.normal(size=(3, VOCAB)), dtype="float32")
+    with tf.GradientTape() as tape:
+        kl = top_k.top_k_kl_divergence(indices, values, log_normalizer, student, 1.0, tail=tail)
+    gradient = tape.gradient(kl, student).numpy()
+    assert np.isfinite(gradient).all()
+    np.testing.assert_allclose(kl.numpy(), kl64(teacher, student.numpy()), rtol=1e-5)
