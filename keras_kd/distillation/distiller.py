@@ -865,6 +865,9 @@ class Distiller(keras.Model):
         """
         parsed = batch_module.parse_batch((inputs, targets))
         if isinstance(parsed.teacher_outputs, dict):  # A top-k cache.
+            top_k_module.check_cache_vocabulary(
+                parsed.teacher_outputs,
+                outputs_module.static_num_classes(self.student, self.student_output, "student"))
             loss_fn = self.distillation_term.top_k_loss()
             temperature = getattr(loss_fn, "temperature", None) or self.temperature
             return top_k_module.check_cache_temperature(

@@ -62,6 +62,9 @@ TOP_K_KEYS = ("indices", "values", "log_normalizer")
 # Added to every element by `top_k_dataset`: the cache's temperature, so
 # that a loss never has to be told it (and cannot be told it wrongly).
 CACHE_TEMPERATURE_KEY = "cache_temperature"
+# Added likewise: the teacher's vocabulary size, from the manifest, so that a
+# student of another vocabulary is refused at the first batch.
+VOCAB_SIZE_KEY = "vocab_size"
 TEACHER_TOP_K_KEY = "teacher_top_k"
 
 TAILS = ("bin", "renormalize")
@@ -373,6 +376,43 @@ def _sum_p_log_ratio(log_p, log_q):
     return ops.sum(terms, axis=-1)
 
 
+def vocabulary_message(teacher_vocabulary, student_classes):
+    """Why a top-k cache does not fit a student, and what to do."""
+    return (
+        f"The top-k cache holds a teacher with a vocabulary of {teacher_vocabulary} "
+        f"ids, but the student outputs {student_classes} logits per position. The "
+        "ids of a top-k cache index the student's logits, so both need one "
+        "vocabulary: write the cache from a teacher with the student's "
+        f"{student_classes} ids (for a padded teacher, a model returning "
+        f"`logits[..., :{student_classes}]`), or build the student for "
+        f"{teacher_vocabulary}."
+    )
+
+
+def check_cache_vocabulary(teacher_top_k, student_classes):
+    """Checks, eagerly, that a batch's cache fits the student's vocabulary.
+
+    The vocabulary the batches carry (`top_k_dataset`'s `vocab_size`) must
+    equal the student's number of logits; batches without it (dicts made by
+    hand) must hold ids below it.
+
+    Raises:
+        ValueError: naming both sizes.
+    """
+    if student_classes is None:
+        return
+    carried = teacher_top_k.get(VOCAB_SIZE_KEY)
+    if carried is not None:
+        sizes = np.unique(np.asarray(ops.convert_to_numpy(carried)))
+        for size in sizes.tolist():
+            if int(size) != int(student_classes):
+                raise ValueError(vocabulary_message(int(size), student_classes))
+        return
+    indices = np.asarray(ops.convert_to_numpy(teacher_top_k["indices"]))
+    if indices.size and int(indices.max()) >= student_classes:
+        raise ValueError(vocabulary_message(f"at least {int(indices.max()) + 1}", student_classes))
+
+
 def check_cache_temperature(loss_fn, teacher_top_k, temperature):
     """Checks, before training, a `tail="bin"` loss against the cache.
 
@@ -512,6 +552,14 @@ class TopKKLDivergence(DistillationLoss):
         carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
         if carried is not None and self.cache_temperature is not None and self.tail == "bin":
             dependencies = self._check_given_cache_temperature(carried)
+        carried_vocabulary = teacher_top_k.get(VOCAB_SIZE_KEY)
+        classes = student_logits.shape[-1]
+        if carried_vocabulary is not None and classes is not None:
+            # The Distiller checks eagerly at the first batch; this assert
+            # covers other callers (XLA drops it).
+            dependencies = list(dependencies) + [tf.debugging.assert_equal(
+                tf.cast(carried_vocabulary, tf.int32), tf.constant(classes, tf.int32),
+                message=vocabulary_message("another", classes))]
         with tf.control_dependencies(dependencies):
             values = top_k_kl_divergence(
                 teacher_top_k["indices"], teacher_top_k["values"],
@@ -1032,6 +1080,8 @@ class TopKCache:
             # As `top_k_dataset`'s elements: a complete `teacher_top_k`.
             chunk[CACHE_TEMPERATURE_KEY] = np.full(
                 len(chunk["log_normalizer"]), self.temperature, np.float32)
+            chunk[VOCAB_SIZE_KEY] = np.full(
+                len(chunk["log_normalizer"]), self.vocab_size, np.int32)
             return chunk
 
         for number in range(self.num_shards):
@@ -1149,9 +1199,11 @@ class TopKCache:
                 shapes["log_normalizer"] = [*leading, *example_shape]
                 element = {key: tf.reshape(tf.io.decode_raw(record[key], dtypes[key]),
                                            shapes[key]) for key in TOP_K_KEYS}
+                leading_shape = tf.shape(element["log_normalizer"])[: len(leading)]
                 element[CACHE_TEMPERATURE_KEY] = tf.fill(
-                    tf.shape(element["log_normalizer"])[: len(leading)],
-                    tf.constant(self.temperature, tf.float32))
+                    leading_shape, tf.constant(self.temperature, tf.float32))
+                element[VOCAB_SIZE_KEY] = tf.fill(
+                    leading_shape, tf.constant(self.vocab_size, tf.int32))
                 return element
 
             # deterministic=True: the order must match the inputs' even when
@@ -1242,11 +1294,11 @@ def top_k_dataset(path, teacher=None, inputs_fingerprint=None, verify="open",
     """Returns a cache's examples as a `tf.data.Dataset`, in the order written.
 
     Each element is a dict `{"indices": int32 (time, k), "values": (time, k),
-    "log_normalizer": float32 (time,), "cache_temperature": float32 ()}` for
-    one example, or with `batch_size`, for `batch_size` consecutive examples
+    "log_normalizer": float32 (time,), "cache_temperature": float32 (),
+    "vocab_size": int32 ()}` for one example, or with `batch_size`, for `batch_size` consecutive examples
     (a leading batch axis on each). `cache_temperature` is the cache's
-    `temperature`, carried so that `TopKKLDivergence` and the Distiller can
-    check it against theirs. tf.data reads the shard files itself (fixed-length records after
+    `temperature` and `vocab_size` the teacher's vocabulary, carried so that
+    `TopKKLDivergence` and the Distiller can check them against theirs. tf.data reads the shard files itself (fixed-length records after
     each `.npy` header), so no Python runs per example or batch and the
     dataset never holds the cache in memory; its length is known.
 

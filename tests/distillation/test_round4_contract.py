@@ -299,3 +299,33 @@ def test_bins_of_zero_teacher_probability_contribute_exactly_zero(tail):
     gradient = tape.gradient(kl, student).numpy()
     assert np.isfinite(gradient).all()
     np.testing.assert_allclose(kl.numpy(), kl64(teacher, student.numpy()), rtol=1e-5)
+
+
+# Row 6: a top-k cache of another vocabulary.
+
+@pytest.mark.parametrize("teacher_vocabulary, student_vocabulary", [(8, 6), (6, 8)])
+@pytest.mark.parametrize("call", ["fit", "train_on_batch"])
+def test_a_top_k_cache_of_another_vocabulary_is_refused_at_the_first_batch(
+        tmp_path, teacher_vocabulary, student_vocabulary, call):
+    """Row 6. Before round 4: teacher 8 ids and student 6, an opaque gather
+    error inside the graph; teacher 6 and student 8, silent training."""
+    tokens = _tokens(4, vocab=6)
+    teacher = _lm(25, vocab=teacher_vocabulary)
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", k=3, batch_size=4)
+    labels = np.roll(tokens, -1, axis=1)
+    batches = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices((tokens, labels)).batch(4),
+        top_k.top_k_dataset(cache, batch_size=4),
+    ).map(lambda xy, t: (xy[0], keras_kd.targets(xy[1], teacher_top_k=t)))
+    student = _lm(26, vocab=student_vocabulary)
+    # The teacher given to the Distiller is the student's size; the cache is not.
+    distiller = Distiller(student=student, teacher=_lm(27, vocab=student_vocabulary))
+    distiller.compile(alpha=0.5)
+    message = (rf"vocabulary of {teacher_vocabulary} ids, but the student outputs "
+               rf"{student_vocabulary} logits")
+    with pytest.raises(ValueError, match=message):
+        if call == "fit":
+            distiller.fit(batches, verbose=0)
+        else:
+            x, y = next(iter(batches))
+            distiller.train_on_batch(x, y)

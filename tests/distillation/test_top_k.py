@@ -476,7 +476,9 @@ def test_the_dataset_holds_the_stored_arrays(
         read = {key: np.stack([e[key].numpy() for e in elements]) for key in elements[0]}
     else:
         read = {key: np.concatenate([e[key].numpy() for e in elements]) for key in elements[0]}
-    assert sorted(read) == sorted(top_k.TOP_K_KEYS + (top_k.CACHE_TEMPERATURE_KEY,))
+    assert sorted(read) == sorted(
+        top_k.TOP_K_KEYS + (top_k.CACHE_TEMPERATURE_KEY, top_k.VOCAB_SIZE_KEY))
+    assert set(read[top_k.VOCAB_SIZE_KEY].tolist()) == {VOCAB}
     for key in top_k.TOP_K_KEYS:
         assert read[key].dtype == stored[key].dtype
         np.testing.assert_array_equal(read[key], stored[key])
