@@ -174,9 +174,11 @@ def check_inputs(student, x, argument):
     """Raises a clear error for inputs a single-input student cannot take.
 
     Only where Keras would fail too, with a message from deep inside the
-    model: a non-numeric dtype, or a shape that Keras' unit-axis rule does not
-    reconcile with the student's input. Subclassed students, several or dict
-    inputs, unknown ranks, PyDatasets and generators are left to Keras.
+    model: a dtype of another kind than the student's input (numbers for a
+    numeric input, text for a `keras.Input(dtype="string")`), or a shape that
+    Keras' unit-axis rule does not reconcile with the student's input.
+    Subclassed students, several or dict inputs, unknown ranks, PyDatasets
+    and generators are left to Keras.
     """
     inputs = getattr(student, "inputs", None)
     if not inputs or len(inputs) != 1:
@@ -187,16 +189,29 @@ def check_inputs(student, x, argument):
         if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
             return
         shape, dtype = tuple(spec.shape), spec.dtype.name
-        numeric = spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype.is_bool
+        kind = "text" if spec.dtype == tf.string else (
+            "numeric" if spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype.is_bool
+            else "other")
     elif isinstance(x, np.ndarray):
         shape, dtype = (None,) + x.shape[1:], str(x.dtype)
-        numeric = x.dtype.kind in "biuf"
+        kind = "numeric" if x.dtype.kind in "biuf" else (
+            "text" if x.dtype.kind in "OSU" else "other")
     else:
         return
-    if not numeric:
+    # The student's own input decides what it takes.
+    expects_text = str(getattr(inputs[0], "dtype", "")) == "string"
+    if expects_text and kind != "text":
+        raise ValueError(
+            f"`{argument}` has dtype {dtype}, but the student's input takes "
+            "strings (`keras.Input(dtype='string')`). Pass the texts, e.g. a "
+            "NumPy array of str."
+        )
+    if not expects_text and kind != "numeric":
         raise ValueError(
             f"`{argument}` has dtype {dtype}; the student needs numeric "
-            f"inputs. Convert them, e.g. `{argument}.astype('float32')`."
+            f"inputs. Convert them, e.g. `{argument}.astype('float32')`, or "
+            "build the student with `keras.Input(dtype='string')` and a "
+            "`TextVectorization` layer to take text."
         )
     expected = tuple(inputs[0].shape)
     if not shapes_compatible(shape, expected):

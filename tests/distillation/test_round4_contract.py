@@ -329,3 +329,45 @@ def test_a_top_k_cache_of_another_vocabulary_is_refused_at_the_first_batch(
         else:
             x, y = next(iter(batches))
             distiller.train_on_batch(x, y)
+
+
+# Row 7: a student that takes strings.
+
+def _text_model(seed, units):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((1,), dtype="string")
+    ids = keras.layers.TextVectorization(
+        vocabulary=["a", "b", "c", "d"], output_sequence_length=3)(inputs)
+    hidden = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(6, units)(ids))
+    return keras.Model(inputs, keras.layers.Dense(4)(hidden))
+
+
+def test_a_string_input_student_distils_as_student_fit_trains_it():
+    """Row 7. Before round 4 the Distiller refused it ("`x` has dtype
+    string; the student needs numeric inputs") although `student.fit` trains it.
+    At alpha = 1 its update is Keras' own; at alpha = 0.5 it distils."""
+    words = np.array(["a", "b", "c", "d", "e"])
+    rng = np.random.default_rng(9)
+    x = np.array([[" ".join(rng.choice(words, 3))] for _ in range(8)])
+    y = rng.integers(0, 4, size=(8,))
+    # A dataset of tf.string: Keras' own array adapter takes no NumPy str.
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    updates = {}
+    for name, alpha in (("keras", None), ("hard", 1.0), ("both", 0.5)):
+        student = _text_model(28, 4)
+        if alpha is None:
+            student.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True))
+            model = student
+        else:
+            model = Distiller(student=student, teacher=_text_model(29, 8))
+            model.compile(keras.optimizers.SGD(0.5), alpha=alpha)
+        model.fit(data, shuffle=False, verbose=0)
+        updates[name] = [w.numpy() for w in student.weights]
+    for a, b in zip(updates["keras"], updates["hard"]):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(a, b) for a, b in zip(updates["hard"], updates["both"]))
+    with pytest.raises(ValueError, match=r"`x` has dtype float32, but the student's input "
+                                         r"takes strings"):
+        Distiller(student=_text_model(28, 4), teacher=_text_model(29, 8)).fit(
+            np.zeros((4, 1), "float32"), y[:4])
