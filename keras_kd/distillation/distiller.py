@@ -85,7 +85,12 @@ class Distiller(keras.Model):
       dense labels are never dropped for their values; mark them missing
       with `keras_kd.targets(labels, label_mask=...)`. `fit(x)` without
       labels (a transfer set) needs `alpha=0`. Every compiled metric sees the
-      labelled positions only.
+      labelled positions only: not `UNLABELLED`, `label_mask=False`, the
+      student loss's `ignore_class` or Keras-masked positions. This is where
+      the Distiller's metrics differ from `student.evaluate`'s: Keras leaves
+      a loss's `ignore_class` out of the loss only, so its accuracy counts
+      the ignored positions (padding, as wrong or right predictions), and
+      it has no `UNLABELLED`. The losses agree.
     - Several outputs: `teacher_output=` and `student_output=` name the
       logits (a dict key, an output name or a position).
     - One logit or a binary student loss: the distillation term compares
@@ -313,7 +318,10 @@ class Distiller(keras.Model):
             optimizer: Optimizer instance or name for the student.
             metrics: Metrics on the student's logits and the labels, as in
                 `keras.Model.compile`; `weighted_metrics=` also works. Both
-                see only labelled positions. `keras_kd.TeacherAgreement` /
+                see only labelled positions (positions the student loss's
+                `ignore_class` names are left out too, unlike in
+                `student.evaluate`, whose metrics count them).
+                `keras_kd.TeacherAgreement` /
                 `TeacherKL` instances are fed the teacher's logits instead
                 (in `evaluate` they run the teacher).
             student_loss_fn: Loss on the true labels, applied to the
@@ -760,7 +768,13 @@ class Distiller(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """The student's loss and metrics on labelled data, as
-        `keras.Model.evaluate`; the teacher runs only for teacher metrics."""
+        `keras.Model.evaluate`; the teacher runs only for teacher metrics.
+
+        The loss is `student.evaluate`'s. The metrics differ where the
+        student loss has an `ignore_class` (or labels hold `UNLABELLED`):
+        here they see the labelled positions only, while Keras' metrics
+        also count the positions its loss ignores.
+        """
         self._check_x(x)
         self._retrace_while_metrics_unbuilt()
         return super().evaluate(x, y, *args, **kwargs)

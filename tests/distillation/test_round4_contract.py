@@ -371,3 +371,29 @@ def test_a_string_input_student_distils_as_student_fit_trains_it():
                                          r"takes strings"):
         Distiller(student=_text_model(28, 4), teacher=_text_model(29, 8)).fit(
             np.zeros((4, 1), "float32"), y[:4])
+
+
+# Row 8: where the Distiller's metrics differ from student.evaluate.
+
+def test_ignore_class_leaves_metrics_as_documented():
+    """Row 8 (documented, not changed): with `ignore_class` the loss equals
+    `student.evaluate`'s; accuracy counts only the positions the loss does,
+    where Keras' counts the ignored ones too."""
+    x, y, _ = _data(32, seed=10)
+    y[::2] = 0  # Class 0 is padding: ignored by the loss.
+    keras.utils.set_random_seed(30)
+    student = make_mlp([4])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+    student.compile(loss=loss, metrics=["sparse_categorical_accuracy"])
+    keras_logs = student.evaluate(x, y, return_dict=True, verbose=0)
+    distiller = Distiller(student=student, teacher=make_mlp([8]))
+    distiller.compile(student_loss_fn=loss, metrics=["sparse_categorical_accuracy"])
+    logs = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    np.testing.assert_allclose(logs["loss"], keras_logs["loss"], rtol=1e-5)
+    predicted = np.argmax(student.predict(x, verbose=0), -1)
+    kept = y != 0
+    np.testing.assert_allclose(logs["sparse_categorical_accuracy"],
+                               np.mean(predicted[kept] == y[kept]), rtol=1e-6)
+    np.testing.assert_allclose(keras_logs["sparse_categorical_accuracy"],
+                               np.mean(predicted == y), rtol=1e-6)
+    assert not np.isclose(np.mean(predicted[kept] == y[kept]), np.mean(predicted == y))
