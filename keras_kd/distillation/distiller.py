@@ -235,6 +235,9 @@ class Distiller(keras.Model):
         # The temperature a top-k cache (tail="bin") ties this fit to.
         self._top_k_cache_temperature = None
         self._first_batch_error = None
+        # Whether the user chose a temperature (compile or the setter); if
+        # not, top-k batches (tail="bin") use the temperature they carry.
+        self._temperature_given = False
         # Built once both models are (BackupAndRestore and load_weights need
         # a built model); a subclassed student builds on its first batch.
         self.built = bool(student.built and all(t.built for t in members))
@@ -287,6 +290,11 @@ class Distiller(keras.Model):
                 f"Received: temperature={value}."
             )
         self._temperature.assign(value)
+        self._temperature_given = True
+        if self.distillation_term is not None:
+            # A step traced before may still follow the cache: with
+            # tail="bin" only the cache's temperature passes the checks.
+            self.distillation_term.follow_cache_temperature = False
         loss = self.distillation_loss_fn
         # A loss built with its own temperature follows the distiller's; one
         # built without (None) keeps meaning "the distiller's".
@@ -341,8 +349,11 @@ class Distiller(keras.Model):
                 distillation loss gets `1 - alpha`.
             temperature: Softmax temperature, a positive finite number.
                 `None` takes the temperature of a keras_kd loss that was
-                given one, else 3.0. A value that contradicts the loss's own
-                is refused.
+                given one, else 3.0; top-k cache batches read with
+                `tail="bin"` then use the temperature they carry (the
+                cache's), which is the only one that loss can use. A value that contradicts
+                the loss's own, or (with `tail="bin"`) a top-k cache's, is
+                refused.
             **kwargs: Passed to `keras.Model.compile` (`weighted_metrics`,
                 `jit_compile`, `steps_per_execution`, `run_eagerly`, ...).
 
@@ -378,6 +389,10 @@ class Distiller(keras.Model):
         object.__setattr__(self, "distillation_term", DistillationTerm(
             distillation_loss, self._temperature, default=distillation_loss_fn is None))
         self.temperature = resolve_temperature(temperature, distillation_loss)
+        self._temperature_given = temperature is not None or (
+            isinstance(distillation_loss, DistillationLoss)
+            and distillation_loss.temperature is not None)
+        self.distillation_term.follow_cache_temperature = not self._temperature_given
         self.alpha = alpha
         self._user_loss_config = {
             "student_loss_fn": student_loss_fn,
@@ -884,6 +899,12 @@ class Distiller(keras.Model):
                 outputs_module.static_num_classes(self.student, self.student_output, "student"))
             loss_fn = self.distillation_term.top_k_loss()
             temperature = getattr(loss_fn, "temperature", None) or self.temperature
+            carried = top_k_module.carried_cache_temperature(parsed.teacher_outputs)
+            if self.distillation_term.follows_cache(loss_fn) and carried is not None:
+                # No temperature was chosen: the step uses the cache's, the
+                # only one tail="bin" can use (write_top_k_cache's default
+                # is 1, the Distiller's 3).
+                temperature = carried
             return top_k_module.check_cache_temperature(
                 loss_fn, parsed.teacher_outputs, temperature)
         if self._checked_first_batch or self.teacher_outputs != "logits":
@@ -953,7 +974,9 @@ class Distiller(keras.Model):
         config.update(
             {
                 "alpha": self.alpha,
-                "temperature": self.temperature,
+                # None when not chosen: a reloaded distiller still takes a
+                # top-k cache's temperature.
+                "temperature": self.temperature if self._temperature_given else None,
                 "student_loss_fn": keras.saving.serialize_keras_object(
                     self._user_loss_config["student_loss_fn"]
                 ),

@@ -17,6 +17,7 @@ from keras_kd.distillation.losses import BinaryKLDivergenceWithTemperature
 from keras_kd.distillation.losses import DistillationLoss
 from keras_kd.distillation.losses import KLDivergenceWithTemperature
 from keras_kd.distillation.reduction import reduce_values
+from keras_kd.distillation.top_k import CACHE_TEMPERATURE_KEY
 from keras_kd.distillation.top_k import TopKKLDivergence
 
 
@@ -99,6 +100,9 @@ class DistillationTerm:
         self.temperature = temperature
         self.default = default
         self._top_k_default = None
+        # Set by the Distiller when no temperature was chosen: top-k batches
+        # of a tail="bin" loss then run at the temperature they carry.
+        self.follow_cache_temperature = False
 
     def resolve(self, logits, student_loss_fn, top_k=False):
         """The loss for these student logits; `top_k` for batches that carry
@@ -143,6 +147,11 @@ class DistillationTerm:
             )
         return self.loss_fn
 
+    def follows_cache(self, loss_fn):
+        """Whether top-k batches of `loss_fn` run at their own temperature."""
+        return (self.follow_cache_temperature and getattr(loss_fn, "tail", None) == "bin"
+                and getattr(loss_fn, "temperature", None) is None)
+
     @staticmethod
     def kind(loss_fn):
         """What the loss compares: `"softmax"`, `"sigmoid"` or `"logits"`."""
@@ -152,6 +161,10 @@ class DistillationTerm:
         """The loss per position `(batch, ...)`."""
         temperature = ops.cast(self.temperature, "float32")
         if isinstance(teacher_logits, dict):  # A top-k cache.
+            carried = teacher_logits.get(CACHE_TEMPERATURE_KEY)
+            if carried is not None and self.follows_cache(loss_fn):
+                # One cache per batch (checked at the first batch).
+                temperature = ops.cast(ops.reshape(carried, (-1,))[0], "float32")
             return loss_fn.compute_top_k(teacher_logits, student_logits, temperature)
         teacher_logits = ops.cast(teacher_logits, "float32")
         student_logits = ops.cast(student_logits, "float32")

@@ -255,6 +255,7 @@ def top_k_kl_divergence(
     tail="bin",
     cache_temperature=1.0,
     precision="float32",
+    vocab_size=None,
 ):
     """`T**2 * KL(teacher || student)` per position, from a top-k teacher.
 
@@ -299,6 +300,9 @@ def top_k_kl_divergence(
             `temperature`.
         precision: Dtype of the arithmetic, `"float32"` (default) or
             `"float64"`.
+        vocab_size: Optional: the teacher's vocabulary size (the
+            `vocab_size` of `top_k_dataset`'s elements), which must equal
+            the student's number of logits.
 
     Returns:
         A tensor of shape `(batch, ...)` in `precision`: the loss of each
@@ -327,6 +331,8 @@ def top_k_kl_divergence(
     dependencies = []
     if tail == "bin":
         dependencies = _check_bin_temperature(temperature, cache_temperature)
+    if vocab_size is not None:
+        dependencies = dependencies + _check_vocabulary(vocab_size, student_logits)
     temperature = ops.cast(temperature, precision)
     if dependencies:
         with tf.control_dependencies(dependencies):
@@ -376,6 +382,22 @@ def _sum_p_log_ratio(log_p, log_q):
     return ops.sum(terms, axis=-1)
 
 
+def _check_vocabulary(vocab_size, student_logits):
+    """Refuses a cache vocabulary other than the student's; returns deps."""
+    classes = student_logits.shape[-1]
+    static = _static_values(vocab_size)
+    if static is not None and classes is not None:
+        sizes = np.unique(static).astype(int).tolist()
+        for size in sizes:
+            if size != classes:
+                raise ValueError(vocabulary_message(size, classes))
+        return []
+    # The Distiller checks eagerly at the first batch; XLA drops this.
+    return [tf.debugging.assert_equal(
+        tf.cast(vocab_size, tf.int32), tf.shape(student_logits, out_type=tf.int32)[-1],
+        message=vocabulary_message("another", classes))]
+
+
 def vocabulary_message(teacher_vocabulary, student_classes):
     """Why a top-k cache does not fit a student, and what to do."""
     return (
@@ -413,6 +435,25 @@ def check_cache_vocabulary(teacher_top_k, student_classes):
         raise ValueError(vocabulary_message(f"at least {int(indices.max()) + 1}", student_classes))
 
 
+def carried_cache_temperature(teacher_top_k):
+    """The one cache temperature a batch carries (a float), or None.
+
+    Raises:
+        ValueError: if the batch mixes caches of several temperatures.
+    """
+    carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
+    if carried is None:
+        return None
+    values = np.unique(np.asarray(ops.convert_to_numpy(carried), np.float64))
+    if values.size != 1:
+        raise ValueError(
+            "One batch of `teacher_top_k` holds examples of caches written at "
+            f"several temperatures ({values.tolist()}); tail='bin' needs one. "
+            "Zip the inputs with one cache."
+        )
+    return float(values[0])
+
+
 def check_cache_temperature(loss_fn, teacher_top_k, temperature):
     """Checks, before training, a `tail="bin"` loss against the cache.
 
@@ -437,16 +478,8 @@ def check_cache_temperature(loss_fn, teacher_top_k, temperature):
     if getattr(loss_fn, "tail", None) != "bin":
         return None
     explicit = getattr(loss_fn, "cache_temperature", None)
-    carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
+    carried = carried_cache_temperature(teacher_top_k)
     if carried is not None:
-        values = np.unique(np.asarray(ops.convert_to_numpy(carried), np.float64))
-        if values.size != 1:
-            raise ValueError(
-                "One batch of `teacher_top_k` holds examples of caches written at "
-                f"several temperatures ({values.tolist()}); tail='bin' needs one. "
-                "Zip the inputs with one cache."
-            )
-        carried = float(values[0])
         if explicit is not None and not math.isclose(explicit, carried, rel_tol=1e-6):
             raise ValueError(
                 f"TopKKLDivergence(cache_temperature={explicit}) was given, but the "
@@ -552,20 +585,12 @@ class TopKKLDivergence(DistillationLoss):
         carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
         if carried is not None and self.cache_temperature is not None and self.tail == "bin":
             dependencies = self._check_given_cache_temperature(carried)
-        carried_vocabulary = teacher_top_k.get(VOCAB_SIZE_KEY)
-        classes = student_logits.shape[-1]
-        if carried_vocabulary is not None and classes is not None:
-            # The Distiller checks eagerly at the first batch; this assert
-            # covers other callers (XLA drops it).
-            dependencies = list(dependencies) + [tf.debugging.assert_equal(
-                tf.cast(carried_vocabulary, tf.int32), tf.constant(classes, tf.int32),
-                message=vocabulary_message("another", classes))]
         with tf.control_dependencies(dependencies):
             values = top_k_kl_divergence(
                 teacher_top_k["indices"], teacher_top_k["values"],
                 teacher_top_k["log_normalizer"], student_logits, temperature,
                 tail=self.tail, cache_temperature=cache_temperature,
-                precision=self.precision,
+                precision=self.precision, vocab_size=teacher_top_k.get(VOCAB_SIZE_KEY),
             )
         return ops.cast(values, self.dtype)
 

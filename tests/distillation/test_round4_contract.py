@@ -397,3 +397,42 @@ def test_ignore_class_leaves_metrics_as_documented():
     np.testing.assert_allclose(keras_logs["sparse_categorical_accuracy"],
                                np.mean(predicted == y), rtol=1e-6)
     assert not np.isclose(np.mean(predicted[kept] == y[kept]), np.mean(predicted == y))
+
+
+# Design: a top-k cache's temperature when none was chosen.
+
+def _cached_top_k_batches(tmp_path, **write):
+    tokens = _tokens(6, seed=11)
+    labels = np.roll(tokens, -1, axis=1)
+    cache = top_k.write_top_k_cache(_lm(31, stddev=2.0), tokens, tmp_path / "cache", k=4,
+                                    batch_size=6, **write)
+    return tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices((tokens, labels)).batch(6),
+        top_k.top_k_dataset(cache, batch_size=6),
+    ).map(lambda xy, t: (xy[0], keras_kd.targets(xy[1], teacher_top_k=t)))
+
+
+@pytest.mark.parametrize("call", ["fit", "train_on_batch"])
+def test_a_distiller_without_a_temperature_takes_the_caches(tmp_path, call):
+    """Before round 4 `write_top_k_cache`'s own docstring example raised: the
+    cache is written at T = 1 and the Distiller's default is 3. Without an
+    explicit temperature the call uses the cache's (and gives the loss of
+    `compile(temperature=1.0)`), then the Distiller's is back at 3; an
+    explicit other temperature is still refused."""
+    batches = _cached_top_k_batches(tmp_path)
+    losses = {}
+    for name, temperature in (("default", None), ("explicit", 1.0)):
+        distiller = Distiller(student=_lm(32), teacher=_lm(31, stddev=2.0))
+        distiller.compile(keras.optimizers.SGD(0.0), alpha=0.5, temperature=temperature)
+        if call == "fit":
+            losses[name] = distiller.fit(batches, verbose=0).history["distillation_loss"][0]
+        else:
+            x, y = next(iter(batches))
+            losses[name] = distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"]
+        if temperature is None:
+            assert distiller.temperature == 3.0
+    assert losses["default"] > 0.0
+    np.testing.assert_allclose(losses["default"], losses["explicit"], rtol=1e-6)
+    distiller.compile(alpha=0.5, temperature=3.0)
+    with pytest.raises(ValueError, match=r"cache_temperature=1\.0.*Received: temperature=3\.0"):
+        distiller.fit(batches, verbose=0)
