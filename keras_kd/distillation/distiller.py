@@ -345,6 +345,10 @@ class Distiller(keras.Model):
                 (`keras_kd.distillation.losses.get_distillation_loss`). Any other Keras
                 loss or callable (e.g. `keras.losses.KLDivergence()`, as in
                 keras.io) receives softened probabilities of both, unscaled.
+                Reduction: a keras_kd loss reduces as the student loss does
+                unless built with its own `reduction`; a Keras loss instance
+                always has one (Keras' default `"sum_over_batch_size"`), and
+                its own wins over the student loss's.
             alpha: Weight of the student (hard) loss, in `[0, 1]`; the
                 distillation loss gets `1 - alpha`.
             temperature: Softmax temperature, a positive finite number.
@@ -927,10 +931,9 @@ class Distiller(keras.Model):
         return None
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' own fails under MultiWorkerMirroredStrategy: see compat.
-        if iterator is not None and compat.model_strategy(self) is not None:
-            data_batch = compat.first_local_batch(self.distribute_strategy, iterator)
-            iterator = None
+        # Keras' hook (`compat.SYMBOLIC_BUILD`, pinned by the compat test);
+        # its own fails under MultiWorkerMirroredStrategy: see compat.
+        iterator, data_batch = compat.symbolic_build_arguments(self, iterator, data_batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # Saving.

@@ -436,3 +436,29 @@ def test_a_distiller_without_a_temperature_takes_the_caches(tmp_path, call):
     distiller.compile(alpha=0.5, temperature=3.0)
     with pytest.raises(ValueError, match=r"cache_temperature=1\.0.*Received: temperature=3\.0"):
         distiller.fit(batches, verbose=0)
+
+
+# Design: a plain Keras loss as distillation_loss_fn keeps its own reduction.
+
+@pytest.mark.parametrize("reduction", [None, "sum"])
+def test_a_keras_distillation_loss_keeps_its_own_reduction(reduction):
+    """Documented in `compile`: a Keras loss instance's `reduction` (its
+    default `sum_over_batch_size` included) wins over the student loss's
+    `mean_with_sample_weight`, against a float64 reference."""
+    x, y, weights = _data(8, seed=12)
+    keras.utils.set_random_seed(33)
+    teacher, student = make_mlp([8]), make_mlp([4])
+    kl = keras.losses.KLDivergence() if reduction is None else keras.losses.KLDivergence(
+        reduction=reduction)
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(keras.optimizers.SGD(0.0), alpha=0.0, temperature=2.0,
+                      distillation_loss_fn=kl, run_eagerly=True,
+                      student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True, reduction="mean_with_sample_weight"))
+    logs = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+    p_t = np.clip(softmax64(teacher.predict(x, verbose=0) / 2.0), 1e-7, 1.0)
+    p_s = np.clip(softmax64(student.predict(x, verbose=0) / 2.0), 1e-7, 1.0)
+    values = np.sum(p_t * np.log(p_t / p_s), -1) * weights
+    expected = values.sum() if reduction == "sum" else values.sum() / len(x)
+    assert not np.isclose(expected, values.sum() / weights.sum())  # The student loss's.
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
