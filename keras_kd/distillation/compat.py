@@ -89,6 +89,24 @@ def first_local_batch(strategy, iterator):
     return None
 
 
+# Keras' TF-trainer hook that builds a model from a first batch at the start
+# of `fit`/`evaluate`; the Distiller overrides it under the same name (see
+# `symbolic_build_arguments`), so a rename in Keras must fail the compat test.
+SYMBOLIC_BUILD = "_maybe_symbolic_build"
+
+
+def symbolic_build_arguments(model, iterator=None, data_batch=None):
+    """`(iterator, data_batch)` for Keras' `_maybe_symbolic_build`.
+
+    Under a strategy, the first local batch replaces the iterator, whose
+    first batch Keras would average across replicas with a collective that
+    fails under MultiWorkerMirroredStrategy (`first_local_batch`).
+    """
+    if iterator is not None and model_strategy(model) is not None:
+        return None, first_local_batch(model.distribute_strategy, iterator)
+    return iterator, data_batch
+
+
 def keras_mask(tensor):
     """The Keras mask a layer attached to a tensor (e.g. `Embedding(
     mask_zero=True)`'s, carried to the logits), or `None`."""

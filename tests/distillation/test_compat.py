@@ -97,3 +97,31 @@ def test_seed_generator_states_of_random_layers():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, seed=1)])
     states = compat.seed_generator_states(model)
     assert len(states) == 1 and "seed_generator_state" in states[0].path
+
+
+def test_maybe_symbolic_build_is_the_keras_hook_the_distiller_overrides(tiny_data, monkeypatch):
+    """The Distiller overrides Keras' private `_maybe_symbolic_build` (the
+    multi-worker fix): a rename or new signature in Keras fails here."""
+    import inspect
+
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    from keras_kd import Distiller
+
+    hook = getattr(TensorFlowTrainer, compat.SYMBOLIC_BUILD)
+    assert {"iterator", "data_batch"} <= set(inspect.signature(hook).parameters)
+    assert compat.SYMBOLIC_BUILD in vars(Distiller)
+    calls = []
+    original = getattr(Distiller, compat.SYMBOLIC_BUILD)
+
+    def spy(self, iterator=None, data_batch=None):
+        calls.append((iterator is not None, data_batch is not None))
+        return original(self, iterator=iterator, data_batch=data_batch)
+
+    monkeypatch.setattr(Distiller, compat.SYMBOLIC_BUILD, spy)
+    x, y = tiny_data
+    distiller = Distiller(student=make_mlp([4]), teacher=make_mlp([8]))
+    distiller.compile(run_eagerly=True)
+    distiller.fit(x[:8], y[:8], batch_size=8, verbose=0)
+    assert calls  # Keras' fit still calls the hook.
+    assert compat.symbolic_build_arguments(distiller, None, "batch") == (None, "batch")
