@@ -81,6 +81,8 @@ def test_sgd_step_matches_float64_reference(alpha, temperature, weighted):
         optimizer=keras.optimizers.SGD(learning_rate),
         alpha=alpha,
         temperature=temperature,
+        # One case traces the step; the others check values eagerly.
+        run_eagerly=not (alpha == 0.3 and temperature == 4.0 and weighted),
     )
     kernel, bias = (w.numpy().astype("float64") for w in distiller.student.weights)
     teacher_logits = distiller.teacher.predict(x, verbose=0)

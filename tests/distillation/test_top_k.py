@@ -404,11 +404,10 @@ def test_the_dataset_zips_with_the_inputs_and_batches(tokens, tmp_path):
 @pytest.mark.parametrize("batch_size", [1, 3, 7, 8, 20, 64])
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_batched_dataset_equals_the_unbatched_one_batched(
-    teacher, tokens, tmp_path, batch_size, drop_remainder
+    seven_example_shards, batch_size, drop_remainder
 ):
     # Shards of 7 examples: batch sizes below, at, across and above them.
-    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 5, batch_size=4,
-                                    shard_tokens=7 * TIME)
+    cache = seven_example_shards
     assert [s["examples"] for s in cache.manifest["shards"]] == [7, 7, 6]
     expected = list(top_k.top_k_dataset(cache).batch(batch_size, drop_remainder=drop_remainder))
     batched = top_k.top_k_dataset(cache, batch_size=batch_size, drop_remainder=drop_remainder)
@@ -423,8 +422,8 @@ def test_batched_dataset_equals_the_unbatched_one_batched(
 
 
 @pytest.mark.parametrize("batch_size", [0, -2, 2.0, True, "8"])
-def test_batched_dataset_refuses_a_bad_batch_size(teacher, tokens, tmp_path, batch_size):
-    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 3, batch_size=8)
+def test_batched_dataset_refuses_a_bad_batch_size(seven_example_shards, batch_size):
+    cache = seven_example_shards
     with pytest.raises(ValueError, match=r"`batch_size` must be a positive integer.*Received"):
         top_k.top_k_dataset(cache, batch_size=batch_size)
 
@@ -460,15 +459,33 @@ def test_fingerprint_inputs_ignores_batching_not_content(tokens):
 # The tf.data reader against the stored arrays.
 
 
+@pytest.fixture(scope="module")
+def seven_example_shards(teacher, tokens, tmp_path_factory):
+    """One cache (read only) for the tests of batching: shards of 7, 7, 6."""
+    return top_k.write_top_k_cache(teacher, tokens, tmp_path_factory.mktemp("top_k") / "cache",
+                                   5, batch_size=4, shard_tokens=7 * TIME)
+
+
+@pytest.fixture(scope="module")
+def stored_caches(teacher, tokens, tmp_path_factory):
+    """One cache per (values_dtype, center_values), written once, read only."""
+    root = tmp_path_factory.mktemp("stored")
+    return {
+        (values_dtype, center_values): top_k.write_top_k_cache(
+            teacher, tokens, root / f"{values_dtype}-{center_values}", 5, temperature=2.0,
+            batch_size=8, shard_tokens=3 * TIME, values_dtype=values_dtype,
+            center_values=center_values)
+        for values_dtype in ("float16", "float32") for center_values in (True, False)
+    }
+
+
 @pytest.mark.parametrize("values_dtype", ["float16", "float32"])
 @pytest.mark.parametrize("center_values", [True, False])
 @pytest.mark.parametrize("batch_size", [None, 4])
 def test_the_dataset_holds_the_stored_arrays(
-    teacher, tokens, tmp_path, values_dtype, center_values, batch_size
+    stored_caches, values_dtype, center_values, batch_size
 ):
-    cache = top_k.write_top_k_cache(
-        teacher, tokens, tmp_path / "cache", 5, temperature=2.0, batch_size=8,
-        shard_tokens=3 * TIME, values_dtype=values_dtype, center_values=center_values)
+    cache = stored_caches[values_dtype, center_values]
     stored = _concatenated(cache)  # Through np.load's memory maps.
     dataset = top_k.top_k_dataset(cache, batch_size=batch_size)
     elements = list(dataset)
