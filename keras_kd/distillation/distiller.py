@@ -21,7 +21,7 @@ from keras_kd.distillation import compat
 from keras_kd.distillation import labels as labels_module
 from keras_kd.distillation import outputs as outputs_module
 from keras_kd.distillation import teacher as teacher_module
-from keras_kd.distillation import top_k as top_k_module
+from keras_kd.distillation import top_k_loss as top_k_module
 from keras_kd.distillation import validation
 from keras_kd.distillation.batch import UNLABELLED
 from keras_kd.distillation.ensembles import normalized_weights

@@ -17,8 +17,8 @@ from keras_kd.distillation.losses import BinaryKLDivergenceWithTemperature
 from keras_kd.distillation.losses import DistillationLoss
 from keras_kd.distillation.losses import KLDivergenceWithTemperature
 from keras_kd.distillation.reduction import reduce_values
-from keras_kd.distillation.top_k import CACHE_TEMPERATURE_KEY
-from keras_kd.distillation.top_k import TopKKLDivergence
+from keras_kd.distillation.top_k_loss import CACHE_TEMPERATURE_KEY
+from keras_kd.distillation.top_k_loss import TopKKLDivergence
 
 
 def combine_masks(*masks):
