@@ -31,6 +31,7 @@ from keras_kd.distillation.losses import DistillationLoss
 from keras_kd.distillation.losses import get_distillation_loss
 from keras_kd.distillation.losses import resolve_temperature
 from keras_kd.distillation.metrics import TeacherMetric
+from keras_kd.distillation.reduction import REDUCTIONS
 from keras_kd.distillation.terms import DistillationTerm
 from keras_kd.distillation.terms import StudentTerm
 from keras_kd.distillation.terms import combine_masks
@@ -387,6 +388,7 @@ class Distiller(keras.Model):
             self.student, self.student_output, "student")
         self.student_loss_fn = labels_module.resolve_student_loss(student_loss_fn, num_classes)
         distillation_loss = get_distillation_loss(distillation_loss_fn)
+        _check_reductions(distillation_loss)
         self.distillation_loss_fn = distillation_loss
         object.__setattr__(self, "student_term", StudentTerm(
             self.student_loss_fn, default=student_loss_fn is None))
@@ -1016,6 +1018,21 @@ def _prefix_vocabulary(teacher_logits, classes):
             "as the teacher, or leave `align_vocabulary` unset."
         )
     return teacher_logits[..., :classes]
+
+
+def _check_reductions(distillation_loss):
+    """Refuses, at compile, a reduction the terms cannot use (`"none"`)."""
+    own = (distillation_loss.own_reduction if isinstance(distillation_loss, DistillationLoss)
+           else getattr(distillation_loss, "reduction", None))
+    # (The student loss's is checked where it is resolved, in `labels`.)
+    for argument, reduction in (("distillation_loss_fn", own),):
+        if reduction is not None and reduction not in REDUCTIONS:
+            raise ValueError(
+                f"`{argument}` has reduction={reduction!r}, but the Distiller weighs "
+                "two scalar terms with `alpha`, so each loss must reduce to one "
+                f"value: use one of {list(REDUCTIONS)}. (`student.fit` sums the "
+                "values of an unreduced loss: `reduction='sum'` gives its update.)"
+            )
 
 
 def _no_labels_message(alpha):

@@ -465,3 +465,15 @@ def test_a_keras_distillation_loss_keeps_its_own_reduction(reduction):
     expected = values.sum() if reduction == "sum" else values.sum() / len(x)
     assert not np.isclose(expected, values.sum() / weights.sum())  # The student loss's.
     np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
+
+
+def test_an_unreduced_loss_is_refused_at_compile_by_name():
+    """Row 1, the reduction Keras has that two weighed terms cannot use. The
+    student loss's was refused at compile already; before round 4 a Keras
+    `distillation_loss_fn` with `reduction="none"` failed inside the step."""
+    distiller = Distiller(student=make_mlp([4]), teacher=make_mlp([8]))
+    with pytest.raises(ValueError, match=r"`student_loss_fn` must reduce to one value.*'none'"):
+        distiller.compile(student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="none"))
+    with pytest.raises(ValueError, match=r"`distillation_loss_fn` has reduction='none'"):
+        distiller.compile(distillation_loss_fn=keras.losses.KLDivergence(reduction="none"))
