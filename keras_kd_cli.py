@@ -18,6 +18,7 @@ Commands:
 """
 
 import argparse
+import ctypes
 import os
 import sys
 
@@ -213,6 +214,40 @@ def build_parser():
     return parser
 
 
+# absl's `SetMinLogLevel` in TensorFlow builds whose absl log lines ignore
+# TF_CPP_MIN_LOG_LEVEL. TF 2.20 (absl LTS 2025-01-27) prints Grappler's
+# "E0000 ... meta_optimizer.cc:967] remapper failed: ... LeakyReluGrad" when
+# it traces the training step of any model with Conv2D -> LeakyReLU (all the
+# keras.io models); TF 2.21 fails the same rewrite but applies the level to
+# absl itself. (The rewrite fails on both: the training graph is simply not
+# remapped, so hiding the line changes no computation.)
+_ABSL_SET_MIN_LOG_LEVEL = ("_ZN4absl12lts_2025012714SetMinLogLevelENS0_18LogSeverityAtLeastE",)
+
+
+def _apply_log_level_to_absl(tf):
+    """Makes TensorFlow's absl logging honour TF_CPP_MIN_LOG_LEVEL (as TF 2.21 does)."""
+    try:
+        # 0 all, 1 no INFO, 2 no WARNING, 3 no ERROR; absl's severities are
+        # INFO 0, WARNING 1, ERROR 2, FATAL 3, shown from the minimum up.
+        level = min(max(int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")), 0), 3)
+    except ValueError:
+        return
+    directory = os.path.dirname(tf.__file__)
+    for name in ("libtensorflow_framework.so.2", "libtensorflow_framework.2.dylib"):
+        if not os.path.exists(os.path.join(directory, name)):
+            continue
+        try:
+            library = ctypes.CDLL(os.path.join(directory, name))
+        except OSError:
+            return
+        for symbol in _ABSL_SET_MIN_LOG_LEVEL:
+            function = getattr(library, symbol, None)
+            if function is not None:
+                function.argtypes, function.restype = [ctypes.c_int], None
+                function(level)
+        return
+
+
 def import_commands(verbose=False):
     """Imports `keras_kd.cli` (and TensorFlow), quietly unless `verbose`.
 
@@ -221,7 +256,9 @@ def import_commands(verbose=False):
     lines absl prints while TensorFlow loads (CUDA probing: "I0000 ...
     cudart_stub.cc ...") ignore it in TF 2.21, so descriptor 2 is pointed at
     /dev/null for the import only. Python errors still show: an exception
-    raised by the import is printed after descriptor 2 is restored.
+    raised by the import is printed after descriptor 2 is restored. TF 2.20's
+    absl lines later on (Grappler's) ignore the variable too: the level is
+    handed to absl (`_apply_log_level_to_absl`).
     """
     if verbose:
         from keras_kd.cli import commands
@@ -241,6 +278,7 @@ def import_commands(verbose=False):
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
         os.close(devnull)
+    _apply_log_level_to_absl(tf)
     tf.get_logger().setLevel("ERROR")
     return commands
 

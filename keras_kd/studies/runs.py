@@ -4,7 +4,7 @@ A run directory holds what a long training run needs to be stopped and
 continued, built from Keras' own callbacks:
 
     run.json          the run's settings and status (checked on --resume)
-    backup/           keras.callbacks.BackupAndRestore (weights, optimizer, epoch)
+    backup/           `RunBackup`: weights and optimizer state, and the epoch
     checkpoint.keras  keras.callbacks.ModelCheckpoint, the model of the last epoch
     log.csv           keras.callbacks.CSVLogger (appended to on resume)
     tensorboard/      keras.callbacks.TensorBoard
@@ -13,6 +13,8 @@ continued, built from Keras' own callbacks:
 (`datasets.make_dataset(start_epoch=...)`) and reseeds the model's random
 layers each epoch (`EpochSeeds`), so a run killed in the middle of an epoch
 and resumed ends with the same weights as one that was never interrupted.
+A kill at any moment leaves a resumable run: the backup is written so that
+it is always either the last epoch's or the one before (`RunBackup`).
 """
 
 import glob
@@ -32,8 +34,11 @@ BACKUP_DIR = "backup"
 CHECKPOINT_FILE = "checkpoint.keras"
 LOG_FILE = "log.csv"
 TENSORBOARD_DIR = "tensorboard"
-# Written by keras.callbacks.BackupAndRestore next to its weights.
+# The backup's metadata: the epochs done and the weights file that holds them.
 _BACKUP_METADATA = "training_metadata.json"
+# The weights file of runs backed up by keras.callbacks.BackupAndRestore
+# (keras-kd <= 0.2), whose metadata names no file.
+_LEGACY_BACKUP_WEIGHTS = "latest.weights.h5"
 # What a run writes; --overwrite deletes these and nothing else in the
 # directory (it may hold the user's own files).
 RUN_FILES = (
@@ -180,13 +185,114 @@ def _backup_dir(path):
     return os.path.join(path, f"{BACKUP_DIR}-worker-{task_id}")
 
 
+def _read_backup(directory):
+    """`(epochs done, weights file)` of the backup in `directory`, or `None`."""
+    metadata = os.path.join(directory, _BACKUP_METADATA)
+    if not os.path.exists(metadata):
+        return None
+    try:
+        with open(metadata) as f:
+            record = json.load(f)
+        epoch = int(record["epoch"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunError(
+            f"{metadata} is damaged ({type(error).__name__}: {error}); the run "
+            "cannot be resumed. Pass --overwrite to start the run again."
+        ) from None
+    return epoch, os.path.join(directory, record.get("weights", _LEGACY_BACKUP_WEIGHTS))
+
+
+def _write_durably(path, write):
+    """`write(temporary path)`, flushed to disk, then renamed to `path`."""
+    directory, name = os.path.split(path)
+    # Keras' save_weights wants a name ending in .weights.h5.
+    temporary = os.path.join(directory, f"tmp-{os.getpid()}-{name}")
+    write(temporary)
+    with open(temporary, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+class RunBackup(keras.callbacks.Callback):
+    """Backs up and restores a run's training state; survives a kill at any moment.
+
+    Like `keras.callbacks.BackupAndRestore(directory, delete_checkpoint=False)`,
+    whose writes are not atomic: a kill while it writes its weights leaves a
+    truncated file that cannot be loaded, and a kill between its weights
+    and its metadata pairs one epoch's weights with the previous epoch's
+    number (the resumed run then trains that epoch twice). Here each epoch's
+    weights go to a new file; the metadata, which names the file, is
+    replaced atomically after it; older files are deleted last. Whenever the
+    process dies, the metadata names a complete file of the epoch it says.
+
+    Args:
+        directory: The backup directory (one per process of a run).
+    """
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = directory
+
+    def on_train_begin(self, logs=None):
+        backup = _read_backup(self.directory)
+        if backup is None:
+            return
+        epoch, weights = backup
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            # The optimizer's variables must exist to be loaded.
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(weights)
+        # As BackupAndRestore: fit starts from here (fit_resumable also
+        # passes initial_epoch).
+        self.model._initial_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"epoch-{epoch + 1}.weights.h5"
+        _write_durably(
+            os.path.join(self.directory, name),
+            lambda path: self.model.save_weights(path, overwrite=True),
+        )
+
+        def write_metadata(path):
+            with open(path, "w") as f:
+                json.dump({"epoch": epoch + 1, "batch": 0, "weights": name}, f)
+
+        _write_durably(os.path.join(self.directory, _BACKUP_METADATA), write_metadata)
+        for entry in os.listdir(self.directory):
+            if entry != name and entry.endswith(".weights.h5"):
+                os.remove(os.path.join(self.directory, entry))
+
+
 def restored_epoch(path):
     """The epoch a resumed run in `path` starts from (0 for a new run)."""
-    metadata = os.path.join(_backup_dir(path), _BACKUP_METADATA)
-    if not os.path.exists(metadata):
-        return 0
-    with open(metadata) as f:
-        return int(json.load(f)["epoch"])
+    backup = _read_backup(_backup_dir(path))
+    return 0 if backup is None else backup[0]
+
+
+def _truncate_log(path, start_epoch):
+    """Drops the CSV log's rows of epochs from `start_epoch` on.
+
+    A run killed after writing an epoch's row but before its backup trains
+    that epoch again on resume; a kill while writing leaves half a row.
+    """
+    log = os.path.join(path, LOG_FILE)
+    if not os.path.exists(log):
+        return
+    with open(log) as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = lines[:1] + [
+        line for line in lines[1:]
+        if line.endswith("\n") and line.split(",")[0].isdigit()
+        and int(line.split(",")[0]) < start_epoch
+    ]
+    if kept != lines:
+
+        def write(temporary):
+            with open(temporary, "w") as f:
+                f.writelines(kept)
+
+        _write_durably(log, write)
 
 
 def is_chief():
@@ -208,9 +314,10 @@ def is_chief():
 def run_callbacks(path, seed, checkpoint=True, tensorboard=True):
     """Keras callbacks of a resumable run in `path`, in the order they must run.
 
-    In a multi-worker cluster only the chief (`is_chief`) writes the
-    checkpoint, the CSV log and TensorBoard; every worker keeps its own
-    backup (`backup/` on the chief, `backup-worker-N/` on the others) so that
+    The backup comes last, so an epoch's backup is written after its log
+    row and checkpoint. In a multi-worker cluster only the chief
+    (`is_chief`) writes the checkpoint, the CSV log and TensorBoard; every
+    worker keeps its own backup (`backup/` on the chief, `backup-worker-N/` on the others) so that
     all of them resume at the same epoch.
 
     Args:
@@ -222,26 +329,22 @@ def run_callbacks(path, seed, checkpoint=True, tensorboard=True):
     Returns:
         A list of callbacks for `fit`.
     """
-    chief = is_chief()
-    callbacks = [
-        # First: raises before anything saves a NaN model.
-        StopOnNonFiniteLoss(),
-        keras.callbacks.BackupAndRestore(_backup_dir(path), delete_checkpoint=False),
-        EpochSeeds(seed),
-    ]
-    if not chief:
-        return callbacks
-    callbacks.append(
-        keras.callbacks.CSVLogger(os.path.join(path, LOG_FILE), append=True)
-    )
-    if checkpoint:
+    # First: raises before anything saves a NaN model.
+    callbacks = [StopOnNonFiniteLoss(), EpochSeeds(seed)]
+    if is_chief():
         callbacks.append(
-            keras.callbacks.ModelCheckpoint(os.path.join(path, CHECKPOINT_FILE))
+            keras.callbacks.CSVLogger(os.path.join(path, LOG_FILE), append=True)
         )
-    if tensorboard:
-        callbacks.append(
-            keras.callbacks.TensorBoard(os.path.join(path, TENSORBOARD_DIR))
-        )
+        if checkpoint:
+            callbacks.append(
+                keras.callbacks.ModelCheckpoint(os.path.join(path, CHECKPOINT_FILE))
+            )
+        if tensorboard:
+            callbacks.append(
+                keras.callbacks.TensorBoard(os.path.join(path, TENSORBOARD_DIR))
+            )
+    # Last: an epoch counts as done once everything else of it is written.
+    callbacks.append(RunBackup(_backup_dir(path)))
     return callbacks
 
 
@@ -291,6 +394,8 @@ def fit_resumable(
     """
     os.makedirs(path, exist_ok=True)
     start_epoch = restored_epoch(path)
+    if is_chief():
+        _truncate_log(path, start_epoch)
     return model.fit(
         make_train_dataset(start_epoch),
         epochs=epochs,

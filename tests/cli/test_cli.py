@@ -12,11 +12,32 @@ import keras_kd_cli as cli
 DEMO = ["demo", "--teacher-epochs", "1", "--limit", "400", "--labels", "40", "--steps", "20"]
 
 
-def test_demo_writes_results_plot_and_student(tmp_path, capsys):
-    output = tmp_path / "demo"
-    arguments = DEMO + ["--output", str(output)]
-    assert cli.main(arguments) == 0
-    printed = capsys.readouterr().out
+# A user's environment: no TF_CPP_MIN_LOG_LEVEL or absl settings of ours.
+USER_ENVIRONMENT = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "ABSL"))}
+TENSORFLOW_NOISE = ("I0000", "E0000", "W0000", "cuda", "oneDNN", "Warning", "WARNING")
+
+
+def run_command(arguments, **kwargs):
+    """`keras-kd ARGUMENTS` in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-c", "import keras_kd_cli, sys; sys.exit(keras_kd_cli.main())",
+         *arguments], capture_output=True, text=True, env=USER_ENVIRONMENT, timeout=600,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One demo run in a fresh process: its output directory and printout."""
+    output = tmp_path_factory.mktemp("demo") / "demo"
+    completed = run_command(DEMO + ["--output", str(output)])
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return output, completed
+
+
+def test_demo_writes_results_plot_and_student(demo_run, capsys):
+    output, completed = demo_run
+    printed = completed.stdout
     results = json.loads((output / "results.json").read_text())
     scenarios = results["scenarios"]
     assert [row["scenario"] for row in scenarios] == [
@@ -46,26 +67,28 @@ def test_demo_writes_results_plot_and_student(tmp_path, capsys):
 
     import keras
 
+    from keras_kd.data import datasets
+    from keras_kd.studies import few_labels
+
+    # student.keras is the transfer-set student: its test accuracy is the
+    # table's "+ transfer set" entry (the same 2,000 test digits).
     student = keras.models.load_model(output / "student.keras")
     assert student.count_params() == 20_490
+    _, (x_test, y_test) = datasets.load_preprocessed(limit=400)
+    accuracy = few_labels.top1_accuracy(student, x_test, y_test)
+    assert accuracy == pytest.approx(scenarios[1]["distilled"], abs=1e-9)
 
     # A second run into the same directory refuses to overwrite.
-    assert cli.main(arguments) == 2
+    assert cli.main(DEMO + ["--output", str(output)]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_commands_print_no_tensorflow_log_lines(tmp_path):
+def test_commands_print_no_tensorflow_log_lines(demo_run):
     """A user's run, in a fresh process with no TF_CPP_MIN_LOG_LEVEL set:
-    no C++ log lines (I0000/E0000/W0000, CUDA probing), no warnings."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "ABSL"))}
-    completed = subprocess.run(
-        [sys.executable, "-c", "import keras_kd_cli, sys; sys.exit(keras_kd_cli.main())",
-         *DEMO, "--output", str(tmp_path / "demo")],
-        capture_output=True, text=True, env=environment, timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    no C++ log lines (I0000/E0000/W0000, CUDA probing, Grappler), no warnings."""
+    _, completed = demo_run
     output = completed.stdout + completed.stderr
-    for noise in ("I0000", "E0000", "W0000", "cuda", "oneDNN", "Warning", "WARNING"):
+    for noise in TENSORFLOW_NOISE:
         assert noise not in output, output[-3000:]
     assert "+ transfer set" in completed.stdout
 
@@ -234,37 +257,101 @@ def test_sweep_writes_a_table_and_skips_finished_cells(teacher_file, tmp_path):
     assert len((output / "cells.jsonl").read_text().splitlines()) == 8
 
 
-def test_distill_killed_mid_epoch_resumes_to_the_same_weights(teacher_file, tmp_path):
+# A `keras-kd` process that SIGKILLs itself at one moment of its run
+# (argv[1]): "batch:E,B" before batch B of epoch E, or "backup:N" in the
+# N-th backup's weights write, leaving the file half written.
+KILLED_COMMAND = r"""
+import os, signal, sys
+import keras
+
+def die():
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+kind, where = sys.argv[1].split(":")
+if kind == "batch":
+    from keras_kd.studies import runs
+    at = tuple(int(n) for n in where.split(","))
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if (self.epoch, batch) == at:
+                die()
+
+    run_callbacks = runs.run_callbacks
+    runs.run_callbacks = lambda *a, **k: run_callbacks(*a, **k) + [Kill()]
+else:
+    save, calls = keras.Model.save_weights, []
+
+    def save_weights(model, filepath, *args, **kwargs):
+        save(model, filepath, *args, **kwargs)
+        calls.append(filepath)
+        if len(calls) == int(where):
+            with open(filepath, "r+b") as f:
+                f.truncate(os.path.getsize(filepath) // 2)
+            die()
+
+    keras.Model.save_weights = save_weights
+import keras_kd_cli
+sys.exit(keras_kd_cli.main(sys.argv[2:]))
+"""
+
+
+def test_distill_killed_at_any_moment_resumes_to_the_same_weights(teacher_file, tmp_path):
+    """SIGKILLed before the first backup, then in the middle of a backup's
+    write, the run resumes each time and ends with the uninterrupted weights.
+    (tests/studies/test_runs.py stops runs at more moments, in-process.)"""
     import signal
-    import time
 
     import keras
 
-    def command(output, epochs=3):
-        return KERAS_KD + [
+    def arguments(output):
+        return [
             "distill", "--teacher", str(teacher_file), "--student", "keras-io-student",
-            "--source", "sample", "--limit", "4096", "--epochs", str(epochs),
+            "--source", "sample", "--limit", "256", "--epochs", "2",
             "--output", str(output), "--quiet", "--seed", "5",
         ]
 
-    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
-
+    # The reference in this process: same machine, thread count and TF op
+    # determinism (--seed) as the children, so bitwise equality is the claim.
+    assert cli.main(arguments(tmp_path / "whole")) == 0
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(command(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = interrupted / "backup" / "training_metadata.json"
-    deadline = time.monotonic() + 300
-    while not metadata.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # Into the second epoch.
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it was killed"
-    assert not (interrupted / "model.keras").exists()
-
-    subprocess.run(command(interrupted) + ["--resume"], check=True, capture_output=True)
+    for kill_at, resume in (("batch:0,2", False), ("backup:2", True)):
+        completed = subprocess.run(
+            [sys.executable, "-c", KILLED_COMMAND, kill_at,
+             *arguments(interrupted), *["--resume"] * resume],
+            capture_output=True, text=True, timeout=600)
+        assert completed.returncode == -signal.SIGKILL, (kill_at, completed.stderr[-3000:])
+        assert not (interrupted / "model.keras").exists()
+    completed = subprocess.run(KERAS_KD + arguments(interrupted) + ["--resume"],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Resuming" in completed.stdout and "epoch 2 of 2" in completed.stdout
     whole = keras.models.load_model(tmp_path / "whole" / "model.keras").get_weights()
     resumed = keras.models.load_model(interrupted / "model.keras").get_weights()
     for expected, actual in zip(whole, resumed):
         np.testing.assert_array_equal(actual, expected)
+    assert len((interrupted / "log.csv").read_text().splitlines()) == 3  # Header, 2 epochs.
+
+
+def test_verbose_brings_tensorflow_log_lines_back(teacher_file, tmp_path):
+    """--verbose shows TensorFlow's C++ log lines (at least Grappler's
+    remapper line, which the keras.io models' Conv2D -> LeakyReLU training
+    step gives); the quiet counterpart is the demo run above."""
+    import re
+
+    log_line = re.compile(r"^([IWEF]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [IWEF] )", re.M)
+    completed = run_command([
+        "distill", "--teacher", str(teacher_file), "--student", "keras-io-student",
+        "--source", "sample", "--limit", "128", "--epochs", "1",
+        "--output", str(tmp_path / "run"), "--quiet", "--verbose",
+    ])
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert log_line.search(completed.stderr), completed.stderr[-3000:]
+    assert log_line.search(completed.stdout) is None
 
 
 def test_export_command_checks_each_file(teacher_file, tmp_path):

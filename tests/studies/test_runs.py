@@ -23,7 +23,7 @@ def make_dropout_mlp():
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def digits():
     x, y = datasets.select("mnist", "train", source="sample", limit=192)
     return x, y
@@ -84,17 +84,99 @@ def crash_at(epoch, batch):
     return AtBatch(epoch, batch, crash)
 
 
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, digits):
-    uninterrupted = fit_run(tmp_path / "a", digits, epochs=3)
-    with pytest.raises(KeyboardInterrupt):
-        fit_run(tmp_path / "b", digits, epochs=3, callbacks=[crash_at(epoch=1, batch=3)])
-    assert runs.restored_epoch(str(tmp_path / "b")) == 1
-    resumed = fit_run(tmp_path / "b", digits, epochs=3)
-    for expected, actual in zip(uninterrupted.get_weights(), resumed.get_weights()):
+class EpochWeights(keras.callbacks.Callback):
+    """Keeps the weights at the end of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append(self.model.get_weights())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits, tmp_path_factory):
+    """The weights after each epoch of a 3-epoch run that was never stopped."""
+    record = EpochWeights()
+    fit_run(tmp_path_factory.mktemp("uninterrupted"), digits, epochs=3, callbacks=[record])
+    return record.weights
+
+
+def crash_in_backup_write(epoch, truncate):
+    """Patches `Model.save_weights` to crash in the backup at the end of `epoch`.
+
+    `truncate`: leave the file half written (a kill during the write);
+    otherwise crash right after it (a kill before the metadata is written).
+    """
+    save = keras.Model.save_weights
+    calls = []
+
+    def save_weights(model, filepath, *args, **kwargs):
+        save(model, filepath, *args, **kwargs)
+        calls.append(filepath)
+        if len(calls) == epoch + 1:
+            if truncate:
+                with open(filepath, "r+b") as f:
+                    f.truncate(os.path.getsize(filepath) // 2)
+            raise KeyboardInterrupt("simulated kill in the backup")
+
+    return save_weights
+
+
+class CrashAtTrainEnd(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        raise KeyboardInterrupt("simulated kill after the last epoch")
+
+
+# Where a run stops, and the epoch its backup then says it resumes at.
+KILL_POINTS = {
+    "before the first backup": (lambda mp: [crash_at(epoch=0, batch=2)], 0),
+    "mid-epoch": (lambda mp: [crash_at(epoch=1, batch=3)], 1),
+    "during a backup's weights write": (lambda mp: mp.setattr(
+        keras.Model, "save_weights", crash_in_backup_write(1, truncate=True)) or [], 1),
+    "between a backup's weights and its metadata": (lambda mp: mp.setattr(
+        keras.Model, "save_weights", crash_in_backup_write(1, truncate=False)) or [], 1),
+    "after the last epoch": (lambda mp: [CrashAtTrainEnd()], 3),
+}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_run_stopped_anywhere_resumes_to_the_same_weights(point, tmp_path, digits, uninterrupted):
+    arrange, resume_epoch = KILL_POINTS[point]
+    with pytest.MonkeyPatch.context() as patch:
+        callbacks = arrange(patch)
+        with pytest.raises(KeyboardInterrupt):
+            fit_run(tmp_path, digits, epochs=3, callbacks=callbacks)
+    assert runs.restored_epoch(str(tmp_path)) == resume_epoch
+    resumed = fit_run(tmp_path, digits, epochs=3)
+    for expected, actual in zip(uninterrupted[-1], resumed.get_weights()):
         np.testing.assert_array_equal(actual, expected)
     # The CSV log has one row per epoch, across both parts of the run.
-    rows = (tmp_path / "b" / runs.LOG_FILE).read_text().strip().splitlines()
+    rows = (tmp_path / runs.LOG_FILE).read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    # One weights file is kept, the one the metadata names.
+    assert sorted(p.name for p in (tmp_path / runs.BACKUP_DIR).iterdir()) == [
+        "epoch-3.weights.h5", "training_metadata.json"]
+
+
+def test_a_backup_of_keras_backup_and_restore_resumes(tmp_path, digits, uninterrupted):
+    # Runs started before RunBackup: latest.weights.h5, metadata without a file name.
+    with pytest.raises(KeyboardInterrupt):
+        fit_run(tmp_path, digits, epochs=3, callbacks=[crash_at(epoch=2, batch=0)])
+    backup = tmp_path / runs.BACKUP_DIR
+    (backup / "epoch-2.weights.h5").rename(backup / "latest.weights.h5")
+    (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    resumed = fit_run(tmp_path, digits, epochs=3)
+    for expected, actual in zip(uninterrupted[-1], resumed.get_weights()):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_a_damaged_backup_is_a_clear_error(tmp_path):
+    (tmp_path / runs.BACKUP_DIR).mkdir()
+    (tmp_path / runs.BACKUP_DIR / "training_metadata.json").write_text('{"epo')
+    with pytest.raises(runs.RunError, match="training_metadata.json is damaged.*--overwrite"):
+        runs.restored_epoch(str(tmp_path))
 
 
 def test_without_epoch_seeds_the_resumed_dropout_masks_differ(tmp_path, digits, monkeypatch):
@@ -110,12 +192,11 @@ def test_without_epoch_seeds_the_resumed_dropout_masks_differ(tmp_path, digits, 
     assert not np.array_equal(uninterrupted.get_weights()[0], resumed.get_weights()[0])
 
 
-def test_two_runs_with_the_same_seed_are_bitwise_identical(tmp_path, digits):
-    weights = []
-    for name in ("a", "b"):
-        runs.set_determinism(7)
-        weights.append(fit_run(tmp_path / name, digits, epochs=2).get_weights())
-    for first, second in zip(*weights):
+def test_two_runs_with_the_same_seed_are_bitwise_identical(tmp_path, digits, uninterrupted):
+    # The second run is the module's uninterrupted one (seed 3, its first 2 epochs).
+    runs.set_determinism(7)
+    weights = fit_run(tmp_path, digits, epochs=2).get_weights()
+    for first, second in zip(uninterrupted[1], weights):
         np.testing.assert_array_equal(first, second)
 
 
