@@ -71,7 +71,9 @@ class Distiller(keras.Model):
     with `training=False` outside the gradient, and only when a term needs it
     (not at `alpha == 1` without hints or teacher metrics, not with cached
     outputs). Calling the distiller, `predict` and `evaluate` use the student
-    alone; `evaluate` reports what `student.evaluate` reports.
+    alone; `evaluate`'s loss is `student.evaluate`'s, and so are its metrics
+    except with `ignore_class` or `UNLABELLED` labels, where the Distiller's
+    metrics count only the positions the loss counts (see `compile`).
 
     What a batch and an output mean is told, not guessed (README, "What the
     Distiller does"):

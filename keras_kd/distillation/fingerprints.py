@@ -27,7 +27,7 @@ from keras import ops
 
 # Part of a key: caches written before the architecture was fingerprinted
 # have another teacher fingerprint and are refused as another teacher.
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 
 # Config entries that change no output of a frozen teacher.
 _IGNORED_KEYS = ("trainable", "compile_config")
@@ -82,15 +82,44 @@ def architecture(model):
     config, so a subclassed model (whose `get_config` may say little or
     raise) is still described by the layers it holds.
     """
+    layers = _layers(model)
     description = {
         "class": _class_name(model),
         "config": _config_or_none(model),
         "layers": [
             {"class": _class_name(layer), "config": _config_or_none(layer)}
-            for layer in _layers(model)
+            for layer in layers
         ],
     }
-    return json.dumps(_stable(description), sort_keys=True)
+    # Keras names layers by creation order ("dense_9" once other models were
+    # built first): the same teacher rebuilt later must keep its key, so
+    # every name (models, layers, input layers, which configs also use to
+    # wire layers) becomes the order in which it first appears.
+    stable = _stable(description)
+    names = {}
+    _collect_names(stable, names)
+    return json.dumps(_canonical_names(stable, names), sort_keys=True)
+
+
+def _collect_names(value, names):
+    if isinstance(value, dict):
+        for key in sorted(value):
+            if key == "name" and isinstance(value[key], str):
+                names.setdefault(value[key], f"#{len(names)}")
+            _collect_names(value[key], names)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_names(item, names)
+
+
+def _canonical_names(value, names):
+    if isinstance(value, dict):
+        return {k: _canonical_names(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical_names(v, names) for v in value]
+    if isinstance(value, str):
+        return names.get(value, value)
+    return value
 
 
 def fingerprint_model(model):

@@ -410,6 +410,18 @@ def write_top_k_cache(
                 top = values[..., :1]
                 values = values - top
                 log_normalizer = log_normalizer - top[..., 0] / np.float32(temperature)
+            elif values_dtype == "float16" and values.size:
+                # Uncentred, a clipped value is a probable id's logit changed
+                # while the float32 normaliser keeps the true one: wrong mass.
+                largest = float(np.max(np.abs(values)))
+                if largest > float(np.finfo(np.float16).max):
+                    raise ValueError(
+                        "The teacher's top-k logits exceed the float16 range "
+                        f"(largest magnitude {largest:g} > 65504) and "
+                        "`center_values=False` stores them as they are. Pass "
+                        "`center_values=True` (the default) or "
+                        "`values_dtype=\"float32\"`."
+                    )
             writer.add(indices, values, log_normalizer.astype(np.float32))
         writer.flush()
         if not writer.shards:
