@@ -346,3 +346,123 @@ def test_hint_terms_are_not_weighted_by_sample_weight(images, method):
         weighted["loss"],
         0.3 * weighted["student_loss"] + 0.7 * weighted["distillation_loss"] + expected,
         rtol=1e-4)
+
+
+# Subclass hooks (README, "Also": `student_inputs(x)`, `student_features` /
+# `teacher_features`): a subclass overriding each gets exactly the loss of
+# the views or features it returns.
+
+
+def softmax64(z):
+    z = np.float64(z)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def kd64(teacher_logits, student_logits, temperature):
+    p, q = softmax64(teacher_logits / temperature), softmax64(student_logits / temperature)
+    return temperature**2 * np.mean(np.sum(p * (np.log(p) - np.log(q)), -1))
+
+
+class TwoLayer(keras.Model):
+    """A subclassed model: its hidden layer cannot be named by a hint."""
+
+    def __init__(self, hidden, classes=3, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(hidden, activation="tanh")
+        self.out = keras.layers.Dense(classes)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+    def with_features(self, x):
+        hidden = self.hidden(x)
+        return self.out(hidden), hidden
+
+
+def test_student_inputs_hook_gives_the_student_its_own_view():
+    rng = np.random.default_rng(5)
+    x = {"student": rng.normal(size=(16, 4)).astype("float32"),
+         "teacher": rng.normal(size=(16, 7)).astype("float32")}
+    y = rng.integers(0, 3, 16)
+
+    class TwoViews(keras_kd.Distiller):
+        def student_inputs(self, x):
+            return x["student"]
+
+        def teacher_inputs(self, x):
+            return x["teacher"]
+
+    keras.utils.set_random_seed(6)
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    teacher = keras.Sequential([keras.Input((7,)), keras.layers.Dense(3)])
+    distiller = TwoViews(student=student, teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.4, temperature=2.0,
+                      run_eagerly=True)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    s, t = student(x["student"]).numpy(), teacher(x["teacher"]).numpy()
+    hard = -np.mean(np.log(softmax64(s))[np.arange(16), y])
+    np.testing.assert_allclose(logs["student_loss"], hard, rtol=1e-5)
+    np.testing.assert_allclose(logs["distillation_loss"], kd64(t, s, 2.0), rtol=1e-5)
+    # `predict` and calling the distiller take the student's view too.
+    np.testing.assert_allclose(distiller.predict(x, verbose=0), s, rtol=1e-6)
+
+
+def test_student_features_hook_serves_a_subclassed_student(images):
+    x, y = images
+    x = x.reshape(len(x), -1)[:, :16]
+    keras.utils.set_random_seed(7)
+    student = TwoLayer(6)
+    student(x[:1])
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(9, activation="relu", name="t_hidden")(inputs)
+    teacher = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+
+    class SubclassedStudent(keras_kd.Distiller):
+        def student_features(self, x, training=None):
+            logits, hidden = self.student.with_features(self.student_inputs(x))
+            return logits, [hidden]
+
+    distiller = SubclassedStudent(student=student, teacher=teacher, hints=[
+        keras_kd.FeatureHint("unused", "t_hidden", method="similarity")])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0,
+                      run_eagerly=True)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    s_logits, s_hidden = (np.float64(v.numpy()) for v in student.with_features(x))
+    t_hidden = keras.Model(teacher.input, teacher.get_layer("t_hidden").output)(x).numpy()
+    np.testing.assert_allclose(
+        logs["similarity_loss"], 3000.0 * sp_reference(s_hidden, np.float64(t_hidden)),
+        rtol=1e-4)
+    np.testing.assert_allclose(
+        logs["distillation_loss"], kd64(teacher(x).numpy(), s_logits, 2.0), rtol=1e-5)
+
+
+def test_teacher_features_hook_serves_a_subclassed_teacher(images):
+    """The logits the hook returns are the teacher's for the distillation
+    term too (one teacher forward pass)."""
+    x, y = images
+    x = x.reshape(len(x), -1)[:, :16]
+    keras.utils.set_random_seed(8)
+    teacher = TwoLayer(10)
+    teacher(x[:1])
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(4, activation="relu", name="s_hidden")(inputs)
+    student = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+
+    class SubclassedTeacher(keras_kd.Distiller):
+        def teacher_features(self, x):
+            logits, hidden = self.teacher.with_features(self.teacher_inputs(x))
+            return logits, [hidden]
+
+    distiller = SubclassedTeacher(student=student, teacher=teacher, hints=[
+        keras_kd.FeatureHint("s_hidden", "unused", method="pkt")])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0,
+                      run_eagerly=True)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    t_logits, t_hidden = (np.float64(v.numpy()) for v in teacher.with_features(x))
+    s_hidden = keras.Model(student.input, student.get_layer("s_hidden").output)(x).numpy()
+    np.testing.assert_allclose(
+        logs["pkt_loss"], 30000.0 * pkt_reference(np.float64(s_hidden), t_hidden),
+        rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        logs["distillation_loss"], kd64(t_logits, student(x).numpy(), 2.0), rtol=1e-5)
