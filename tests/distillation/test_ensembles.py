@@ -97,3 +97,78 @@ def test_ensemble_saves_and_loads(tmp_path, tiny_data):
 def test_bad_teacher_weights(weights, match):
     with pytest.raises(ValueError, match=match):
         keras_kd.Distiller(student=make_mlp([8]), teacher=teachers(2), teacher_weights=weights)
+
+
+# Ensembles of *different* members, for the losses that do not compare
+# softmax mixtures (README, "Ensembles": "sigmoid losses the per-class
+# Bernoulli mixture, logit-space losses the weighted mean of the members'
+# logits").
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def bernoulli_kl(p, q):
+    return p * (np.log(p) - np.log(q)) + (1 - p) * (np.log1p(-p) - np.log1p(-q))
+
+
+def _different_members(num_classes, count=2):
+    keras.utils.set_random_seed(31)
+    members = [make_mlp([16], num_classes=num_classes, name=f"member_{i}") for i in range(count)]
+    # Members that disagree (not near-identical initialisations).
+    for scale, member in zip((1.0, -3.0, 2.0), members):
+        member.layers[-1].bias.assign(scale * np.linspace(-1, 1, num_classes))
+    return members
+
+
+@pytest.mark.parametrize("ensemble", ["arithmetic", "geometric"])
+def test_logit_space_loss_of_different_members_is_the_weighted_mean_of_logits(
+    tiny_data, ensemble
+):
+    """For `DistillationMeanSquaredError(space="logits")` both rules give the
+    teacher `sum_m w_m z_m`, whatever the temperature (it uses none)."""
+    x, y = tiny_data
+    members = _different_members(4)
+    keras.utils.set_random_seed(9)
+    distiller = keras_kd.Distiller(student=make_mlp([8], name="student"), teacher=members,
+                                   teacher_weights=[1.0, 3.0], ensemble=ensemble)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.0, temperature=5.0,
+                      distillation_loss_fn=keras_kd.DistillationMeanSquaredError(space="logits"),
+                      run_eagerly=True)
+    z = [np.float64(m(x).numpy()) for m in members]
+    assert np.abs(z[0] - z[1]).max() > 1.0  # The members differ.
+    teacher = 0.25 * z[0] + 0.75 * z[1]
+    student = np.float64(distiller.student(x).numpy())
+    expected = np.mean(np.mean((student - teacher) ** 2, axis=-1))
+    # A mixture of softened probabilities (the softmax rule) would differ.
+    assert not np.isclose(expected, np.mean(np.mean((student - np.log(
+        0.25 * softmax(z[0]) + 0.75 * softmax(z[1]))) ** 2, -1)), rtol=1e-2)
+    np.testing.assert_allclose(distillation_loss(distiller, x, y), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ensemble", ["arithmetic", "geometric"])
+def test_sigmoid_loss_of_different_members_is_the_bernoulli_mixture(ensemble):
+    """Multi-label student (binary cross-entropy): per class, the arithmetic
+    rule mixes the members' Bernoullis `sum_m w_m sigmoid(z_m / T)`; the
+    geometric one gives the normalised product, `sigmoid(sum_m w_m z_m / T)`."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(24, 6)).astype("float32")
+    y = (rng.uniform(size=(24, 4)) < 0.3).astype("float32")
+    members = _different_members(4, count=3)
+    weights = np.array([2.0, 1.0, 1.0]) / 4.0
+    temperature = 2.0
+    keras.utils.set_random_seed(9)
+    distiller = keras_kd.Distiller(student=make_mlp([8], name="student"), teacher=members,
+                                   teacher_weights=[2, 1, 1], ensemble=ensemble)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.0, temperature=temperature,
+                      student_loss_fn=keras.losses.BinaryCrossentropy(from_logits=True),
+                      run_eagerly=True)
+    z = np.stack([np.float64(m(x).numpy()) for m in members])  # (members, batch, classes)
+    if ensemble == "arithmetic":
+        p = np.einsum("m,mbc->bc", weights, sigmoid(z / temperature))
+    else:
+        p = sigmoid(np.einsum("m,mbc->bc", weights, z) / temperature)
+    q = sigmoid(np.float64(distiller.student(x).numpy()) / temperature)
+    expected = temperature**2 * np.mean(np.mean(bernoulli_kl(p, q), axis=-1))
+    np.testing.assert_allclose(distillation_loss(distiller, x, y), expected, rtol=1e-5)

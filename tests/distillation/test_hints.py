@@ -196,3 +196,273 @@ def test_hint_errors(images):
                            hints=[keras_kd.FeatureHint("s_conv", "t_conv2", "pkt")])
     with pytest.raises(ValueError, match="No FitNets connector"):
         hints.build_connector((3, 3, 4), (8, 8, 2), "c")
+
+
+# FitNets connector variants (README, "Feature hints": "conv 3x3 stride 2,
+# transposed 4x4, or a `1 + h_s - h_t` kernel, + BatchNorm + ReLU; Dense +
+# BatchNorm for vectors"), each against a float64 NumPy forward pass.
+
+
+def batch_norm64(h, layer):
+    """BatchNormalization in training mode: batch statistics (biased var)."""
+    axes = tuple(range(h.ndim - 1))
+    mean, var = h.mean(axes), h.var(axes)
+    gamma, beta = (np.float64(w.numpy()) for w in (layer.gamma, layer.beta))
+    return gamma * (h - mean) / np.sqrt(var + layer.epsilon) + beta
+
+
+def conv_valid64(x, kernel, bias):
+    kh, kw = kernel.shape[:2]
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    out = np.zeros((len(x), h, w, kernel.shape[-1]))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("bhwc,co->bhwo", x[:, i:i + h, j:j + w], kernel[i, j])
+    return out + bias
+
+
+def conv_transpose_same64(x, kernel, bias, stride=2):
+    """`Conv2DTranspose(padding="same")`: the gradient of a strided conv; the
+    full `(h - 1) * s + k` output cropped by `(k - s) // 2` at the start."""
+    k = kernel.shape[0]  # Keras' layout: (kh, kw, out, in).
+    b, h, w, _ = x.shape
+    full = np.zeros((b, (h - 1) * stride + k, (w - 1) * stride + k, kernel.shape[2]))
+    for i in range(h):
+        for j in range(w):
+            full[:, i * stride:i * stride + k, j * stride:j * stride + k] += np.einsum(
+                "bc,kloc->bklo", x[:, i, j], kernel)
+    crop = (k - stride) // 2
+    return full[:, crop:crop + h * stride, crop:crop + w * stride] + bias
+
+
+def hinted_pair(student_layer, teacher_layer, seed=0):
+    """Functional models on 8x8x1 images with the named feature layers."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    feature = student_layer(inputs)
+    head = keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature
+    student = keras.Model(inputs, keras.layers.Dense(3)(head))
+    inputs = keras.Input((8, 8, 1))
+    feature = teacher_layer(inputs)
+    head = keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature
+    teacher = keras.Model(inputs, keras.layers.Dense(3)(head))
+    return student, teacher
+
+
+def flat_dense(units, name):
+    return lambda x: keras.layers.Dense(units, name=name)(keras.layers.Flatten()(x))
+
+
+CONNECTORS = {
+    # student feature -> teacher feature: expected first layer, NumPy forward
+    "strided_3x3": (lambda: keras.layers.Conv2D(3, 3, strides=1, padding="same", name="s"),
+                    lambda: keras.layers.Conv2D(5, 3, strides=2, padding="same", name="t")),
+    "transposed_4x4": (lambda: keras.layers.Conv2D(3, 3, strides=4, padding="same", name="s"),
+                       lambda: keras.layers.Conv2D(5, 3, strides=2, padding="same", name="t")),
+    "kernel_1_plus_hs_minus_ht": (
+        lambda: keras.layers.Conv2D(3, 3, padding="valid", name="s"),
+        lambda: keras.layers.Conv2D(5, 3, strides=2, padding="same", name="t")),
+    "dense": (lambda: flat_dense(8, "s"), lambda: flat_dense(5, "t")),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CONNECTORS))
+def test_fitnet_connector_variants_equal_a_numpy_forward_pass(images, variant):
+    x, y = images
+    x = x[:12]
+    make_student_layer, make_teacher_layer = CONNECTORS[variant]
+    student, teacher = hinted_pair(make_student_layer(), make_teacher_layer())
+    distiller = keras_kd.Distiller(student=student, teacher=teacher,
+                                   hints=[keras_kd.FeatureHint("s", "t")])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
+    (connector,) = distiller.connectors
+    first, norm = connector.layers[0], connector.layers[1]
+    assert isinstance(norm, keras.layers.BatchNormalization)
+    s = np.float64(keras.Model(student.input, student.get_layer("s").output)(x).numpy())
+    t = np.float64(keras.Model(teacher.input, teacher.get_layer("t").output)(x).numpy())
+    kernel, bias = (np.float64(w.numpy()) for w in (first.kernel, first.bias))
+    if variant == "dense":
+        assert isinstance(first, keras.layers.Dense) and first.units == 5
+        assert len(connector.layers) == 2  # No ReLU for vectors.
+        mapped = batch_norm64(s @ kernel + bias, norm)
+    else:
+        assert isinstance(connector.layers[2], keras.layers.ReLU)
+        if variant == "strided_3x3":  # 8x8 -> 4x4.
+            assert type(first) is keras.layers.Conv2D
+            assert (first.kernel_size, first.strides, first.padding) == ((3, 3), (2, 2), "same")
+            padded = np.pad(s, ((0, 0), (0, 1), (0, 1), (0, 0)))  # TF's "same" for stride 2.
+            convolved = conv_valid64(padded, kernel, bias)[:, ::2, ::2]
+        elif variant == "transposed_4x4":  # 2x2 -> 4x4.
+            assert isinstance(first, keras.layers.Conv2DTranspose)
+            assert (first.kernel_size, first.strides, first.padding) == ((4, 4), (2, 2), "same")
+            convolved = conv_transpose_same64(s, kernel, bias)
+        else:  # 6x6 -> 4x4: a valid 3x3 = (1 + 6 - 4) convolution.
+            assert type(first) is keras.layers.Conv2D
+            assert (first.kernel_size, first.strides, first.padding) == ((3, 3), (1, 1), "valid")
+            convolved = conv_valid64(s, kernel, bias)
+        assert first.filters == 5
+        mapped = np.maximum(batch_norm64(convolved, norm), 0.0)
+    assert mapped.shape == t.shape
+    expected = 100.0 * np.mean((mapped - t) ** 2)
+    logs = distiller.train_on_batch(x, y[:12], return_dict=True)
+    np.testing.assert_allclose(logs["fitnet_loss"], expected, rtol=1e-4)
+
+
+def test_features_of_equal_shape_need_no_connector(images):
+    x, y = images
+    student, teacher = hinted_pair(flat_dense(5, "s"), flat_dense(5, "t"))
+    distiller = keras_kd.Distiller(student=student, teacher=teacher,
+                                   hints=[keras_kd.FeatureHint("s", "t")])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
+    assert distiller.connectors == []
+    s = keras.Model(student.input, student.get_layer("s").output)(x).numpy()
+    t = keras.Model(teacher.input, teacher.get_layer("t").output)(x).numpy()
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs["fitnet_loss"],
+                               100.0 * np.mean((np.float64(s) - t) ** 2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["fitnet", "similarity"])
+def test_hint_terms_are_not_weighted_by_sample_weight(images, method):
+    """README: "the hint terms, relations within the batch, are not weighted
+    by `sample_weight`": the same value with and without weights (zeros
+    included), the unweighted reference, while the distillation term moves."""
+    x, y = images
+    student, teacher = hinted_pair(flat_dense(5, "s"), flat_dense(5, "t"), seed=3)
+    distiller = keras_kd.Distiller(student=student, teacher=teacher,
+                                   hints=[keras_kd.FeatureHint("s", "t", method=method)])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.3, run_eagerly=True)
+    weights = np.random.default_rng(4).uniform(0.0, 3.0, len(x)).astype("float32")
+    weights[:8] = 0.0
+    plain = distiller.train_on_batch(x, y, return_dict=True)
+    weighted = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+    s = np.float64(keras.Model(student.input, student.get_layer("s").output)(x).numpy())
+    t = np.float64(keras.Model(teacher.input, teacher.get_layer("t").output)(x).numpy())
+    expected = hints.DEFAULT_WEIGHTS[method] * REFERENCES[method](s, t)
+    name = f"{method}_loss"
+    np.testing.assert_allclose([plain[name], weighted[name]], [expected] * 2, rtol=1e-4)
+    assert not np.isclose(plain["distillation_loss"], weighted["distillation_loss"], rtol=1e-3)
+    np.testing.assert_allclose(
+        weighted["loss"],
+        0.3 * weighted["student_loss"] + 0.7 * weighted["distillation_loss"] + expected,
+        rtol=1e-4)
+
+
+# Subclass hooks (README, "Also": `student_inputs(x)`, `student_features` /
+# `teacher_features`): a subclass overriding each gets exactly the loss of
+# the views or features it returns.
+
+
+def softmax64(z):
+    z = np.float64(z)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def kd64(teacher_logits, student_logits, temperature):
+    p, q = softmax64(teacher_logits / temperature), softmax64(student_logits / temperature)
+    return temperature**2 * np.mean(np.sum(p * (np.log(p) - np.log(q)), -1))
+
+
+class TwoLayer(keras.Model):
+    """A subclassed model: its hidden layer cannot be named by a hint."""
+
+    def __init__(self, hidden, classes=3, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(hidden, activation="tanh")
+        self.out = keras.layers.Dense(classes)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+    def with_features(self, x):
+        hidden = self.hidden(x)
+        return self.out(hidden), hidden
+
+
+def test_student_inputs_hook_gives_the_student_its_own_view():
+    rng = np.random.default_rng(5)
+    x = {"student": rng.normal(size=(16, 4)).astype("float32"),
+         "teacher": rng.normal(size=(16, 7)).astype("float32")}
+    y = rng.integers(0, 3, 16)
+
+    class TwoViews(keras_kd.Distiller):
+        def student_inputs(self, x):
+            return x["student"]
+
+        def teacher_inputs(self, x):
+            return x["teacher"]
+
+    keras.utils.set_random_seed(6)
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    teacher = keras.Sequential([keras.Input((7,)), keras.layers.Dense(3)])
+    distiller = TwoViews(student=student, teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.4, temperature=2.0,
+                      run_eagerly=True)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    s, t = student(x["student"]).numpy(), teacher(x["teacher"]).numpy()
+    hard = -np.mean(np.log(softmax64(s))[np.arange(16), y])
+    np.testing.assert_allclose(logs["student_loss"], hard, rtol=1e-5)
+    np.testing.assert_allclose(logs["distillation_loss"], kd64(t, s, 2.0), rtol=1e-5)
+    # `predict` and calling the distiller take the student's view too.
+    np.testing.assert_allclose(distiller.predict(x, verbose=0), s, rtol=1e-6)
+
+
+def test_student_features_hook_serves_a_subclassed_student(images):
+    x, y = images
+    x = x.reshape(len(x), -1)[:, :16]
+    keras.utils.set_random_seed(7)
+    student = TwoLayer(6)
+    student(x[:1])
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(9, activation="relu", name="t_hidden")(inputs)
+    teacher = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+
+    class SubclassedStudent(keras_kd.Distiller):
+        def student_features(self, x, training=None):
+            logits, hidden = self.student.with_features(self.student_inputs(x))
+            return logits, [hidden]
+
+    distiller = SubclassedStudent(student=student, teacher=teacher, hints=[
+        keras_kd.FeatureHint("unused", "t_hidden", method="similarity")])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0,
+                      run_eagerly=True)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    s_logits, s_hidden = (np.float64(v.numpy()) for v in student.with_features(x))
+    t_hidden = keras.Model(teacher.input, teacher.get_layer("t_hidden").output)(x).numpy()
+    np.testing.assert_allclose(
+        logs["similarity_loss"], 3000.0 * sp_reference(s_hidden, np.float64(t_hidden)),
+        rtol=1e-4)
+    np.testing.assert_allclose(
+        logs["distillation_loss"], kd64(teacher(x).numpy(), s_logits, 2.0), rtol=1e-5)
+
+
+def test_teacher_features_hook_serves_a_subclassed_teacher(images):
+    """The logits the hook returns are the teacher's for the distillation
+    term too (one teacher forward pass)."""
+    x, y = images
+    x = x.reshape(len(x), -1)[:, :16]
+    keras.utils.set_random_seed(8)
+    teacher = TwoLayer(10)
+    teacher(x[:1])
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(4, activation="relu", name="s_hidden")(inputs)
+    student = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+
+    class SubclassedTeacher(keras_kd.Distiller):
+        def teacher_features(self, x):
+            logits, hidden = self.teacher.with_features(self.teacher_inputs(x))
+            return logits, [hidden]
+
+    distiller = SubclassedTeacher(student=student, teacher=teacher, hints=[
+        keras_kd.FeatureHint("s_hidden", "unused", method="pkt")])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0,
+                      run_eagerly=True)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    t_logits, t_hidden = (np.float64(v.numpy()) for v in teacher.with_features(x))
+    s_hidden = keras.Model(student.input, student.get_layer("s_hidden").output)(x).numpy()
+    np.testing.assert_allclose(
+        logs["pkt_loss"], 30000.0 * pkt_reference(np.float64(s_hidden), t_hidden),
+        rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        logs["distillation_loss"], kd64(t_logits, student(x).numpy(), 2.0), rtol=1e-5)

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -235,3 +237,185 @@ def test_float32_precision_for_tpus(temperature):
     np.testing.assert_allclose(
         values, reference("kl", teacher, student, temperature), rtol=1e-3
     )
+
+
+# The losses inside a Distiller: README promises checked by value.
+
+
+def _sigmoid64(z):
+    return 1.0 / (1.0 + np.exp(-np.float64(z)))
+
+
+def _mlp(units, num_classes, seed, num_inputs=6):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((num_inputs,)), keras.layers.Dense(units, "relu"),
+                             keras.layers.Dense(num_classes)])
+
+
+def test_multi_label_sigmoid_kd_is_averaged_over_the_classes():
+    """README, "Sigmoid outputs": a binary (multi-label) student loss selects
+    the per-class Bernoulli KL, `T**2`-scaled and *averaged* over the classes
+    as binary cross-entropy is; sample weights weigh it as they weigh BCE."""
+    import keras_kd
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(20, 6)).astype("float32")
+    y = (rng.uniform(size=(20, 5)) < 0.3).astype("float32")
+    weights = rng.uniform(0.1, 2.0, size=20).astype("float32")
+    teacher, student = _mlp(16, 5, 1), _mlp(8, 5, 2)
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.25, temperature=3.0,
+                      student_loss_fn=bce, run_eagerly=True)
+    logs = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+    t, s = 3.0, 3.0
+    p = _sigmoid64(teacher(x).numpy() / t)
+    q = _sigmoid64(student(x).numpy() / s)
+    per_class = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+    per_sample = t**2 * per_class.mean(-1)  # The mean, not the sum, over classes.
+    expected = np.sum(weights * per_sample) / len(x)
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
+    hard = float(bce(y, student(x), sample_weight=weights))
+    np.testing.assert_allclose(logs["student_loss"], hard, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], 0.25 * hard + 0.75 * expected, rtol=1e-5)
+
+
+def _keras_kl64(teacher_p, student_p):
+    # keras.losses.KLDivergence clips both sides to [1e-7, 1].
+    a, b = np.clip(teacher_p, 1e-7, 1.0), np.clip(student_p, 1e-7, 1.0)
+    return np.sum(a * np.log(a / b), -1)
+
+
+@pytest.mark.parametrize("own", [None, "sum"])
+def test_a_plain_keras_loss_keeps_its_own_reduction(own):
+    """`keras.losses.KLDivergence()` as `distillation_loss_fn` next to a
+    student loss with `reduction="mean_with_sample_weight"`: today the Keras
+    loss's *own* reduction wins (README, "How terms are reduced": "any other
+    Keras loss instance uses its own `reduction`"), also when it is Keras'
+    default `"sum_over_batch_size"`, which the user may not have chosen: the
+    distillation term is `sum(w * kl) / n`, not the student's
+    `sum(w * kl) / sum(w)`. With `KLDivergence(reduction="sum")` it is
+    `sum(w * kl)`. The keras.io convention holds: softened probabilities,
+    no `T**2`."""
+    import keras_kd
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 4, size=16)
+    weights = rng.uniform(0.0, 3.0, size=16).astype("float32")
+    teacher, student = _mlp(16, 4, 3), _mlp(8, 4, 4)
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    kl = keras.losses.KLDivergence() if own is None else keras.losses.KLDivergence(reduction=own)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0,
+        student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"),
+        distillation_loss_fn=kl, run_eagerly=True)
+    logs = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+
+    def softmax64(z):
+        z = np.float64(z) / 2.0
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    values = _keras_kl64(softmax64(teacher(x).numpy()), softmax64(student(x).numpy()))
+    total = np.sum(weights * values)
+    expected = total / len(x) if own is None else total
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
+    # Not the student loss's reduction: the weights do not sum to n.
+    assert not np.isclose(expected, total / weights.sum(), rtol=1e-3)
+    # The student term keeps its own `mean_with_sample_weight`.
+    log_q = np.log(softmax64(2.0 * student(x).numpy()))
+    hard = -np.sum(weights * log_q[np.arange(16), y]) / weights.sum()
+    np.testing.assert_allclose(logs["student_loss"], hard, rtol=1e-5)
+
+
+# The top-k temperature refusal where the first batch is not checked before
+# the step (README, "Top-k teacher cache": "PyDatasets, generators and ragged
+# datasets: in the step only, an assert XLA drops").
+
+_VOCAB, _TIME = 12, 4
+
+
+def _lm(seed, ragged=False):
+    keras.utils.set_random_seed(seed)
+    if not ragged:
+        return keras.Sequential([keras.Input((_TIME,), dtype="int32"),
+                                 keras.layers.Embedding(_VOCAB, 4), keras.layers.Dense(_VOCAB)])
+
+    class DenseTokens(keras.Model):
+        """Takes ragged token rows (all of length `_TIME`)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.embedding = keras.layers.Embedding(_VOCAB, 4)
+            self.logits = keras.layers.Dense(_VOCAB)
+
+        def call(self, tokens):
+            if isinstance(tokens, tf.RaggedTensor):
+                tokens = tokens.to_tensor(shape=(None, _TIME))
+            return self.logits(self.embedding(tokens))
+
+    model = DenseTokens()
+    model(np.zeros((1, _TIME), "int32"))
+    return model
+
+
+def _top_k_batches(cache_temperature=2.0, batches=2, batch_size=4):
+    from keras_kd.distillation import top_k
+
+    teacher = _lm(40)
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(batches):
+        tokens = rng.integers(0, _VOCAB, size=(batch_size, _TIME)).astype("int32")
+        indices, values, log_normalizer = top_k.top_k_logits(
+            teacher(tokens), 3, temperature=cache_temperature)
+        cached = {"indices": indices.numpy(), "values": values.numpy(),
+                  "log_normalizer": log_normalizer.numpy(),
+                  "cache_temperature": np.full(batch_size, cache_temperature, "float32")}
+        out.append((tokens, {"labels": np.roll(tokens, -1, 1), "teacher_top_k": cached}))
+    return teacher, out
+
+
+def _as_input(kind, batches):
+    if kind == "pydataset":
+        class Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return len(batches)
+
+            def __getitem__(self, index):
+                return batches[index]
+
+        return Batches()
+    if kind == "generator":
+        return (b for b in batches)
+    tokens = np.concatenate([b[0] for b in batches])
+    y = {"labels": np.concatenate([b[1]["labels"] for b in batches]),
+         "teacher_top_k": {k: np.concatenate([b[1]["teacher_top_k"][k] for b in batches])
+                           for k in batches[0][1]["teacher_top_k"]}}
+    ragged = tf.RaggedTensor.from_tensor(tokens)
+    return tf.data.Dataset.from_tensor_slices((ragged, y)).batch(len(batches[0][0]))
+
+
+@pytest.mark.parametrize("kind", ["pydataset", "generator", "ragged"])
+def test_top_k_bin_refuses_another_temperature_in_the_step(kind):
+    import keras_kd
+    from keras_kd.distillation import top_k
+
+    teacher, batches = _top_k_batches(cache_temperature=2.0)
+    distiller = keras_kd.Distiller(student=_lm(41, ragged=kind == "ragged"), teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=1.0)
+    steps = {"steps_per_epoch": len(batches)} if kind == "generator" else {}
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        distiller.fit(_as_input(kind, batches), epochs=1, verbose=0, **steps)
+    # The assert's message (TensorFlow escapes its quotes) gives the fixes,
+    # and its data the two temperatures (cache 2, received 1).
+    message = str(error.value).replace("\\'", "'")
+    assert top_k.bin_temperature_message(None) in message
+    assert re.search(r"x \(.*\) = \] \[2 2 2.*y \(.*\) = \] \[1 1 1", message)
+    # At the cache's temperature the same input trains (a finite, positive
+    # distillation loss): the refusal is about the temperature alone.
+    distiller.temperature = 2.0
+    history = distiller.fit(_as_input(kind, batches), epochs=1, verbose=0, **steps).history
+    assert np.isfinite(history["distillation_loss"][0]) and history["distillation_loss"][0] > 0

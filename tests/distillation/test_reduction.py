@@ -54,3 +54,80 @@ def test_bad_arguments_are_named():
         reduce_values(np.ones(2), reduction="none")
     with pytest.raises(ValueError, match="sample_weight"):
         reduce_values(np.ones(2), np.ones((2, 3)))
+
+
+# Global-batch divisors under tf.distribute (README, "How terms are reduced":
+# "Under `tf.distribute` each divisor is that of the global batch"): one
+# SGD step of a Distiller on 2 replicas (conftest's 2 logical CPUs) moves the
+# student exactly as one device does on the same global batch. The weights
+# are chosen so that the replicas' halves have very different weight sums
+# (and labelled counts), which a per-replica divisor would get wrong.
+
+_VOCAB, _TIME, _BATCH = 7, 5, 16
+
+
+def _sequence_model(seed, width):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((_TIME,), dtype="int32"),
+                             keras.layers.Embedding(_VOCAB, width),
+                             keras.layers.Dense(_VOCAB)])
+
+
+def _one_step(strategy, reduction, sample_weight, tokens, labels):
+    import tensorflow as tf
+
+    import keras_kd
+
+    teacher = _sequence_model(1, 6)
+    with strategy.scope():
+        distiller = keras_kd.Distiller(student=_sequence_model(2, 3), teacher=teacher)
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.5), alpha=0.4, temperature=2.0,
+            student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction=reduction))
+    before = [w.numpy().copy() for w in distiller.student.weights]
+    logs = distiller.fit(tokens, labels, sample_weight=sample_weight, batch_size=_BATCH,
+                         epochs=1, shuffle=False, verbose=0).history
+    assert isinstance(strategy, tf.distribute.Strategy)
+    return [w.numpy() - b for w, b in zip(distiller.student.weights, before)], logs
+
+
+def _weights(kind):
+    rng = np.random.default_rng(11)
+    if kind == "per_sample":
+        w = rng.uniform(0.1, 0.5, _BATCH)
+        w[: _BATCH // 2] *= 8.0  # The first replica's half weighs far more.
+    else:  # Per position, as a padding mask: the second half mostly padding.
+        w = (rng.uniform(size=(_BATCH, _TIME)) < 0.9).astype("float64")
+        w[_BATCH // 2:, 1:] = 0.0
+    return w.astype("float32")
+
+
+@pytest.mark.parametrize("reduction, kind", [
+    ("mean_with_sample_weight", "per_sample"),
+    ("mean_with_sample_weight", "per_position"),
+    ("sum_over_batch_size", "per_position"),
+    pytest.param("sum", "per_sample", marks=pytest.mark.xfail(
+        strict=True, reason="bug (issue 25 row 1): the step divides every reduction's loss by "
+        "the number of replicas, so reduction='sum' gives half of one device's update")),
+])
+def test_two_replicas_update_as_one_device(reduction, kind):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(12)
+    tokens = rng.integers(0, _VOCAB, size=(_BATCH, _TIME)).astype("int32")
+    labels = rng.integers(0, _VOCAB, size=(_BATCH, _TIME))
+    weights = _weights(kind)
+    single, single_logs = _one_step(tf.distribute.get_strategy(), reduction, weights,
+                                    tokens, labels)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    replicated, replicated_logs = _one_step(mirrored, reduction, weights, tokens, labels)
+    scale = max(np.abs(d).max() for d in single)
+    assert scale > 1e-3  # The step moved the student.
+    # float32 sums in another order (the all-reduce): 1e-4 of the largest
+    # update; a per-replica divisor or a halving is off by tens of percent.
+    for a, b in zip(single, replicated):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * scale)
+    for key in ("student_loss", "distillation_loss"):
+        np.testing.assert_allclose(replicated_logs[key], single_logs[key], rtol=1e-5)
