@@ -45,6 +45,19 @@ def read_cells(path):
     return cells
 
 
+def _drop_torn_tail(path):
+    """Cuts a last line a crash left without its newline, so that the next
+    cell appended starts a line of its own (else both would be lost)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def _cell_key(cell):
     return (cell["kind"], cell["alpha"], cell["temperature"], cell["seed"], cell["epochs"])
 
@@ -181,6 +194,7 @@ def sweep(
         calibrated = calibrate_temperature(teacher, validation)
 
     cells_path = os.path.join(output, "cells.jsonl")
+    _drop_torn_tail(cells_path)
     finished = {_cell_key(c) for c in read_cells(cells_path)}
     grid = []
     for seed in seeds:

@@ -135,11 +135,9 @@ def test_a_resumed_sweep_trains_only_the_missing_cells_to_the_same_values(runs):
     assert len({c["validation_accuracy"] for c in _cells(full_dir).values()}) > 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a sweep killed while appending a cell leaves a torn line without a newline; the "
-    "resumed sweep appends its next cell to that same line, which is then unparseable, so "
-    "the finished cell is lost from cells.jsonl and from the summary"))
 def test_a_sweep_resumed_after_a_torn_line_keeps_every_cell(runs):
+    """Failed before the torn tail was cut: the next cell was appended to the
+    torn line, and both were lost."""
     output, torn = runs["torn"]
     assert torn["skipped"] == 2  # The torn cell is not counted as finished.
     full_dir, full = runs["full"]
