@@ -468,20 +468,26 @@ def chunked_distillation_loss(
         zeros = ops.zeros_like(ops.cast(hidden_rows[:, 0], precision))
         # Loop state as a flat tuple: `None` is not a loop variable on every
         # backend, so the absent gradients are simply not carried.
-        init = [ops.zeros((), precision), (zeros, zeros, zeros, zeros)]
+        # `gate` is 0, computed from the previous chunk's last result: TF's
+        # `while` runs up to 10 iterations at once when they do not depend
+        # on each other, which would hold 10 chunks of logits.
+        init = [ops.zeros((), precision), (zeros, zeros, zeros, zeros), ops.zeros((), "int32")]
         if with_gradients:
             init += [ops.zeros_like(hidden_rows), ops.zeros_like(kernel)]
             if bias_ is not None:
                 init.append(ops.zeros_like(bias_))
 
         def body(i, carry):
-            total, value_rows = carry[0], carry[1]
+            total, value_rows, gate = carry[0], carry[1], carry[2]
+            i = i + gate
             chunk_hidden, d_logits, chunk_total, values = chunk_terms(
                 i, hidden_rows, kernel, bias_, with_gradients
             )
-            carry_out = [total + chunk_total, write(value_rows, i, values)]
+            total = total + chunk_total
+            carry_out = [total, write(value_rows, i, values), None]
+            last = total
             if with_gradients:
-                grad_rows, grad_kernel = carry[2], carry[3]
+                grad_rows, grad_kernel = carry[3], carry[4]
                 if student_head.transposed:
                     grad_hidden = ops.matmul(d_logits, kernel)
                     grad_kernel = grad_kernel + ops.einsum("nv,nh->vh", d_logits, chunk_hidden)
@@ -490,13 +496,16 @@ def chunked_distillation_loss(
                     grad_kernel = grad_kernel + ops.einsum("nh,nv->hv", chunk_hidden, d_logits)
                 (grad_rows,) = write((grad_rows,), i, (grad_hidden,))
                 carry_out += [grad_rows, grad_kernel]
+                last = grad_kernel[0, 0]
                 if bias_ is not None:
-                    carry_out.append(carry[4] + ops.sum(d_logits, axis=0))
+                    carry_out.append(carry[5] + ops.sum(d_logits, axis=0))
+            # Never true (not even for NaN), but not known before `last` is.
+            carry_out[2] = ops.cast(ops.greater(last, float("inf")), "int32")
             return tuple(carry_out)
 
         result = ops.fori_loop(0, num_chunks, body, tuple(init))
         values = tuple(ops.stop_gradient(v[:n]) for v in result[1])
-        gradients = () if not with_gradients else (result[2][:n],) + tuple(result[3:])
+        gradients = () if not with_gradients else (result[3][:n],) + tuple(result[4:])
         return (result[0],) + values, gradients
 
     def forward_and_gradients(hidden, kernel, *maybe_bias):
