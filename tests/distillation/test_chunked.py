@@ -111,7 +111,8 @@ def numeric_gradients(problem, reference_divergence, scaled, caps=(None, None), 
 
 
 def gradients(fn, arguments):
-    """`fn(*arguments)`'s value and gradients, with the backend's autodiff."""
+    """`fn(*arguments) = (value, aux)`'s value, gradients and aux, with the
+    backend's autodiff."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -119,14 +120,16 @@ def gradients(fn, arguments):
         arguments = [tf.constant(a, tf.float32) for a in arguments]
         with tf.GradientTape() as tape:
             tape.watch(arguments)
-            value = fn(*arguments)
-        return value, [g.numpy() for g in tape.gradient(value, arguments)]
+            value, aux = fn(*arguments)
+        return value, [g.numpy() for g in tape.gradient(value, arguments)], aux
     if backend == "jax":
         import jax
 
         arguments = [np.asarray(a, np.float32) for a in arguments]
-        value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(arguments))))(*arguments)
-        return value, [np.asarray(g) for g in grads]
+        (value, aux), grads = jax.value_and_grad(
+            fn, argnums=tuple(range(len(arguments))), has_aux=True
+        )(*arguments)
+        return value, [np.asarray(g) for g in grads], aux
     pytest.skip(f"no gradient helper for the {backend} backend")
 
 
@@ -156,13 +159,12 @@ def run_chunked(problem, loss, chunk_size, caps=(None, None), training=True, tra
             chunk_size=chunk_size,
             training=training,
         )
-        run_chunked.terms = terms
-        return terms.loss
+        return terms.loss, terms
 
-    value, grads = gradients(
+    value, grads, terms = gradients(
         fn, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
     )
-    return float(value), grads, run_chunked.terms
+    return float(value), grads, terms
 
 
 @pytest.mark.parametrize("chunk_size", [3, 7, 16])
@@ -194,20 +196,20 @@ def test_equals_dense_keras_kd_losses(problem, name, make_loss, reference_diverg
         )
         kd = loss.compute_per_sample(teacher, student, TEMPERATURE)
         ce = cross_entropy(np.where(valid, labels, 0), student)
-        dense.values = (ce, kd)
-        return ops.sum(problem["weights"].astype("float32") * ce) + ops.sum(
+        total = ops.sum(problem["weights"].astype("float32") * ce) + ops.sum(
             problem["distillation_weights"].astype("float32") * kd
         )
+        return total, (ce, kd)
 
-    want, want_grads = gradients(
+    want, want_grads, dense_values = gradients(
         dense, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
     )
     value, grads, terms = run_chunked(problem, loss, chunk_size=4)
     np.testing.assert_allclose(value, float(want), rtol=1e-5)
     np.testing.assert_allclose(
-        np.asarray(terms.cross_entropy), np.where(valid, np.asarray(dense.values[0]), 0.0), rtol=1e-5, atol=1e-6
+        np.asarray(terms.cross_entropy), np.where(valid, np.asarray(dense_values[0]), 0.0), rtol=1e-5, atol=1e-6
     )
-    np.testing.assert_allclose(np.asarray(terms.distillation), np.asarray(dense.values[1]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(terms.distillation), np.asarray(dense_values[1]), rtol=1e-5, atol=1e-6)
     for got, expected in zip(grads, want_grads):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -306,9 +308,9 @@ def test_gradient_scales_with_upstream(problem):
             divergence=loss, temperature=TEMPERATURE, chunk_size=5,
         )
         # The per-position outputs are constants: they add no gradient.
-        return -3.0 * terms.loss + ops.sum(terms.distillation) + ops.sum(terms.cross_entropy)
+        return -3.0 * terms.loss + ops.sum(terms.distillation) + ops.sum(terms.cross_entropy), ()
 
-    _, scaled_grads = gradients(
+    _, scaled_grads, _ = gradients(
         scaled, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
     )
     for got, want in zip(scaled_grads, grads):
