@@ -162,7 +162,7 @@ def main():
     parser.add_argument("--divergences", default=",".join(DIVERGENCES))
     parser.add_argument("--methods", default="dense,chunked")
     parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)

@@ -176,6 +176,12 @@ def validate_chunk_size(chunk_size):
 # derivative `g = dD/dq` pushed through the softmax, `q * (g - sum(q g))`.
 
 
+def _logaddexp(a, b):
+    # Not `ops.logaddexp`: on JAX it returns float32 for float64 inputs.
+    top = ops.maximum(a, b)
+    return top + ops.log1p(ops.exp(-ops.abs(a - b)))
+
+
 def _forward_kl_grad(log_p, log_q):
     return ops.exp(log_q) - ops.exp(log_p)
 
@@ -188,7 +194,7 @@ def _reverse_kl_grad(log_p, log_q):
 
 def _jsd_grad(log_p, log_q, beta):
     # d/dq [beta KL(p||M) + (1-beta) KL(q||M)] = (1 - beta) log(q / M).
-    log_m = ops.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+    log_m = _logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
     q = ops.exp(log_q)
     u = log_q - log_m
     return (1.0 - beta) * q * (u - ops.sum(q * u, axis=-1, keepdims=True))
@@ -196,7 +202,7 @@ def _jsd_grad(log_p, log_q, beta):
 
 def _skew_kl_grad(log_p, log_q, skew):
     # KL(p || M), M = skew p + (1 - skew) q: dD/dq = -(1 - skew) p / M.
-    log_m = ops.logaddexp(log_p + math.log(skew), log_q + math.log1p(-skew))
+    log_m = _logaddexp(log_p + math.log(skew), log_q + math.log1p(-skew))
     q = ops.exp(log_q)
     p_ratio = ops.exp(log_p + log_q - log_m)  # p q / M, bounded by p / (1 - skew)
     return -(1.0 - skew) * (p_ratio - q * ops.sum(p_ratio, axis=-1, keepdims=True))
@@ -204,7 +210,7 @@ def _skew_kl_grad(log_p, log_q, skew):
 
 def _skew_reverse_kl_grad(log_p, log_q, skew):
     # KL(q || M), M = skew q + (1 - skew) p: dD/dq = log(q/M) + 1 - skew q/M.
-    log_m = ops.logaddexp(log_q + math.log(skew), log_p + math.log1p(-skew))
+    log_m = _logaddexp(log_q + math.log(skew), log_p + math.log1p(-skew))
     q = ops.exp(log_q)
     u = (log_q - log_m) - skew * ops.exp(log_q - log_m)
     return q * (u - ops.sum(q * u, axis=-1, keepdims=True))
