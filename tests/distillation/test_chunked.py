@@ -1,0 +1,423 @@
+"""`chunked_distillation_loss` against float64 NumPy references (values, and
+gradients by central differences) and against the dense keras_kd losses on
+materialised logits, for every divergence, with weights, padding labels,
+soft-capping, tied heads and chunk sizes that do and do not divide N.
+
+Backend-neutral: runs under `KERAS_BACKEND=tensorflow` and `jax`."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_kd.distillation import divergences
+from keras_kd.distillation import losses
+from keras_kd.distillation.chunked import LinearHead
+from keras_kd.distillation.chunked import chunked_distillation_loss
+from keras_kd.distillation.reduction import reduce_values
+
+N, HS, HT, V = 7, 4, 5, 11
+IGNORE = -100
+TEMPERATURE = 2.0
+
+# (id, loss factory, float64 reference D(p_teacher, p_student), scaled by T^2)
+DIVERGENCES = [
+    ("forward_kl", lambda: divergences.ForwardKL(), lambda p, q: kl64(p, q), True),
+    ("kl_unscaled", lambda: losses.KLDivergenceWithTemperature(scale_by_temperature_squared=False), lambda p, q: kl64(p, q), False),
+    ("cse", lambda: losses.SoftTargetCrossEntropy(), lambda p, q: -np.sum(p * np.log(q), -1), True),
+    ("reverse_kl", lambda: divergences.ReverseKL(), lambda p, q: kl64(q, p), True),
+    ("jsd_0.5", lambda: divergences.GeneralizedJSD(beta=0.5), lambda p, q: jsd64(p, q, 0.5), True),
+    ("jsd_0.1", lambda: divergences.GeneralizedJSD(beta=0.1), lambda p, q: jsd64(p, q, 0.1), True),
+    ("jsd_0", lambda: divergences.GeneralizedJSD(beta=0.0), lambda p, q: kl64(p, q), True),
+    ("jsd_1", lambda: divergences.GeneralizedJSD(beta=1.0), lambda p, q: kl64(q, p), True),
+    ("skew_kl", lambda: divergences.SkewKL(skew=0.1), lambda p, q: kl64(p, 0.1 * p + 0.9 * q), True),
+    ("skew_reverse_kl", lambda: divergences.SkewReverseKL(skew=0.3), lambda p, q: kl64(q, 0.3 * q + 0.7 * p), True),
+]
+IDS = [d[0] for d in DIVERGENCES]
+
+
+def kl64(p, q):
+    return np.sum(p * np.log(p / q), axis=-1)
+
+
+def jsd64(p, q, beta):
+    m = beta * p + (1 - beta) * q
+    return beta * kl64(p, m) + (1 - beta) * kl64(q, m)
+
+
+def log_softmax64(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def cap64(z, cap):
+    return z if cap is None else cap * np.tanh(z / cap)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, V, N)
+    labels[[2, 5]] = IGNORE  # ignore_class positions
+    weights = rng.uniform(0.5, 2.0, N)
+    weights[[2, 5]] = 0.0
+    weights[6] = 0.0  # a padding position with a real label
+    return {
+        "student_hidden": rng.normal(size=(N, HS)),
+        "student_kernel": rng.normal(size=(HS, V)),
+        "student_bias": rng.normal(size=(V,)),
+        "teacher_hidden": rng.normal(size=(N, HT)),
+        "teacher_kernel": 1.5 * rng.normal(size=(HT, V)),
+        "teacher_bias": rng.normal(size=(V,)),
+        "labels": labels,
+        "weights": weights / weights.sum(),
+        "distillation_weights": rng.uniform(0.0, 1.0, N) * (weights > 0) / 3,
+    }
+
+
+def reference(problem, reference_divergence, scaled, student=None, caps=(None, None), temperature=TEMPERATURE):
+    """Float64 loss, per-position CE and divergence of the dense objective."""
+    hidden, kernel, bias = student or (
+        problem["student_hidden"], problem["student_kernel"], problem["student_bias"]
+    )
+    s = cap64(hidden @ kernel + bias, caps[0])
+    t = cap64(problem["teacher_hidden"] @ problem["teacher_kernel"] + problem["teacher_bias"], caps[1])
+    labels = problem["labels"]
+    valid = (labels >= 0) & (labels < V)
+    log_q1 = log_softmax64(s)
+    ce = np.where(valid, -log_q1[np.arange(N), np.where(valid, labels, 0)], 0.0)
+    p = np.exp(log_softmax64(t / temperature))
+    q = np.exp(log_softmax64(s / temperature))
+    kd = reference_divergence(p, q) * (temperature**2 if scaled else 1.0)
+    loss = np.sum(problem["weights"] * ce) + np.sum(problem["distillation_weights"] * kd)
+    return loss, ce, kd
+
+
+def numeric_gradients(problem, reference_divergence, scaled, caps=(None, None), step=1e-5):
+    """Central differences of the float64 loss w.r.t. hidden, kernel, bias."""
+    params = [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
+    grads = []
+    for index, param in enumerate(params):
+        grad = np.zeros_like(param)
+        for position in np.ndindex(param.shape):
+            values = []
+            for sign in (1.0, -1.0):
+                shifted = [p.copy() for p in params]
+                shifted[index][position] += sign * step
+                values.append(reference(problem, reference_divergence, scaled, shifted, caps)[0])
+            grad[position] = (values[0] - values[1]) / (2 * step)
+        grads.append(grad)
+    return grads
+
+
+def gradients(fn, arguments):
+    """`fn(*arguments) = (value, aux)`'s value, gradients and aux, with the
+    backend's autodiff."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        arguments = [tf.constant(a, tf.float32) for a in arguments]
+        with tf.GradientTape() as tape:
+            tape.watch(arguments)
+            value, aux = fn(*arguments)
+        return value, [g.numpy() for g in tape.gradient(value, arguments)], aux
+    if backend == "jax":
+        import jax
+
+        arguments = [np.asarray(a, np.float32) for a in arguments]
+        (value, aux), grads = jax.value_and_grad(
+            fn, argnums=tuple(range(len(arguments))), has_aux=True
+        )(*arguments)
+        return value, [np.asarray(g) for g in grads], aux
+    pytest.skip(f"no gradient helper for the {backend} backend")
+
+
+def run_chunked(problem, loss, chunk_size, caps=(None, None), training=True, transposed=False):
+    def fn(hidden, kernel, bias):
+        head = LinearHead(
+            ops.transpose(kernel) if transposed else kernel,
+            bias=bias,
+            transposed=transposed,
+            soft_cap=caps[0],
+        )
+        teacher = LinearHead(
+            np.asarray(problem["teacher_kernel"], "float32"),
+            bias=np.asarray(problem["teacher_bias"], "float32"),
+            soft_cap=caps[1],
+        )
+        terms = chunked_distillation_loss(
+            hidden,
+            head,
+            np.asarray(problem["teacher_hidden"], "float32"),
+            teacher,
+            problem["labels"],
+            np.asarray(problem["weights"], "float32"),
+            distillation_weights=np.asarray(problem["distillation_weights"], "float32"),
+            divergence=loss,
+            temperature=TEMPERATURE,
+            chunk_size=chunk_size,
+            training=training,
+        )
+        return terms.loss, terms
+
+    value, grads, terms = gradients(
+        fn, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
+    )
+    return float(value), grads, terms
+
+
+@pytest.mark.parametrize("chunk_size", [3, 7, 16])
+@pytest.mark.parametrize("name,make_loss,reference_divergence,scaled", DIVERGENCES, ids=IDS)
+def test_values_and_gradients_match_float64_reference(
+    problem, name, make_loss, reference_divergence, scaled, chunk_size
+):
+    loss, ce, kd = reference(problem, reference_divergence, scaled)
+    value, grads, terms = run_chunked(problem, make_loss(), chunk_size)
+    np.testing.assert_allclose(value, loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(terms.cross_entropy), ce, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(terms.distillation), kd, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, numeric_gradients(problem, reference_divergence, scaled)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,make_loss,reference_divergence,scaled", DIVERGENCES[:5], ids=IDS[:5])
+def test_equals_dense_keras_kd_losses(problem, name, make_loss, reference_divergence, scaled):
+    """Values and gradients equal the dense loss on materialised logits."""
+    loss = make_loss()
+    labels = problem["labels"]
+    valid = (labels >= 0) & (labels < V)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    def dense(hidden, kernel, bias):
+        student = ops.matmul(hidden, kernel) + bias
+        teacher = ops.convert_to_tensor(
+            (problem["teacher_hidden"] @ problem["teacher_kernel"] + problem["teacher_bias"]).astype("float32")
+        )
+        kd = loss.compute_per_sample(teacher, student, TEMPERATURE)
+        ce = cross_entropy(np.where(valid, labels, 0), student)
+        total = ops.sum(problem["weights"].astype("float32") * ce) + ops.sum(
+            problem["distillation_weights"].astype("float32") * kd
+        )
+        return total, (ce, kd)
+
+    want, want_grads, dense_values = gradients(
+        dense, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
+    )
+    value, grads, terms = run_chunked(problem, loss, chunk_size=4)
+    np.testing.assert_allclose(value, float(want), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(terms.cross_entropy), np.where(valid, np.asarray(dense_values[0]), 0.0), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(np.asarray(terms.distillation), np.asarray(dense_values[1]), rtol=1e-5, atol=1e-6)
+    for got, expected in zip(grads, want_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "jsd_0.5"])
+def test_soft_capping_and_tied_head(problem, name):
+    """Gemma's `cap * tanh(logits / cap)` on both heads; the student's head
+    given as a `(vocab, hidden)` tied embedding (`transposed=True`)."""
+    _, make_loss, reference_divergence, scaled = DIVERGENCES[IDS.index(name)]
+    caps = (2.5, 4.0)
+    loss, _, kd = reference(problem, reference_divergence, scaled, caps=caps)
+    value, grads, terms = run_chunked(problem, make_loss(), 3, caps=caps, transposed=True)
+    np.testing.assert_allclose(value, loss, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(terms.distillation), kd, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, numeric_gradients(problem, reference_divergence, scaled, caps=caps)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_of_one_correct_and_teacher_terms(problem):
+    _, make_loss, reference_divergence, scaled = DIVERGENCES[0]
+    _, _, terms = run_chunked(problem, make_loss(), chunk_size=1)
+    labels = problem["labels"]
+    valid = (labels >= 0) & (labels < V)
+    s = problem["student_hidden"] @ problem["student_kernel"] + problem["student_bias"]
+    t = problem["teacher_hidden"] @ problem["teacher_kernel"] + problem["teacher_bias"]
+    np.testing.assert_array_equal(
+        np.asarray(terms.correct), (valid & (s.argmax(-1) == labels)).astype("float32")
+    )
+    teacher_ce = np.where(valid, -log_softmax64(t)[np.arange(N), np.where(valid, labels, 0)], 0.0)
+    np.testing.assert_allclose(np.asarray(terms.teacher_cross_entropy), teacher_ce, rtol=1e-5, atol=1e-6)
+    _, ce, kd = reference(problem, reference_divergence, scaled)
+    np.testing.assert_allclose(np.asarray(terms.distillation), kd, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_mode_gives_the_same_values(problem):
+    loss = divergences.GeneralizedJSD(beta=0.5)
+    value, _, train_terms = run_chunked(problem, loss, chunk_size=3)
+    eval_terms = chunked_distillation_loss(
+        problem["student_hidden"].astype("float32"),
+        LinearHead(problem["student_kernel"].astype("float32"), problem["student_bias"].astype("float32")),
+        problem["teacher_hidden"].astype("float32"),
+        LinearHead(problem["teacher_kernel"].astype("float32"), problem["teacher_bias"].astype("float32")),
+        problem["labels"],
+        problem["weights"].astype("float32"),
+        distillation_weights=problem["distillation_weights"].astype("float32"),
+        divergence=loss,
+        temperature=TEMPERATURE,
+        chunk_size=3,
+        training=False,
+    )
+    assert float(eval_terms.loss) == pytest.approx(value, rel=1e-6)
+    for got, want in zip(eval_terms, train_terms):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean_with_sample_weight"])
+def test_weights_fold_a_keras_reduction(problem, reduction):
+    """`weights = w / count` or `w / sum(w)` makes `loss` what
+    `reduce_values` gives for each term, with a mask and sample weights."""
+    rng = np.random.default_rng(3)
+    sample_weight = rng.uniform(0.5, 2.0, N).astype("float32")
+    mask = problem["labels"] >= 0
+    denominator = mask.sum() if reduction == "sum_over_batch_size" else (sample_weight * mask).sum()
+    w = (sample_weight * mask / denominator).astype("float32")
+    alpha = 0.3
+    terms = chunked_distillation_loss(
+        problem["student_hidden"].astype("float32"),
+        LinearHead(problem["student_kernel"].astype("float32")),
+        problem["teacher_hidden"].astype("float32"),
+        LinearHead(problem["teacher_kernel"].astype("float32")),
+        problem["labels"],
+        alpha * w,
+        distillation_weights=(1 - alpha) * w,
+        divergence="reverse_kl",
+        temperature=TEMPERATURE,
+        chunk_size=2,
+        training=False,
+    )
+    want = alpha * reduce_values(
+        terms.cross_entropy, sample_weight, mask, reduction
+    ) + (1 - alpha) * reduce_values(terms.distillation, sample_weight, mask, reduction)
+    np.testing.assert_allclose(float(terms.loss), float(want), rtol=1e-6)
+
+
+def test_gradient_scales_with_upstream(problem):
+    """Only `loss` carries a gradient, scaled by the caller's upstream."""
+    loss = divergences.SkewKL(skew=0.1)
+    _, grads, _ = run_chunked(problem, loss, chunk_size=5)
+    head_teacher = LinearHead(problem["teacher_kernel"].astype("float32"), problem["teacher_bias"].astype("float32"))
+
+    def scaled(hidden, kernel, bias):
+        terms = chunked_distillation_loss(
+            hidden, LinearHead(kernel, bias), problem["teacher_hidden"].astype("float32"), head_teacher,
+            problem["labels"], problem["weights"].astype("float32"),
+            distillation_weights=problem["distillation_weights"].astype("float32"),
+            divergence=loss, temperature=TEMPERATURE, chunk_size=5,
+        )
+        # The per-position outputs are constants: they add no gradient.
+        return -3.0 * terms.loss + ops.sum(terms.distillation) + ops.sum(terms.cross_entropy), ()
+
+    _, scaled_grads, _ = gradients(
+        scaled, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
+    )
+    for got, want in zip(scaled_grads, grads):
+        np.testing.assert_allclose(got, -3.0 * want, rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_step_with_unknown_positions(problem):
+    """Inside `tf.function` with an unknown number of positions (TF) or
+    `jax.jit` (JAX), values and gradients equal the eager ones."""
+    loss = divergences.GeneralizedJSD(beta=0.5)
+    eager_value, eager_grads, _ = run_chunked(problem, loss, chunk_size=3)
+    teacher = LinearHead(problem["teacher_kernel"].astype("float32"), problem["teacher_bias"].astype("float32"))
+
+    def step(hidden, kernel, bias, teacher_hidden, labels, weights, distillation_weights):
+        return chunked_distillation_loss(
+            hidden, LinearHead(kernel, bias), teacher_hidden, teacher, labels, weights,
+            distillation_weights=distillation_weights, divergence=loss,
+            temperature=TEMPERATURE, chunk_size=3,
+        ).loss
+
+    data = [
+        problem["teacher_hidden"].astype("float32"),
+        problem["labels"].astype("int32"),
+        problem["weights"].astype("float32"),
+        problem["distillation_weights"].astype("float32"),
+    ]
+    params = [problem[k].astype("float32") for k in ("student_hidden", "student_kernel", "student_bias")]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec((None, HS)), tf.TensorSpec((HS, V)), tf.TensorSpec((V,)),
+                tf.TensorSpec((None, HT)), tf.TensorSpec((None,), tf.int32),
+                tf.TensorSpec((None,)), tf.TensorSpec((None,)),
+            ]
+        )
+        def compiled(*arguments):
+            with tf.GradientTape() as tape:
+                tape.watch(arguments[:3])
+                value = step(*arguments)
+            return value, tape.gradient(value, arguments[:3])
+
+        value, grads = compiled(*params, *data)
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        compiled = jax.jit(jax.value_and_grad(step, argnums=(0, 1, 2)))
+        value, grads = compiled(*params, *data)
+    else:
+        pytest.skip("compiled step for TF and JAX only")
+    np.testing.assert_allclose(float(value), eager_value, rtol=1e-6)
+    for got, want in zip(grads, eager_grads):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, "8", True, None])
+def test_bad_chunk_size_is_refused(problem, chunk_size):
+    head = LinearHead(problem["student_kernel"].astype("float32"))
+    with pytest.raises(ValueError, match=r"`chunk_size` must be a positive integer") as info:
+        chunked_distillation_loss(
+            problem["student_hidden"].astype("float32"), head,
+            problem["student_hidden"].astype("float32"), head,
+            problem["labels"], problem["weights"], chunk_size=chunk_size,
+        )
+    assert f"chunk_size={chunk_size!r}" in str(info.value)
+    assert "chunk_size=1024" in str(info.value)
+
+
+def test_mismatched_heads_and_unsupported_losses_are_refused(problem):
+    hidden = problem["student_hidden"].astype("float32")
+    head = LinearHead(problem["student_kernel"].astype("float32"))
+    other = LinearHead(np.zeros((HS, V + 1), "float32"))
+    arguments = (problem["labels"], problem["weights"])
+    with pytest.raises(ValueError, match="share a vocabulary.*11.*12"):
+        chunked_distillation_loss(hidden, head, hidden, other, *arguments)
+    with pytest.raises(ValueError, match=r"`teacher_hidden` must be `\(positions, 4\)`"):
+        chunked_distillation_loss(hidden, head, np.zeros((N, 3), "float32"), head, *arguments)
+    with pytest.raises(ValueError, match="chunked path computes forward KL"):
+        chunked_distillation_loss(hidden, head, hidden, head, *arguments, divergence="mse")
+    with pytest.raises(ValueError, match="`soft_cap` must be None or a positive"):
+        LinearHead(problem["student_kernel"], soft_cap=0)
+
+
+def test_head_from_layers():
+    """`LinearHead.from_layer` reads a Dense and a tied / untied, soft-capped
+    ReversibleEmbedding as their own calls compute logits."""
+    rng = np.random.default_rng(1)
+    hidden = rng.normal(size=(3, 4)).astype("float32")
+    dense = keras.layers.Dense(6)
+    dense.build((None, 4))
+    for tie in (True, False):
+        embedding = keras.layers.ReversibleEmbedding(6, 4, tie_weights=tie, logit_soft_cap=3.0)
+        embedding.build((None,))
+        if not tie:
+            embedding.reverse_embeddings.assign(rng.normal(size=(4, 6)))
+        head = LinearHead.from_layer(embedding)
+        np.testing.assert_allclose(
+            np.asarray(_cap(head.logits(hidden), head.soft_cap)),
+            np.asarray(embedding(hidden, reverse=True)),
+            rtol=1e-6,
+        )
+    head = LinearHead.from_layer(dense)
+    np.testing.assert_allclose(np.asarray(head.logits(hidden)), np.asarray(dense(hidden)), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the output head"):
+        LinearHead.from_layer(keras.layers.ReLU())
+
+
+def _cap(logits, cap):
+    return logits if cap is None else ops.tanh(logits / cap) * cap
