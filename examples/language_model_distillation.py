@@ -49,6 +49,7 @@ import keras_kd  # noqa: E402
 from keras_kd.data import text  # noqa: E402
 from keras_kd.distillation import top_k  # noqa: E402
 from keras_kd.distillation.cache import CacheError  # noqa: E402
+from keras_kd.studies.reporting import paired_gain_verdict  # noqa: E402
 
 try:
     import keras_hub  # noqa: E402
@@ -389,7 +390,8 @@ for method in args.methods:
            "seconds_mean": mean_std(per_seed(method, "seconds").values())[0]}
     if "scratch" in args.methods:
         scratch = per_seed("scratch")
-        row["gain_vs_scratch"], row["gain_std"] = mean_std(scratch[s] - bits[s] for s in bits)
+        row["gains_vs_scratch"] = [scratch[s] - bits[s] for s in bits]
+        row["gain_vs_scratch"], row["gain_std"] = mean_std(row["gains_vs_scratch"])
     summary[method] = row
 
 print(f"\nBits per character on {HELD_OUT} (lower is better), mean +- std over seeds "
@@ -406,13 +408,8 @@ print()
 for method, row in summary.items():
     if method == "scratch" or "gain_vs_scratch" not in row:
         continue
-    gain, std = row["gain_vs_scratch"], row["gain_std"]
-    if gain <= 0:
-        print(f"{method}: does not help here ({gain:+.3f} bits/char vs scratch).")
-    elif len(row["seeds"]) > 1 and gain < 2 * std / math.sqrt(len(row["seeds"])):
-        print(f"{method}: no clear gain ({gain:+.3f} +- {std:.3f}, within the seeds' spread).")
-    else:
-        print(f"{method}: helps ({gain:+.3f} bits/char vs scratch).")
+    # Paired by seed: one seed cannot tell a gain from the seeds' spread.
+    print(paired_gain_verdict(method, row["gains_vs_scratch"]))
 
 # A few characters from the teacher and the best student, to read. Without a
 # preprocessor, generate() takes padded token ids and a mask of the prompt
