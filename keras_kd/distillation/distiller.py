@@ -1052,15 +1052,8 @@ def _resolve_teacher_outputs(teacher_outputs, members, selector):
         return validate_choice(teacher_outputs, "teacher_outputs",
                                set(teacher_module.TEACHER_OUTPUTS))
     teacher_module.check_teacher_models(members)
-    softmax = [outputs_module.ends_in_softmax(m, selector) for m in members]
-    if all(softmax):
-        return "probabilities"
-    if any(softmax):
-        raise ValueError(
-            "Some teachers of the ensemble end in a softmax and others do not. "
-            "Give them the same kind of outputs, and pass `teacher_outputs`."
-        )
-    return "logits"
+    return teacher_module.outputs_from_softmax_flags(
+        [outputs_module.ends_in_softmax(m, selector) for m in members])
 
 
 def _static_logits_shape(model, selector):

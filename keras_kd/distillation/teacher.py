@@ -175,6 +175,12 @@ def resolve_teacher_outputs(teacher_outputs, models, selector=None, where="the D
                 "(or leave it unset), as the online Distiller reads such a teacher."
             )
         return teacher_outputs
+    return outputs_from_softmax_flags(softmax)
+
+
+def outputs_from_softmax_flags(softmax):
+    """`"probabilities"` when every member ends in a softmax, `"logits"`
+    when none does; a mixed ensemble is an error."""
     if all(softmax):
         return "probabilities"
     if any(softmax):
