@@ -4,6 +4,8 @@ Nothing here prints: each function returns text or writes a file, and the
 command line or the examples decide what to show.
 """
 
+import math
+
 METHOD_LABELS = {
     "scratch": "student alone (labels)",
     "soft_targets": "+ teacher's soft targets",
@@ -133,3 +135,56 @@ def plot_sweep(rows, calibrated_temperature, path, title):
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
+
+
+def paired_gain_verdict(name, gains, baseline="scratch", unit="bits/char",
+                        standard_errors=2.0):
+    """A one-line verdict on a method's per-seed gains over a baseline.
+
+    The gains are paired by seed (same initial weights and batches), so
+    their spread is the seed-to-seed noise of the comparison. One seed
+    cannot tell a gain from that noise; with two or more, the method helps
+    only when the mean gain exceeds `standard_errors` standard errors of the
+    mean (std with ddof=1 over sqrt(n)), and hurts only when it is below
+    minus as many. A rough rule: with 2 or 3 seeds, 2 standard errors is a
+    weaker test than a 95% Student-t interval.
+
+    Args:
+        name: The method, the line's first word(s).
+        gains: The per-seed gains over the baseline (positive is better).
+        baseline: What the gains are measured against, for the text.
+        unit: The gains' unit, for the text.
+        standard_errors: How many standard errors the mean gain must clear.
+
+    Returns:
+        The verdict as text: "`name`: helps (...)", "hurts", "no clear
+        difference" or "cannot tell (1 seed)".
+
+    Raises:
+        ValueError: If `gains` is empty or not finite.
+
+    Example:
+
+    >>> paired_gain_verdict("forward KL", [0.005])
+    'forward KL: cannot tell (1 seed): +0.005 bits/char vs scratch.'
+    """
+    gains = [float(g) for g in gains]
+    if not gains or not all(math.isfinite(g) for g in gains):
+        raise ValueError(
+            "`gains` must hold one finite gain per seed. Received: "
+            f"gains={gains!r}. Pass the per-seed differences baseline - method."
+        )
+    n = len(gains)
+    mean = sum(gains) / n
+    if n < 2:
+        return f"{name}: cannot tell (1 seed): {mean:+.3f} {unit} vs {baseline}."
+    std = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1))
+    error = std / math.sqrt(n)
+    figures = (f"{mean:+.3f} +- {error:.3f} {unit} vs {baseline} "
+               f"(mean +- standard error, {n} seeds)")
+    if mean > standard_errors * error:
+        return f"{name}: helps, {figures}."
+    if mean < -standard_errors * error:
+        return f"{name}: hurts, {figures}."
+    return (f"{name}: no clear difference, {figures}: within "
+            f"{standard_errors:g} standard errors of 0.")

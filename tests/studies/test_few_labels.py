@@ -24,8 +24,10 @@ def test_balanced_subset_is_balanced_seeded_and_checked():
             few_labels.balanced_subset(labels, bad, seed=0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def problem():
+    """One trained teacher for the module: the tests only read it (predict,
+    and `Distiller`s that freeze it), so sharing it keeps them independent."""
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=3.0, size=(4, 6))
     y = rng.integers(0, 4, size=96)
