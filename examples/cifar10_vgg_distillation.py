@@ -4,7 +4,8 @@ The teacher, a CIFAR VGG16, trains with SGD (momentum 0.9, no weight decay)
 on the step schedule lr 0.1 / 0.01 / 0.001 (epochs 1-150 / 151-250 /
 251-300 of 300; here scaled to --teacher-epochs), in a resumable run
 directory: stop it at any time and run the same command with --resume,
-or train in stages by raising --teacher-epochs and resuming.
+or train in stages by raising --teacher-epochs and resuming (with
+--teacher-only, each stage stops after the teacher).
 
 Students (3 convolutional blocks, Adam lr 1e-4 or SGD on the same schedule)
 are trained from scratch and distilled with a soft loss that is either
@@ -56,6 +57,8 @@ parser.add_argument("--student-optimizer", choices=("adam", "sgd"), default="ada
 parser.add_argument("--no-augment", action="store_true", help="train the teacher without crop and flip")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--resume", action="store_true", help="continue the teacher's run")
+parser.add_argument("--teacher-only", action="store_true",
+                    help="train (or continue) the teacher, then stop: no students")
 parser.add_argument("--output", default="e4")
 args = parser.parse_args()
 ACCURACY = "sparse_categorical_accuracy"
@@ -100,6 +103,9 @@ runs.fit_resumable(
 )
 results = {"teacher": test_accuracy(teacher)}
 print(f"teacher: {results['teacher']:.2f}%")
+if args.teacher_only:
+    print(f"Stopped after the teacher (--teacher-only); its run is in {teacher_dir}")
+    raise SystemExit(0)
 
 # 3. The teacher's logits on the un-augmented training images, once for all
 # students (kept in the run directory, keyed by the teacher's weights).

@@ -3,9 +3,11 @@
 The reference used an ImageNet-pretrained ViT-B/16 whose classifier was
 replaced by a 10-way layer: only that head trains, the backbone stays
 frozen. Keras ships no ViT, so the backbone here is any
-`keras.applications` model (default EfficientNetB0) or your own model. The
-student is a ResNet-34 with a CIFAR stem. The loss is Hinton's: KL between
-the softened outputs times T**2, plus cross-entropy on the labels.
+`keras.applications` model (default EfficientNetB0) or your own model saved
+as a `.keras` file (images in, features out). The student is a ResNet-34
+with a CIFAR stem (`--student-blocks 2 2 2 2` makes it a ResNet-18). The
+loss is Hinton's: KL between the softened outputs times T**2, plus
+cross-entropy on the labels.
 
 Pretrained weights cannot be downloaded offline: pass `--backbone-weights`
 (a local `.weights.h5`/`.h5` file, or "imagenet" where there is internet)
@@ -32,9 +34,12 @@ from keras_kd.distillation.cache import compute_teacher_logits
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--data-dir", default=None, help="CIFAR-10 files")
 parser.add_argument("--limit", type=int, default=None, help="training examples")
-parser.add_argument("--backbone", default="EfficientNetB0", help="a keras.applications model name")
+parser.add_argument("--backbone", default="EfficientNetB0",
+                    help="a keras.applications model name, or a .keras file of your own backbone")
 parser.add_argument("--backbone-weights", default=None, help='None, "imagenet" or a local file')
 parser.add_argument("--student-weights", default=None, help="local ResNet-34 weights file")
+parser.add_argument("--student-blocks", type=int, nargs=4, default=[3, 4, 6, 3],
+                    help="basic blocks per stage of the ResNet student (3 4 6 3: ResNet-34)")
 parser.add_argument("--resize", type=int, default=None, help="resize images for the backbone, e.g. 224")
 parser.add_argument("--head-epochs", type=int, default=5)
 parser.add_argument("--student-epochs", type=int, default=10)
@@ -56,8 +61,11 @@ x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
 print(f"CIFAR-10: {len(x_train)} training and {len(x_test)} test images")
 
 # 2. The teacher: frozen backbone, new 10-way head. Only the head trains.
+backbone = args.backbone
+if backbone.endswith(".keras"):
+    backbone = keras.saving.load_model(backbone)  # Its own weights; frozen below.
 teacher = models.build_frozen_backbone_teacher(
-    args.backbone, (32, 32, 3), num_classes=10, weights=args.backbone_weights,
+    backbone, (32, 32, 3), num_classes=10, weights=args.backbone_weights,
     resize_to=None if args.resize is None else (args.resize, args.resize),
 )
 print(f"teacher: {args.backbone}, {teacher.count_params():,} parameters, "
@@ -71,11 +79,12 @@ teacher_logits = compute_teacher_logits(teacher, x_train, batch_size=BATCH_SIZE)
 
 def student_and_data(with_logits):
     keras.utils.set_random_seed(args.seed + 1)  # Both students start alike.
+    name = "resnet34" if args.student_blocks == [3, 4, 6, 3] else "resnet"
     student = keras.Sequential([
         keras.Input((32, 32, 3)),
         keras.layers.Rescaling(1 / 255.0),
-        models.build_resnet34_student(weights=args.student_weights),
-    ], name="resnet34_student")
+        models.build_resnet(args.student_blocks, weights=args.student_weights, name=name),
+    ], name=f"{name}_student")
     data = datasets.make_dataset(x_train, y_train, name=None, scaling=None, batch_size=BATCH_SIZE,
                                  shuffle=True, seed=args.seed,
                                  teacher_logits=teacher_logits if with_logits else None)

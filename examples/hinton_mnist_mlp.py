@@ -17,7 +17,8 @@ Run offline on the bundled sample (8,000 training digits, not 60,000, and
 
     python examples/hinton_mnist_mlp.py --seeds 0 1 2 --output e3
 
-Writes `e3/e3.json` and `e3/e3_confusion.png`.
+Writes `e3/e3.json` and `e3/e3_confusion.png` (and, with --save-models, the
+last seed's teacher and students as `e3/e3_*.keras`).
 """
 
 import argparse
@@ -43,6 +44,8 @@ parser.add_argument("--soft-weight", type=float, default=0.7)
 parser.add_argument("--limit", type=int, default=None, help="training examples")
 parser.add_argument("--data-dir", default=None, help="full MNIST files")
 parser.add_argument("--output", default="e3", help="directory for the JSON and the picture")
+parser.add_argument("--save-models", action="store_true",
+                    help="also save the last seed's teacher and students in --output (.keras)")
 args = parser.parse_args()
 os.makedirs(args.output, exist_ok=True)
 ACCURACY = "sparse_categorical_accuracy"
@@ -124,6 +127,13 @@ for seed in args.seeds:
     paper_shift_errors = errors(without_threes)
     with_shift(fitted_shift)
     fitted_errors = errors(without_threes)
+    if args.save_models:
+        # The student without threes as trained (no shift): the shifts are
+        # in the JSON, to add to its last bias.
+        with_shift(0.0)
+        for name, model in [("teacher", teacher), ("student_alone", student_alone),
+                            ("distilled", distilled), ("without_threes", without_threes)]:
+            model.save(os.path.join(args.output, f"e3_{name}.keras"))
 
     result = {
         "teacher": errors(teacher)[:2],

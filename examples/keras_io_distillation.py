@@ -17,10 +17,12 @@ Run offline on the bundled sample (8,000 training digits, not 60,000):
     python examples/keras_io_distillation.py --seeds 0 1 2
 
 On full MNIST: `--data-dir DIR` with `mnist.npz` or the IDX files.
+`--save-models DIR` keeps the last seed's teacher and students.
 """
 
 import argparse
 import json
+import os
 
 import keras
 import numpy as np
@@ -44,6 +46,8 @@ parser.add_argument("--batch-size", type=int, default=64)
 parser.add_argument("--limit", type=int, default=None, help="training examples")
 parser.add_argument("--data-dir", default=None, help="full MNIST files")
 parser.add_argument("--json", default=None, help="write the results here")
+parser.add_argument("--save-models", default=None,
+                    help="directory to save the last seed's teacher and students in (.keras)")
 args = parser.parse_args()
 
 # Data: pixels / 255 with a channel axis, as in keras.io.
@@ -98,6 +102,7 @@ for seed in args.seeds:
     results["distilled, keras.io settings"].append(
         float(accuracy["sparse_categorical_accuracy"])
     )
+    keras_io_student = distiller.student
 
     # Distillation with keras_kd's defaults: Hinton's KL with T**2, T=3.
     distiller = Distiller(student=fresh_student(), teacher=teacher)
@@ -110,6 +115,7 @@ for seed in args.seeds:
     results["distilled, keras_kd defaults"].append(
         float(accuracy["sparse_categorical_accuracy"])
     )
+    defaults_student = distiller.student
 
     # The same student trained from scratch, for comparison.
     scratch = fresh_student()
@@ -122,6 +128,12 @@ for seed in args.seeds:
     results["student (scratch)"].append(
         float(scratch.evaluate(x_test, y_test, verbose=0)[1])
     )
+    if args.save_models:
+        os.makedirs(args.save_models, exist_ok=True)
+        for name, model in [("teacher", teacher), ("scratch", scratch),
+                            ("keras_io_settings", keras_io_student),
+                            ("keras_kd_defaults", defaults_student)]:
+            model.save(os.path.join(args.save_models, f"{name}.keras"))
 
 print(f"\nTest accuracy over seeds {args.seeds} ({len(x_train)} training digits)")
 print(f"| {'model':<30} | {'mean +- std':>17} | published (60,000 digits) |")
