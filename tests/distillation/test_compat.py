@@ -107,10 +107,12 @@ def test_maybe_symbolic_build_is_the_keras_hook_the_distiller_overrides(tiny_dat
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
     from keras_kd import Distiller
+    from keras_kd.distillation.backend.tensorflow import TensorFlowSteps
 
     hook = getattr(TensorFlowTrainer, compat.SYMBOLIC_BUILD)
     assert {"iterator", "data_batch"} <= set(inspect.signature(hook).parameters)
-    assert compat.SYMBOLIC_BUILD in vars(Distiller)
+    assert compat.SYMBOLIC_BUILD in vars(TensorFlowSteps)  # The Distiller's TF steps.
+    assert issubclass(Distiller, TensorFlowSteps)
     calls = []
     original = getattr(Distiller, compat.SYMBOLIC_BUILD)
 

@@ -385,10 +385,11 @@ def test_unlabelled_positions_get_only_the_distillation_term():
 
 # Backend and precision.
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
 def test_another_backend_gets_a_clear_error(monkeypatch, backend):
-    # JAX and PyTorch are not installed here; Keras reports its backend by
-    # `keras.backend.backend()`, which is what the Distiller reads.
+    # Keras reports its backend by `keras.backend.backend()`, which is what
+    # the Distiller reads; TensorFlow and JAX have steps (tests/distillation/
+    # test_backends.py).
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
     with pytest.raises(RuntimeError, match=rf"runs on '{backend}'.*KERAS_BACKEND=tensorflow"):
         Distiller(student=make_mlp([4]), teacher=make_mlp([4]))
