@@ -5,7 +5,9 @@ checked by `tests/test_compat.py`, which fails loudly when a Keras or
 TensorFlow upgrade renames or changes it.
 """
 
+import keras
 import tensorflow as tf
+from keras.src import backend as _keras_backend
 from keras.src.trainers.trainer import model_supports_jit as _supports_jit
 from tensorflow.python.framework import config as _tf_config
 
@@ -62,6 +64,8 @@ def reducible_logs(logs):
     value, axis=0)`, which fails on scalars (keras-team/keras#20585);
     one-element vectors average to the same scalar. Unchanged elsewhere.
     """
+    if keras.backend.backend() != "tensorflow":
+        return logs  # Keras' JAX trainer reduces no logs across workers.
     if not in_multi_worker_mode(tf.distribute.get_strategy()):
         return logs
     return {
@@ -110,7 +114,7 @@ def symbolic_build_arguments(model, iterator=None, data_batch=None):
 def keras_mask(tensor):
     """The Keras mask a layer attached to a tensor (e.g. `Embedding(
     mask_zero=True)`'s, carried to the logits), or `None`."""
-    return getattr(tensor, "_keras_mask", None)
+    return _keras_backend.get_keras_mask(tensor)
 
 
 def producing_layer(symbolic_tensor):

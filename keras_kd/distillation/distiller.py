@@ -18,7 +18,10 @@ from keras import ops
 from keras_kd.distillation import batch as batch_module
 from keras_kd.distillation import class_weights as class_weights_module
 from keras_kd.distillation import compat
+from keras_kd.distillation.backend import SUPPORTED_BACKENDS
+from keras_kd.distillation.backend import steps_for_backend
 from keras_kd.distillation import labels as labels_module
+from keras_kd.distillation import objective
 from keras_kd.distillation import outputs as outputs_module
 from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation import top_k_loss as top_k_module
@@ -34,7 +37,6 @@ from keras_kd.distillation.metrics import TeacherMetric
 from keras_kd.distillation.reduction import REDUCTIONS
 from keras_kd.distillation.terms import DistillationTerm
 from keras_kd.distillation.terms import StudentTerm
-from keras_kd.distillation.terms import combine_masks
 from keras_kd.distillation.validation import validate_choice
 from keras_kd.distillation.validation import validate_fraction
 from keras_kd.distillation.validation import validate_temperature
@@ -48,18 +50,18 @@ def _as_float(variable):
 
 
 def check_backend():
-    """Raises unless Keras runs on TensorFlow, which the Distiller's steps use."""
+    """Raises unless Keras runs on a backend the Distiller has steps for."""
     backend = keras.backend.backend()
-    if backend != "tensorflow":
+    if backend not in SUPPORTED_BACKENDS:
         raise RuntimeError(
-            f"keras_kd's Distiller needs the TensorFlow backend, but Keras runs "
-            f"on {backend!r}. Set `KERAS_BACKEND=tensorflow` before importing "
-            "Keras (or in ~/.keras/keras.json)."
+            f"keras_kd's Distiller runs on the TensorFlow and JAX backends, but "
+            f"Keras runs on {backend!r}. Set `KERAS_BACKEND=tensorflow` or "
+            "`KERAS_BACKEND=jax` before importing Keras (or in ~/.keras/keras.json)."
         )
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Distiller(keras.Model):
+class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
     """Trains a student to match a frozen teacher and the true labels.
 
     The loss of each step is
@@ -139,7 +141,8 @@ class Distiller(keras.Model):
         ValueError: for a non-model, a student that ends in a softmax, a
             teacher that ends in one with `teacher_outputs="logits"`, or
             models with different numbers of classes.
-        RuntimeError: when Keras does not run on TensorFlow.
+        RuntimeError: when Keras runs on another backend than TensorFlow
+            or JAX.
 
     Example:
 
@@ -269,7 +272,7 @@ class Distiller(keras.Model):
     def alpha(self, value):
         value = validate_fraction(value, "alpha")
         if value > 0.0 and self._fitting_without_labels:
-            raise ValueError(_no_labels_message(value))
+            raise ValueError(objective.no_labels_message(value))
         self._alpha.assign(value)
 
     @property
@@ -520,182 +523,6 @@ class Distiller(keras.Model):
             student_logits, self.student_term.resolve(student_logits),
             top_k=isinstance(teacher_logits, dict))
 
-    def _combined_teacher_logits(self, raw, student_logits, kind=None, temperature=None):
-        """One teacher's logits for the distillation loss (or `kind`), an
-        ensemble's mixed at `temperature` (default: the distiller's)."""
-        if isinstance(raw, dict):  # A top-k cache: one teacher, as stored.
-            if self.align_vocabulary == "prefix":
-                raise ValueError(
-                    "`align_vocabulary='prefix'` cuts dense teacher logits; a top-k "
-                    "cache holds ids only. Write the cache from the aligned teacher "
-                    "(e.g. a model that returns `logits[..., :student_vocabulary]`)."
-                )
-            if self.teacher_side.is_ensemble or self._teacher_metrics:
-                raise ValueError(
-                    "A top-k teacher cache holds one teacher's top logits: it "
-                    "takes neither an ensemble nor teacher metrics. Distil the "
-                    "ensemble online, or drop the teacher metrics."
-                )
-            return raw
-        if kind is None:
-            kind = DistillationTerm.kind(self._distillation_loss_for(student_logits))
-        if self.align_vocabulary == "prefix":
-            raw = _prefix_vocabulary(raw, student_logits.shape[-1])
-        if temperature is None:
-            temperature = ops.cast(self._temperature, "float32")
-        logits = self.teacher_side.combine(raw, temperature, kind)
-        validation.check_same_classes(
-            logits.shape[-1], student_logits.shape[-1],
-            "Check the models' last layers and any cached teacher logits, or pass "
-            "`align_vocabulary='prefix'` for a teacher whose vocabulary is padded.",
-        )
-        return logits
-
-    def _regularization_loss(self):
-        losses = self.student.losses
-        if not losses:
-            return ops.zeros((), "float32")
-        return ops.sum(ops.stack([ops.cast(loss, "float32") for loss in losses]))
-
-    # Steps.
-
-    def _check_step_labels(self, batch, alpha):
-        if batch.labels is None:
-            # Runs in every step (also after `distiller.alpha = 0.5`); XLA
-            # drops asserts, so `fit` also checks eagerly.
-            tf.debugging.assert_less_equal(alpha, 0.0, message=_no_labels_message(None))
-
-    def _teacher_for_step(self, batch, student_logits, alpha, needed):
-        """The teacher's raw logits, run only when a term needs them."""
-        if batch.teacher_outputs is not None:
-            return self.teacher_side.from_cache(batch.teacher_outputs)
-        if needed:
-            return ops.stop_gradient(self.teacher_logits(batch.inputs))
-        dummy = teacher_module.dummy_logits(student_logits, self.teacher_side)
-        return ops.cond(
-            alpha < 1.0,
-            lambda: ops.stop_gradient(self.teacher_logits(batch.inputs)),
-            lambda: dummy,
-        )
-
-    def train_step(self, data):
-        batch = batch_module.parse_batch(data)
-        alpha = ops.cast(self._alpha, "float32")
-        self._check_step_labels(batch, alpha)
-        hints = self.feature_hints
-        teacher_features = cached = None
-        if hints:
-            online, teacher_features = self.teacher_features(batch.inputs)
-            cached = ops.stop_gradient(online) if batch.teacher_outputs is None else None
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-
-        with tf.GradientTape() as tape:
-            if hints:
-                student_logits, student_features = self.student_features(
-                    batch.inputs, training=True)
-            else:
-                student_logits = self.student_logits(batch.inputs, training=True)
-            raw_skippable = (
-                cached is None and batch.teacher_outputs is None and not self._teacher_metrics
-            )
-            raw = cached if cached is not None else self._teacher_for_step(
-                batch, student_logits, alpha, needed=not raw_skippable)
-            teacher_logits = self._combined_teacher_logits(raw, student_logits)
-            student_loss = self.compute_student_loss(
-                batch.labels, student_logits, batch.sample_weight, batch.label_mask)
-            distillation_loss = self.compute_distillation_loss(
-                teacher_logits, student_logits, batch.sample_weight,
-                **({"y": batch.labels} if _accepts_labels(self.compute_distillation_loss) else {}))
-            loss = (
-                alpha * student_loss
-                + (1.0 - alpha) * distillation_loss
-                + self._regularization_loss()
-            )
-            hint_losses = hints.losses(student_features, teacher_features) if hints else []
-            for hint_loss in hint_losses:
-                loss = loss + hint_loss
-            # Gradients are summed over replicas: scaling each replica's
-            # global-batch mean by 1 / N gives the mean over the global batch.
-            scaled_loss = self.optimizer.scale_loss(loss / num_replicas)
-
-        trainable_weights = self._trained_variables()
-        gradients = tape.gradient(scaled_loss, trainable_weights)
-        self.optimizer.apply_gradients(zip(gradients, trainable_weights))
-
-        batch_size = ops.shape(student_logits)[0]
-        compat.loss_tracker(self).update_state(loss, sample_weight=batch_size)
-        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
-        # At alpha == 1 the teacher did not run: the term was not computed.
-        computed = ops.cast(alpha < 1.0, "float32") if raw_skippable else 1.0
-        self.distillation_loss_tracker.update_state(
-            distillation_loss, sample_weight=ops.cast(batch_size, "float32") * computed)
-        for tracker, value in zip(self.hint_trackers, hint_losses):
-            tracker.update_state(value, sample_weight=batch_size)
-        self._update_metrics(batch, student_logits, raw)
-        return self._logs(batch)
-
-    def test_step(self, data):
-        batch = batch_module.parse_batch(data)
-        student_logits = self.student_logits(batch.inputs, training=False)
-        raw = None
-        if self._teacher_metrics:  # Opt-in: only they make evaluate run the teacher.
-            raw = (self.teacher_side.from_cache(batch.teacher_outputs)
-                   if batch.teacher_outputs is not None
-                   else self.teacher_logits(batch.inputs))
-        student_loss = self.compute_student_loss(
-            batch.labels, student_logits, batch.sample_weight, batch.label_mask)
-        # `loss` is what `student.evaluate` would report: the hard loss plus
-        # regularisation, so `val_loss` can drive checkpoints and stopping.
-        batch_size = ops.shape(student_logits)[0]
-        compat.loss_tracker(self).update_state(
-            student_loss + self._regularization_loss(), sample_weight=batch_size)
-        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
-        self._update_metrics(batch, student_logits, raw)
-        logs = self._logs(batch)
-        for tracker in [self.distillation_loss_tracker] + self.hint_trackers:
-            logs.pop(tracker.name, None)  # Training terms: evaluate has none.
-        return logs
-
-    def _update_metrics(self, batch, student_logits, raw_teacher):
-        keras_mask = compat.keras_mask(student_logits)
-        present = keras_mask
-        if batch.labels is not None:
-            safe, labelled, present = self.student_term.masks(
-                batch.labels, student_logits, keras_mask, batch.label_mask)
-            mask = labelled if labelled is not None else ops.ones(
-                ops.shape(student_logits)[:-1], "bool")
-            sample_weight = batch.sample_weight
-            if sample_weight is not None:
-                sample_weight = _weights_like(sample_weight, mask)
-            compat.update_compiled_metrics(
-                self, safe, student_logits, ops.cast(mask, "float32"), sample_weight)
-        if self._teacher_metrics and raw_teacher is not None:
-            # At T = 1, as the metrics' docstrings say: an ensemble's mixture
-            # at the training temperature is another distribution.
-            teacher_logits = self._combined_teacher_logits(
-                raw_teacher, student_logits, "softmax", temperature=1.0)
-            weights = combine_masks(present)
-            weights = None if weights is None else ops.cast(weights, "float32")
-            if batch.sample_weight is not None:
-                sw = _weights_like(batch.sample_weight, ops.ones(ops.shape(student_logits)[:-1]))
-                weights = sw if weights is None else weights * sw
-            for metric in self._teacher_metrics:
-                metric.update_state(teacher_logits, student_logits, weights)
-
-    def _logs(self, batch):
-        logs = {}
-        for metric in self.metrics:
-            if metric is compat.compiled_metrics(self) and batch.labels is None:
-                continue  # No labels: the label metrics have nothing new.
-            if getattr(metric, "built", True) is False:
-                continue
-            result = metric.result()
-            if isinstance(result, dict):
-                logs.update(result)
-            else:
-                logs[metric.name] = result
-        return compat.reducible_logs(logs)
-
     def get_metrics_result(self):
         # As Keras', but label metrics that a fit on unlabelled data left
         # unbuilt have nothing to report yet, rather than an error.
@@ -755,7 +582,7 @@ class Distiller(keras.Model):
             kwargs.setdefault("shuffle", False)
         without_labels = _has_no_labels(x, y)
         if without_labels and self.alpha > 0.0:
-            raise ValueError(_no_labels_message(self.alpha))
+            raise ValueError(objective.no_labels_message(self.alpha))
         self._retrace_while_metrics_unbuilt()
         # Saved and restored: a callback may call fit again (nested).
         outer = (self._fitting_without_labels, self._top_k_cache_temperature,
@@ -784,7 +611,7 @@ class Distiller(keras.Model):
             x, y, sample_weight = class_weights_module.apply_class_weight(
                 x, y, sample_weight, class_weight, self._has_class_axis)
         if y is None and self.alpha > 0.0:
-            raise ValueError(_no_labels_message(self.alpha))
+            raise ValueError(objective.no_labels_message(self.alpha))
         self._check_first_batch(x, y)
         self._retrace_while_metrics_unbuilt()
         return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
@@ -820,7 +647,7 @@ class Distiller(keras.Model):
             return rank == len(logits_shape) and np.shape(labels)[-1] != 1
         # Unknown outputs: class indices are integers.
         dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
-        integer = tf.as_dtype(dtype).is_integer
+        integer = "int" in keras.backend.standardize_dtype(dtype)
         return not integer and rank >= 2 and np.shape(labels)[-1] != 1
 
     def _check_x(self, x):
@@ -934,12 +761,6 @@ class Distiller(keras.Model):
             )
         return None
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' hook (`compat.SYMBOLIC_BUILD`, pinned by the compat test);
-        # its own fails under MultiWorkerMirroredStrategy: see compat.
-        iterator, data_batch = compat.symbolic_build_arguments(self, iterator, data_batch)
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
     # Saving.
 
     def get_config(self):
@@ -1010,18 +831,6 @@ class Distiller(keras.Model):
             self.optimizer.build(self._trained_variables())
 
 
-def _prefix_vocabulary(teacher_logits, classes):
-    """The teacher's logits for the student's first `classes` ids."""
-    teacher_classes = teacher_logits.shape[-1]
-    if teacher_classes is not None and classes is not None and teacher_classes < classes:
-        raise ValueError(
-            f"`align_vocabulary='prefix'` cuts the teacher's {teacher_classes} logits to "
-            f"the student's {classes}, but the teacher has fewer. Pass the larger model "
-            "as the teacher, or leave `align_vocabulary` unset."
-        )
-    return teacher_logits[..., :classes]
-
-
 def _check_reductions(distillation_loss):
     """Refuses, at compile, a reduction the terms cannot use (`"none"`)."""
     own = (distillation_loss.own_reduction if isinstance(distillation_loss, DistillationLoss)
@@ -1035,16 +844,6 @@ def _check_reductions(distillation_loss):
                 f"value: use one of {list(REDUCTIONS)}. (`student.fit` sums the "
                 "values of an unreduced loss: `reduction='sum'` gives its update.)"
             )
-
-
-def _no_labels_message(alpha):
-    given = "" if alpha is None else f"alpha={alpha} "
-    return (
-        "The data has no labels, so the student loss cannot be computed, but "
-        f"{given}gives it weight (alpha > 0). To train on the distillation "
-        "term alone (a transfer set), set `alpha=0`; or pass labels, with "
-        f"{UNLABELLED} (`keras_kd.UNLABELLED`) marking the samples that have none."
-    )
 
 
 def _resolve_teacher_outputs(teacher_outputs, members, selector):
@@ -1061,12 +860,6 @@ def _static_logits_shape(model, selector):
     if symbolic is None:
         return None
     return tuple(outputs_module.select_output(symbolic, selector, "student", model).shape)
-
-
-def _weights_like(sample_weight, mask):
-    from keras_kd.distillation.reduction import broadcast_weights
-
-    return broadcast_weights(sample_weight, ops.cast(mask, "float32"))
 
 
 def _has_no_labels(x, y):
@@ -1093,8 +886,8 @@ def _first_inputs_and_targets(x, y, size=64):
         return a[:size] if a.ndim else a  # A scalar (e.g. a cache_temperature) as is.
 
     try:
-        inputs = tf.nest.map_structure(head, x)
-        targets = None if y is None else tf.nest.map_structure(head, y)
+        inputs = keras.tree.map_structure(head, x)
+        targets = None if y is None else keras.tree.map_structure(head, y)
     except (TypeError, ValueError, IndexError):
         return None
     return inputs, targets
@@ -1106,15 +899,6 @@ def _may_carry_top_k(x, y):
         spec = x.element_spec
         y = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
     return isinstance(y, dict) and batch_module.TEACHER_TOP_K_KEY in y
-
-
-def _accepts_labels(method):
-    """Whether a (user's) `compute_distillation_loss` takes `y`: overrides
-    written before it did keep working."""
-    parameters = inspect.signature(method).parameters
-    return "y" in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-    )
 
 
 def _serialize_teacher(teacher):

@@ -1,0 +1,29 @@
+"""The Distiller's steps, one file per backend, over one objective.
+
+Keras builds its trainers this way (`keras/src/backend/{tensorflow,jax}/
+trainer.py` over one `compute_loss`): each backend file holds only what
+differs, the gradient and the state. The arithmetic of a step lives in
+`keras_kd.distillation.objective`, in `keras.ops`.
+
+`steps_for_backend()` picks the class whose `train_step` / `test_step` the
+Distiller inherits, for the backend Keras runs on (chosen at import, as
+Keras chooses its own `Trainer`).
+"""
+
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
+
+
+def steps_for_backend(backend):
+    """The steps class for `backend` (`"tensorflow"` or `"jax"`).
+
+    Another backend gets the TensorFlow steps, never used: the Distiller
+    refuses to be built there (`distiller.check_backend`), with the message
+    that names the supported backends.
+    """
+    if backend == "jax":
+        from keras_kd.distillation.backend.jax import JAXSteps
+
+        return JAXSteps
+    from keras_kd.distillation.backend.tensorflow import TensorFlowSteps
+
+    return TensorFlowSteps

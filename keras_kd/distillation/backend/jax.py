@@ -1,0 +1,102 @@
+"""The Distiller's JAX steps: stateless, as Keras' JAX trainer runs them.
+
+`train_step(state, data)` and `test_step(state, data)` take and return the
+model's state as lists of arrays (`(trainable, non_trainable, optimizer,
+metrics)` for training, `(trainable, non_trainable, metrics)` for
+evaluation) and return `(logs, new_state)`, so Keras' `fit` / `evaluate`
+can `jax.jit` them and shard them under `keras.distribution`. Inside, the
+objective runs as it runs on TensorFlow: every variable the models, the
+terms and the metrics read is mapped to its value in `state` by a
+`keras.StatelessScope`, and what they write is read back from it.
+
+Under `keras.distribution` the arrays are global (one logical batch over
+the mesh), so the loss is the global batch's loss as written: no replica
+count divides it (see `keras_kd.distillation.reduction`).
+"""
+
+import jax
+import keras
+from keras.src import backend as keras_backend
+
+from keras_kd.distillation import batch as batch_module
+from keras_kd.distillation import compat
+from keras_kd.distillation import objective
+
+
+def _mapping(variables, values):
+    return list(zip(variables, values))
+
+
+def _current(scope, variables, values):
+    # A variable the step did not write keeps the value it came in with.
+    current = []
+    for variable, value in zip(variables, values):
+        new = scope.get_current_value(variable)
+        current.append(value if new is None else new)
+    return current
+
+
+class JAXSteps:
+    """`train_step(state, data)` / `test_step(state, data)` for Keras' JAX
+    trainer (`keras/src/backend/jax/trainer.py`)."""
+
+    def _stateless_training_loss(self, trainable, non_trainable, optimizer_variables, batch):
+        """The objective of one batch, as a function of the weights (for
+        `jax.value_and_grad`): `(scaled_loss, (terms, outputs, mask,
+        non_trainable))`."""
+        mapping = (_mapping(self.trainable_variables, trainable)
+                   + _mapping(self.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            alpha = keras.ops.cast(self._alpha, "float32")
+            outputs = objective.forward(self, batch, alpha, training=True)
+            terms = objective.training_terms(self, batch, outputs, alpha)
+        non_trainable = _current(scope, self.non_trainable_variables, non_trainable)
+        loss = terms.loss
+        if self.optimizer is not None:
+            # In a scope of its own, as Keras does: a LossScaleOptimizer
+            # reads its scale from the optimizer's state.
+            with keras.StatelessScope(
+                    state_mapping=_mapping(self.optimizer.variables, optimizer_variables)):
+                loss = self.optimizer.scale_loss(loss)
+        # The Keras mask does not survive `value_and_grad`: it travels apart.
+        mask = compat.keras_mask(outputs.student_logits)
+        return loss, (terms, outputs, mask, non_trainable)
+
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        batch = batch_module.parse_batch(data)
+        grad_fn = jax.value_and_grad(self._stateless_training_loss, argnums=0, has_aux=True)
+        (_, (terms, outputs, mask, non_trainable)), grads = grad_fn(
+            trainable, non_trainable, optimizer_variables, batch)
+        trainable, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, grads, trainable)
+        logs, metrics_variables = self._stateless_metrics(
+            metrics_variables, non_trainable, batch, outputs, mask, terms)
+        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+    def test_step(self, state, data):
+        trainable, non_trainable, metrics_variables = state
+        batch = batch_module.parse_batch(data)
+        mapping = (_mapping(self.trainable_variables, trainable)
+                   + _mapping(self.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            outputs = objective.evaluation_forward(self, batch)
+            terms = objective.evaluation_terms(self, batch, outputs)
+        non_trainable = _current(scope, self.non_trainable_variables, non_trainable)
+        mask = compat.keras_mask(outputs.student_logits)
+        logs, metrics_variables = self._stateless_metrics(
+            metrics_variables, non_trainable, batch, outputs, mask, terms)
+        return logs, (trainable, non_trainable, metrics_variables)
+
+    def _stateless_metrics(self, metrics_variables, non_trainable, batch, outputs, mask, terms):
+        """`objective.update_metrics` over the metrics' state: `(logs,
+        new metrics variables)`."""
+        if mask is not None:
+            keras_backend.set_keras_mask(outputs.student_logits, mask)
+        # The non-trainable values too: a teacher metric mixes an ensemble
+        # with the distiller's temperature variable, say.
+        mapping = (_mapping(self.metrics_variables, metrics_variables)
+                   + _mapping(self.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = objective.update_metrics(self, batch, outputs, terms)
+        return logs, _current(scope, self.metrics_variables, metrics_variables)

@@ -1,0 +1,283 @@
+"""The Distiller's objective, in `keras.ops` only: the same on every backend.
+
+A step is one straight line (see `keras_kd.distillation.backend`):
+
+    batch = parse_batch(data)                          # keras_kd.batch
+    outputs = forward(distiller, batch, alpha, True)   # student, teacher side
+    terms = training_terms(distiller, batch, outputs, alpha)
+    ... the backend's gradient and optimizer update ...
+    logs = update_metrics(distiller, batch, outputs, terms)
+
+`forward` runs the models through the Distiller's subclass hooks
+(`student_logits`, `student_features`, `teacher_logits`, `teacher_features`);
+`training_terms` / `evaluation_terms` turn their outputs into the loss and
+the values the trackers log, through `compute_student_loss` and
+`compute_distillation_loss`. Nothing here knows about tapes, gradients,
+replicas or state: the TensorFlow step runs these functions under a
+`tf.GradientTape`, the JAX step inside `jax.value_and_grad` over a
+`StatelessScope`, as Keras' own trainers run one `compute_loss`.
+"""
+
+import inspect
+from typing import Any
+from typing import NamedTuple
+
+from keras import ops
+
+from keras_kd.distillation import compat
+from keras_kd.distillation import teacher as teacher_module
+from keras_kd.distillation import validation
+from keras_kd.distillation.batch import UNLABELLED
+from keras_kd.distillation.reduction import broadcast_weights
+from keras_kd.distillation.terms import DistillationTerm
+from keras_kd.distillation.terms import combine_masks
+
+
+class Outputs(NamedTuple):
+    """What the models gave for one batch.
+
+    Attributes:
+        student_logits: The student's selected logits (with their Keras mask).
+        student_features: The student's hint features, or `None`.
+        teacher: The teacher side's raw outputs (`Teacher.__call__` or
+            `from_cache`; a top-k dict), zeros when it was skipped, or
+            `None` (evaluation without teacher metrics).
+        teacher_features: The teacher's hint features, or `None`.
+        teacher_may_skip: Whether the teacher ran only for `alpha < 1`
+            (then the distillation term counts only in those steps).
+    """
+
+    student_logits: Any
+    student_features: Any = None
+    teacher: Any = None
+    teacher_features: Any = None
+    teacher_may_skip: bool = False
+
+
+class Terms(NamedTuple):
+    """The loss of a step and the values its trackers log."""
+
+    loss: Any
+    student_loss: Any
+    distillation_loss: Any = None
+    hint_losses: tuple = ()
+    # 1.0, or 0.0 in a step that skipped the teacher (alpha == 1).
+    distillation_computed: Any = 1.0
+
+
+def forward(distiller, batch, alpha, training):
+    """Runs the student (with gradients) and the teacher side (without).
+
+    The teacher runs with `training=False`, outside the gradient, and only
+    when a term needs it: cached outputs replace it, and without hints or
+    teacher metrics it runs only while `alpha < 1`.
+    """
+    hints = distiller.feature_hints
+    teacher_features = online = None
+    if hints:
+        online, teacher_features = distiller.teacher_features(batch.inputs)
+        teacher_features = [ops.stop_gradient(f) for f in teacher_features]
+        online = ops.stop_gradient(online) if batch.teacher_outputs is None else None
+    if hints:
+        student_logits, student_features = distiller.student_features(
+            batch.inputs, training=training)
+    else:
+        student_logits = distiller.student_logits(batch.inputs, training=training)
+        student_features = None
+    may_skip = (online is None and batch.teacher_outputs is None
+                and not distiller._teacher_metrics)
+    if online is not None:
+        raw = online
+    elif batch.teacher_outputs is not None:
+        raw = distiller.teacher_side.from_cache(batch.teacher_outputs)
+    elif not may_skip:
+        raw = ops.stop_gradient(distiller.teacher_logits(batch.inputs))
+    else:
+        dummy = teacher_module.dummy_logits(student_logits, distiller.teacher_side)
+        raw = ops.cond(
+            alpha < 1.0,
+            lambda: ops.stop_gradient(distiller.teacher_logits(batch.inputs)),
+            lambda: dummy,
+        )
+    return Outputs(student_logits, student_features, raw, teacher_features, may_skip)
+
+
+def evaluation_forward(distiller, batch):
+    """The student alone, and the teacher only for teacher metrics."""
+    student_logits = distiller.student_logits(batch.inputs, training=False)
+    raw = None
+    if distiller._teacher_metrics:  # Opt-in: only they make evaluate run the teacher.
+        raw = (distiller.teacher_side.from_cache(batch.teacher_outputs)
+               if batch.teacher_outputs is not None
+               else distiller.teacher_logits(batch.inputs))
+    return Outputs(student_logits, teacher=raw)
+
+
+def training_terms(distiller, batch, outputs, alpha):
+    """`alpha * hard + (1 - alpha) * distillation + hints + student.losses`."""
+    student_logits = outputs.student_logits
+    teacher_logits = combined_teacher_logits(distiller, outputs.teacher, student_logits)
+    student_loss = distiller.compute_student_loss(
+        batch.labels, student_logits, batch.sample_weight, batch.label_mask)
+    extra = {"y": batch.labels} if accepts_labels(distiller.compute_distillation_loss) else {}
+    distillation_loss = distiller.compute_distillation_loss(
+        teacher_logits, student_logits, batch.sample_weight, **extra)
+    loss = (alpha * student_loss + (1.0 - alpha) * distillation_loss
+            + regularization_loss(distiller.student))
+    hint_losses = ()
+    if distiller.feature_hints:
+        hint_losses = tuple(distiller.feature_hints.losses(
+            outputs.student_features, outputs.teacher_features))
+    for hint_loss in hint_losses:
+        loss = loss + hint_loss
+    # At alpha == 1 the teacher did not run: the term was not computed.
+    computed = ops.cast(alpha < 1.0, "float32") if outputs.teacher_may_skip else 1.0
+    return Terms(loss, student_loss, distillation_loss, hint_losses, computed)
+
+
+def evaluation_terms(distiller, batch, outputs):
+    """`student.evaluate`'s loss: the hard loss plus regularisation, so that
+    `val_loss` can drive checkpoints and early stopping."""
+    student_loss = distiller.compute_student_loss(
+        batch.labels, outputs.student_logits, batch.sample_weight, batch.label_mask)
+    return Terms(student_loss + regularization_loss(distiller.student), student_loss)
+
+
+def update_metrics(distiller, batch, outputs, terms):
+    """Updates the loss trackers and the compiled and teacher metrics.
+
+    Returns:
+        The step's logs (`Model.metrics` results); an evaluation's
+        (`terms.distillation_loss is None`) without the training terms.
+    """
+    batch_size = ops.shape(outputs.student_logits)[0]
+    compat.loss_tracker(distiller).update_state(terms.loss, sample_weight=batch_size)
+    distiller.student_loss_tracker.update_state(terms.student_loss, sample_weight=batch_size)
+    training = terms.distillation_loss is not None
+    if training:
+        distiller.distillation_loss_tracker.update_state(
+            terms.distillation_loss,
+            sample_weight=ops.cast(batch_size, "float32") * terms.distillation_computed)
+        for tracker, value in zip(distiller.hint_trackers, terms.hint_losses):
+            tracker.update_state(value, sample_weight=batch_size)
+    _update_compiled_and_teacher_metrics(distiller, batch, outputs.student_logits, outputs.teacher)
+    logs = metric_logs(distiller, batch)
+    if not training:
+        for tracker in [distiller.distillation_loss_tracker] + distiller.hint_trackers:
+            logs.pop(tracker.name, None)  # Training terms: evaluate has none.
+    return logs
+
+
+def _update_compiled_and_teacher_metrics(distiller, batch, student_logits, raw_teacher):
+    keras_mask = compat.keras_mask(student_logits)
+    present = keras_mask
+    if batch.labels is not None:
+        safe, labelled, present = distiller.student_term.masks(
+            batch.labels, student_logits, keras_mask, batch.label_mask)
+        mask = labelled if labelled is not None else ops.ones(
+            ops.shape(student_logits)[:-1], "bool")
+        sample_weight = batch.sample_weight
+        if sample_weight is not None:
+            sample_weight = broadcast_weights(sample_weight, ops.cast(mask, "float32"))
+        compat.update_compiled_metrics(
+            distiller, safe, student_logits, ops.cast(mask, "float32"), sample_weight)
+    if distiller._teacher_metrics and raw_teacher is not None:
+        # At T = 1, as the metrics' docstrings say: an ensemble's mixture
+        # at the training temperature is another distribution.
+        teacher_logits = combined_teacher_logits(
+            distiller, raw_teacher, student_logits, "softmax", temperature=1.0)
+        weights = combine_masks(present)
+        weights = None if weights is None else ops.cast(weights, "float32")
+        if batch.sample_weight is not None:
+            sw = broadcast_weights(batch.sample_weight, ops.ones(ops.shape(student_logits)[:-1]))
+            weights = sw if weights is None else weights * sw
+        for metric in distiller._teacher_metrics:
+            metric.update_state(teacher_logits, student_logits, weights)
+
+
+def metric_logs(distiller, batch):
+    """`{name: result}` of the distiller's metrics after a step."""
+    logs = {}
+    for metric in distiller.metrics:
+        if metric is compat.compiled_metrics(distiller) and batch.labels is None:
+            continue  # No labels: the label metrics have nothing new.
+        if getattr(metric, "built", True) is False:
+            continue
+        result = metric.result()
+        if isinstance(result, dict):
+            logs.update(result)
+        else:
+            logs[metric.name] = result
+    return compat.reducible_logs(logs)
+
+
+def combined_teacher_logits(distiller, raw, student_logits, kind=None, temperature=None):
+    """One teacher's logits for the distillation loss (or `kind`), an
+    ensemble's mixed at `temperature` (default: the distiller's)."""
+    if isinstance(raw, dict):  # A top-k cache: one teacher, as stored.
+        if distiller.align_vocabulary == "prefix":
+            raise ValueError(
+                "`align_vocabulary='prefix'` cuts dense teacher logits; a top-k "
+                "cache holds ids only. Write the cache from the aligned teacher "
+                "(e.g. a model that returns `logits[..., :student_vocabulary]`)."
+            )
+        if distiller.teacher_side.is_ensemble or distiller._teacher_metrics:
+            raise ValueError(
+                "A top-k teacher cache holds one teacher's top logits: it "
+                "takes neither an ensemble nor teacher metrics. Distil the "
+                "ensemble online, or drop the teacher metrics."
+            )
+        return raw
+    if kind is None:
+        kind = DistillationTerm.kind(distiller._distillation_loss_for(student_logits))
+    if distiller.align_vocabulary == "prefix":
+        raw = prefix_vocabulary(raw, student_logits.shape[-1])
+    if temperature is None:
+        temperature = ops.cast(distiller._temperature, "float32")
+    logits = distiller.teacher_side.combine(raw, temperature, kind)
+    validation.check_same_classes(
+        logits.shape[-1], student_logits.shape[-1],
+        "Check the models' last layers and any cached teacher logits, or pass "
+        "`align_vocabulary='prefix'` for a teacher whose vocabulary is padded.",
+    )
+    return logits
+
+
+def prefix_vocabulary(teacher_logits, classes):
+    """The teacher's logits for the student's first `classes` ids."""
+    teacher_classes = teacher_logits.shape[-1]
+    if teacher_classes is not None and classes is not None and teacher_classes < classes:
+        raise ValueError(
+            f"`align_vocabulary='prefix'` cuts the teacher's {teacher_classes} logits to "
+            f"the student's {classes}, but the teacher has fewer. Pass the larger model "
+            "as the teacher, or leave `align_vocabulary` unset."
+        )
+    return teacher_logits[..., :classes]
+
+
+def regularization_loss(student):
+    """The sum of `student.losses` (regularisers, `add_loss`), float32."""
+    losses = student.losses
+    if not losses:
+        return ops.zeros((), "float32")
+    return ops.sum(ops.stack([ops.cast(loss, "float32") for loss in losses]))
+
+
+def no_labels_message(alpha=None):
+    """The error for a batch without labels while `alpha > 0`."""
+    given = "" if alpha is None else f"alpha={alpha} "
+    return (
+        "The data has no labels, so the student loss cannot be computed, but "
+        f"{given}gives it weight (alpha > 0). To train on the distillation "
+        "term alone (a transfer set), set `alpha=0`; or pass labels, with "
+        f"{UNLABELLED} (`keras_kd.UNLABELLED`) marking the samples that have none."
+    )
+
+
+def accepts_labels(method):
+    """Whether a (user's) `compute_distillation_loss` takes `y`: overrides
+    written before it did keep working."""
+    parameters = inspect.signature(method).parameters
+    return "y" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
