@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
@@ -239,6 +240,85 @@ class _ShardWriter:
         self.shards.append({"examples": rows, "example_shape": list(self.example_shape), "files": files})
 
 
+def _teacher_logits(outputs, output, teacher_outputs):
+    logits = teacher_module.as_logits(_select_output(outputs, output), teacher_outputs)
+    if len(logits.shape) < 2:
+        raise ValueError(
+            "The teacher's output must be logits of shape (batch, ..., "
+            f"vocab). Received: shape {tuple(logits.shape)}."
+        )
+    return logits
+
+
+def _make_forward(teacher, output, teacher_outputs, k, temperature):
+    """The compiled forward pass: a batch to its top k and the vocabulary.
+
+    On TensorFlow a `tf.function`; on JAX a `jax.jit` of the teacher's
+    `stateless_call`, so variables sharded by a `keras.distribution` layout
+    stay where they are and the compiler partitions the pass around them.
+    """
+    if keras.backend.backend() != "jax":
+
+        def forward_pass(batch):
+            logits = _teacher_logits(teacher(batch, training=False), output, teacher_outputs)
+            return top_k_logits(logits, k, temperature), tf.shape(logits)[-1]
+
+        return tf.function(forward_pass, reduce_retracing=True)
+
+    import jax
+
+    kwargs = {"training": False} if getattr(teacher, "_call_has_training_arg", True) else {}
+
+    def stateless_pass(trainable, non_trainable, batch):
+        outputs, _ = teacher.stateless_call(trainable, non_trainable, batch, **kwargs)
+        logits = _teacher_logits(outputs, output, teacher_outputs)
+        traced["vocab"] = int(logits.shape[-1])  # Static, known at trace time.
+        k_checked = _validate_k(k, logits.shape[-1])
+        # `top_k_logits` holds TensorFlow ops; these are its keras.ops twins
+        # (the same order: larger first, ties to the lower id).
+        values, indices = ops.top_k(logits, k_checked, sorted=True)
+        log_normalizer = ops.logsumexp(logits / temperature, axis=-1)
+        return ops.cast(indices, "int32"), values, log_normalizer
+
+    traced = {}
+    jitted = jax.jit(stateless_pass)
+
+    def forward(batch):
+        batch = keras.tree.map_structure(np.asarray, batch)
+        batch = _distribute_batch(batch)
+        state = (
+            [v.value for v in teacher.trainable_variables],
+            [v.value for v in teacher.non_trainable_variables],
+        )
+        return jitted(*state, batch), traced["vocab"]
+
+    return forward
+
+
+def _distribute_batch(batch):
+    """Lays a batch out as the active `keras.distribution` would, if any.
+
+    As Keras' JAX trainer does: the batch axis split over the mesh's batch
+    dimension. A batch that does not divide evenly stays on one device
+    (the result is the same; only the placement differs).
+    """
+    from keras.src.backend.jax import distribution_lib as jax_distribution_lib
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return batch
+    mesh = distribution.device_mesh
+    split = dict(zip(mesh.axis_names, mesh.shape)).get(distribution.batch_dim_name, 1)
+    leaves = keras.tree.flatten(batch)
+    if any(len(leaf) % split for leaf in leaves):
+        return batch
+    return keras.tree.map_structure(
+        lambda x: jax_distribution_lib.distribute_data_input(
+            x, distribution.get_data_layout(x.shape), distribution.batch_dim_name),
+        batch,
+    )
+
+
 def write_top_k_cache(
     teacher,
     inputs,
@@ -380,17 +460,7 @@ def write_top_k_cache(
         fingerprint = fingerprint_inputs(inputs, batch_size)
         return read_top_k_cache(path, teacher=teacher, inputs_fingerprint=fingerprint)
 
-    def forward_pass(batch):
-        logits = _select_output(teacher(batch, training=False), output)
-        logits = teacher_module.as_logits(logits, teacher_outputs)
-        if len(logits.shape) < 2:
-            raise ValueError(
-                "The teacher's output must be logits of shape (batch, ..., "
-                f"vocab). Received: shape {tuple(logits.shape)}."
-            )
-        return top_k_logits(logits, k, temperature), tf.shape(logits)[-1]
-
-    forward = tf.function(forward_pass, reduce_retracing=True)
+    forward = _make_forward(teacher, output, teacher_outputs, k, temperature)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(path) + ".tmp-")
