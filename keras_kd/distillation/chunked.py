@@ -525,8 +525,13 @@ def chunked_distillation_loss(
     weight_rows = pad(weights)
     distillation_weight_rows = pad(distillation_weights)
 
+    def start(i, rank):
+        # One integer dtype for all: JAX with x64 refuses int32 and int64.
+        first = ops.cast(i * size, "int32")
+        return [first] + [ops.zeros((), "int32")] * (rank - 1)
+
     def chunk(x, i):
-        return ops.slice(x, [i * size] + [0] * (len(x.shape) - 1), [size] + list(x.shape[1:]))
+        return ops.slice(x, start(i, len(x.shape)), [size] + list(x.shape[1:]))
 
     def chunk_terms(i, hidden_rows, kernel, bias, with_gradients):
         """Values of chunk `i`, and the loss's gradient w.r.t. its logits."""
@@ -586,7 +591,7 @@ def chunked_distillation_loss(
 
     def write(buffers, i, values):
         return tuple(
-            ops.slice_update(b, [i * size] + [0] * (len(b.shape) - 1), v)
+            ops.slice_update(b, start(i, len(b.shape)), v)
             for b, v in zip(buffers, values)
         )
 
@@ -608,7 +613,7 @@ def chunked_distillation_loss(
 
         def body(i, carry):
             total, value_rows, gate = carry[0], carry[1], carry[2]
-            i = i + gate
+            i = ops.cast(i, "int32") + gate
             chunk_hidden, d_logits, chunk_total, values = chunk_terms(
                 i, hidden_rows, kernel, bias_, with_gradients
             )
