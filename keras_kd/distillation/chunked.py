@@ -22,6 +22,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_kd.distillation.divergences import GeneralizedJSD
@@ -35,6 +36,12 @@ from keras_kd.distillation.losses import KLDivergenceWithTemperature
 from keras_kd.distillation.losses import SoftTargetCrossEntropy
 from keras_kd.distillation.losses import _softened_log_probabilities
 from keras_kd.distillation.losses import get_distillation_loss
+from keras_kd.distillation.top_k_loss import CACHE_TEMPERATURE_KEY
+from keras_kd.distillation.top_k_loss import TopKKLDivergence
+from keras_kd.distillation.top_k_loss import _log1mexp
+from keras_kd.distillation.top_k_loss import bin_temperature_message
+from keras_kd.distillation.top_k_loss import vocabulary_message
+from keras_kd.distillation.top_k_loss import _sum_p_log_ratio
 
 ChunkedTerms = collections.namedtuple(
     "ChunkedTerms",
@@ -278,6 +285,76 @@ def _divergence(loss):
     )
 
 
+def _scatter_rows(indices, values, vocab):
+    """`(n, vocab)` zeros with `values[r, j]` added at `[r, indices[r, j]]`."""
+    n, k = indices.shape
+    rows = ops.broadcast_to(ops.arange(n, dtype="int32")[:, None], (n, k))
+    coordinates = ops.reshape(ops.stack([rows, ops.cast(indices, "int32")], axis=-1), (n * k, 2))
+    return ops.scatter(coordinates, ops.reshape(values, (n * k,)), (n, vocab))
+
+
+def _top_k_terms(indices, values, log_normalizer, student_logits, temperature, tail, precision,
+                 with_gradients):
+    """`top_k_kl_divergence`'s values of one chunk, and their gradient with
+    respect to the student's logits (`T**2` included).
+
+    The arithmetic of the value is `top_k_kl_divergence`'s. Gradients, with
+    `q = softmax(s / T)`, `K` the cached ids, `z = s / T`:
+
+    - `tail="bin"`: `dKL/dz_j = q_j - p_j` on `K` and `q_j (1 - p_tail /
+      (1 - Q))` off it (`Q = q(K)`): the teacher's tail mass spread in
+      proportion to the student's (0 where the student's tail is clamped).
+    - `tail="renormalize"`: `q'_j - p_j` on `K` (`q'` renormalised on
+      `K`), 0 elsewhere.
+    """
+    vocab = student_logits.shape[-1]
+    values = ops.cast(values, precision)
+    z = student_logits / temperature
+    if tail == "renormalize":
+        teacher_log_p = ops.log_softmax(values / temperature, axis=-1)
+        student_log_q = ops.log_softmax(ops.take_along_axis(z, indices, axis=-1), axis=-1)
+        kl = _sum_p_log_ratio(teacher_log_p, student_log_q)
+        grad = None
+        if with_gradients:
+            p = ops.exp(teacher_log_p)
+            mass = ops.sum(p, axis=-1, keepdims=True)
+            grad = _scatter_rows(indices, mass * ops.exp(student_log_q) - p, vocab)
+    else:
+        tiny = float(np.finfo(precision).eps)
+        log_normalizer = ops.cast(log_normalizer, precision)
+        teacher_log_p = values / temperature - log_normalizer[:, None]
+        log_z = ops.logsumexp(z, axis=-1, keepdims=True)
+        student_log_q = ops.take_along_axis(z, indices, axis=-1) - log_z
+        teacher_top_mass = ops.logsumexp(teacher_log_p, axis=-1)
+        student_top_mass = ops.logsumexp(student_log_q, axis=-1)
+        teacher_log_tail = _log1mexp(ops.minimum(teacher_top_mass, -tiny))
+        student_log_tail = _log1mexp(ops.minimum(student_top_mass, -tiny))
+        teacher_tail = ops.where(
+            teacher_top_mass >= -tiny, ops.zeros_like(teacher_log_tail), ops.exp(teacher_log_tail)
+        )
+        kl = _sum_p_log_ratio(teacher_log_p, student_log_q)
+        kl = kl + teacher_tail * (teacher_log_tail - student_log_tail)
+        grad = None
+        if with_gradients:
+            p = ops.exp(teacher_log_p)
+            p = ops.where(p > 0.0, p, ops.zeros_like(p))
+            q = ops.exp(z - log_z)
+            member = _scatter_rows(indices, ops.ones_like(p), vocab)
+            # Through the tail bin, where its log is not clamped.
+            spread = ops.where(
+                student_top_mass < -tiny, teacher_tail * ops.exp(-student_log_tail), 0.0
+            )[:, None]
+            grad = (
+                ops.sum(p, axis=-1, keepdims=True) * q
+                - _scatter_rows(indices, p, vocab)
+                + spread * q * (member - ops.exp(student_top_mass)[:, None])
+            )
+    kl = ops.maximum(kl, 0.0) * temperature**2
+    if grad is not None:
+        grad = grad * temperature  # d(T**2 KL)/ds = T dKL/dz
+    return kl, grad
+
+
 def _cap(logits, soft_cap):
     if soft_cap is None:
         return logits
@@ -296,6 +373,7 @@ def chunked_distillation_loss(
     temperature=1.0,
     chunk_size=1024,
     training=True,
+    teacher_top_k=None,
 ):
     """The student's cross-entropy and a divergence, from hidden states.
 
@@ -321,13 +399,19 @@ def chunked_distillation_loss(
     per-position values come back unweighted (without gradient) for logs and
     metrics, to be reduced as `keras_kd.reduction.reduce_values` reduces.
 
+    A top-k teacher cache (`teacher_top_k`) replaces the teacher's hidden
+    states and head: the divergence is then `TopKKLDivergence`'s
+    (`top_k_kl_divergence`), computed on one chunk of the student's logits
+    at a time.
+
     Args:
         student_hidden: `(N, Hs)` student hidden states (the backbone's
             output).
         student_head: The student's `LinearHead`.
         teacher_hidden: `(N, Ht)` teacher hidden states; no gradient.
+            `None` with `teacher_top_k`.
         teacher_head: The teacher's `LinearHead`, same vocabulary; no
-            gradient.
+            gradient. `None` with `teacher_top_k`.
         labels: `(N,)` integer labels. A label outside `[0, vocab)` (an
             `ignore_class` such as -100) gives cross-entropy 0 and is not
             counted correct; give it weight 0.
@@ -345,9 +429,15 @@ def chunked_distillation_loss(
         training: Whether to compute the gradients (in the same pass as the
             values). `False` (evaluation, metrics) computes values only, and
             `loss` then has no gradient.
+        teacher_top_k: Optional cached teacher, a dict with `indices` and
+            `values` `(N, k)`, `log_normalizer` `(N,)` and, as
+            `top_k_dataset` gives them, `cache_temperature` and
+            `vocab_size`. The divergence must be a `TopKKLDivergence`
+            (`None` for `TopKKLDivergence()`).
 
     Returns:
-        A `ChunkedTerms`.
+        A `ChunkedTerms` (its `teacher_cross_entropy` is `None` with
+        `teacher_top_k`: the cache does not hold the labels' logits).
 
     Raises:
         ValueError: for a bad `chunk_size`, a divergence without a chunked
@@ -366,21 +456,41 @@ def chunked_distillation_loss(
     0.0
     """
     chunk_size = validate_chunk_size(chunk_size)
-    loss = get_distillation_loss(divergence)
-    value_fn, grad_fn, scaled = _divergence(loss)
+    top_k = teacher_top_k is not None
+    if top_k:
+        loss = TopKKLDivergence() if divergence is None else get_distillation_loss(divergence)
+        if not isinstance(loss, TopKKLDivergence):
+            raise ValueError(
+                "With `teacher_top_k`, `divergence` must be a "
+                f"`TopKKLDivergence` (or None). Received: divergence={loss!r}. "
+                "A cache holds the teacher's top k logits only."
+            )
+        value_fn = grad_fn = None
+        scaled = True
+    else:
+        loss = get_distillation_loss(divergence)
+        value_fn, grad_fn, scaled = _divergence(loss)
     precision = loss.precision
-    _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head)
+    _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head, teacher_top_k)
 
     student_hidden = ops.convert_to_tensor(student_hidden)
     kernel = ops.convert_to_tensor(student_head.kernel)
     bias = None if student_head.bias is None else ops.convert_to_tensor(student_head.bias)
-    teacher_hidden = ops.stop_gradient(ops.convert_to_tensor(teacher_hidden))
-    teacher_kernel = ops.stop_gradient(ops.convert_to_tensor(teacher_head.kernel))
-    teacher_bias = (
-        None
-        if teacher_head.bias is None
-        else ops.stop_gradient(ops.convert_to_tensor(teacher_head.bias))
-    )
+    if top_k:
+        _check_top_k_temperature(loss, teacher_top_k, temperature)
+        teacher_tensors = tuple(
+            ops.stop_gradient(ops.convert_to_tensor(teacher_top_k[key]))
+            for key in ("indices", "values", "log_normalizer")
+        )
+        teacher_tensors = (ops.cast(teacher_tensors[0], "int32"),) + teacher_tensors[1:]
+    else:
+        teacher_hidden = ops.stop_gradient(ops.convert_to_tensor(teacher_hidden))
+        teacher_kernel = ops.stop_gradient(ops.convert_to_tensor(teacher_head.kernel))
+        teacher_bias = (
+            None
+            if teacher_head.bias is None
+            else ops.stop_gradient(ops.convert_to_tensor(teacher_head.bias))
+        )
     labels = ops.cast(ops.convert_to_tensor(labels), "int32")
     weights = ops.cast(ops.convert_to_tensor(weights), precision)
     distillation_weights = (
@@ -410,23 +520,24 @@ def chunked_distillation_loss(
         widths = [[0, padding]] + [[0, 0]] * (len(x.shape) - 1)
         return ops.pad(x, widths)
 
-    teacher_rows = pad(teacher_hidden)
+    teacher_rows = tuple(pad(t) for t in teacher_tensors) if top_k else pad(teacher_hidden)
     label_rows = pad(labels)
     weight_rows = pad(weights)
     distillation_weight_rows = pad(distillation_weights)
 
+    def start(i, rank):
+        # One integer dtype for all: JAX with x64 refuses int32 and int64.
+        first = ops.cast(i * size, "int32")
+        return [first] + [ops.zeros((), "int32")] * (rank - 1)
+
     def chunk(x, i):
-        return ops.slice(x, [i * size] + [0] * (len(x.shape) - 1), [size] + list(x.shape[1:]))
+        return ops.slice(x, start(i, len(x.shape)), [size] + list(x.shape[1:]))
 
     def chunk_terms(i, hidden_rows, kernel, bias, with_gradients):
         """Values of chunk `i`, and the loss's gradient w.r.t. its logits."""
         hidden = chunk(hidden_rows, i)
         raw = student_head.logits(hidden, kernel, bias)
         student_logits = ops.cast(_cap(raw, student_head.soft_cap), precision)
-        teacher_logits = ops.cast(
-            _cap(teacher_head.logits(chunk(teacher_rows, i), teacher_kernel, teacher_bias), teacher_head.soft_cap),
-            precision,
-        )
         chunk_labels = chunk(label_rows, i)
         valid = ops.logical_and(chunk_labels >= 0, chunk_labels < vocab)
         safe_labels = ops.where(valid, chunk_labels, 0)
@@ -434,29 +545,45 @@ def chunked_distillation_loss(
         log_q1 = ops.log_softmax(student_logits, axis=-1)
         picked = ops.take_along_axis(log_q1, safe_labels[:, None], axis=-1)[:, 0]
         cross_entropy = ops.where(valid, -picked, 0.0)
-        teacher_picked = ops.take_along_axis(
-            ops.log_softmax(teacher_logits, axis=-1), safe_labels[:, None], axis=-1
-        )[:, 0]
-        teacher_cross_entropy = ops.where(valid, -teacher_picked, 0.0)
         predicted = ops.cast(ops.argmax(student_logits, axis=-1), "int32")
         correct = ops.cast(ops.logical_and(valid, predicted == chunk_labels), precision)
 
-        log_p = _softened_log_probabilities(teacher_logits, temperature)
-        log_q = _softened_log_probabilities(student_logits, temperature)
-        distillation = value_fn(log_p, log_q)
-        # d(T**2 D)/d logits = T dD/dz; d D / d logits = dD/dz / T.
-        factor = temperature if scaled else 1.0 / temperature
-        if scaled:
-            distillation = distillation * (temperature**2)
+        if top_k:
+            distillation, d_distillation = _top_k_terms(
+                *(chunk(t, i) for t in teacher_rows), student_logits, temperature,
+                loss.tail, precision, with_gradients,
+            )
+            teacher_values = ()
+        else:
+            teacher_logits = ops.cast(
+                _cap(
+                    teacher_head.logits(chunk(teacher_rows, i), teacher_kernel, teacher_bias),
+                    teacher_head.soft_cap,
+                ),
+                precision,
+            )
+            teacher_picked = ops.take_along_axis(
+                ops.log_softmax(teacher_logits, axis=-1), safe_labels[:, None], axis=-1
+            )[:, 0]
+            teacher_values = (ops.where(valid, -teacher_picked, 0.0),)
+            log_p = _softened_log_probabilities(teacher_logits, temperature)
+            log_q = _softened_log_probabilities(student_logits, temperature)
+            distillation = value_fn(log_p, log_q)
+            if scaled:
+                distillation = distillation * (temperature**2)
+            if with_gradients:
+                # d(T**2 D)/d logits = T dD/dz; d D / d logits = dD/dz / T.
+                factor = temperature if scaled else 1.0 / temperature
+                d_distillation = factor * grad_fn(log_p, log_q)
 
         w = chunk(weight_rows, i)[:, None]
         w_kd = chunk(distillation_weight_rows, i)[:, None]
         total = ops.sum(w[:, 0] * cross_entropy) + ops.sum(w_kd[:, 0] * ops.cast(distillation, precision))
-        values = (cross_entropy, ops.cast(distillation, precision), correct, teacher_cross_entropy)
+        values = (cross_entropy, ops.cast(distillation, precision), correct) + teacher_values
         if not with_gradients:
             return hidden, None, total, values
         one_hot = ops.one_hot(safe_labels, vocab, dtype=precision) * ops.cast(valid, precision)[:, None]
-        d_logits = w * (ops.exp(log_q1) - one_hot) + (w_kd * factor) * grad_fn(log_p, log_q)
+        d_logits = w * (ops.exp(log_q1) - one_hot) + w_kd * d_distillation
         if student_head.soft_cap is not None:
             d_logits = d_logits * (1.0 - ops.square(student_logits / student_head.soft_cap))
         d_logits = ops.cast(d_logits, raw.dtype)
@@ -464,7 +591,7 @@ def chunked_distillation_loss(
 
     def write(buffers, i, values):
         return tuple(
-            ops.slice_update(b, [i * size] + [0] * (len(b.shape) - 1), v)
+            ops.slice_update(b, start(i, len(b.shape)), v)
             for b, v in zip(buffers, values)
         )
 
@@ -477,7 +604,8 @@ def chunked_distillation_loss(
         # `gate` is 0, computed from the previous chunk's last result: TF's
         # `while` runs up to 10 iterations at once when they do not depend
         # on each other, which would hold 10 chunks of logits.
-        init = [ops.zeros((), precision), (zeros, zeros, zeros, zeros), ops.zeros((), "int32")]
+        buffers = (zeros,) * (3 if top_k else 4)
+        init = [ops.zeros((), precision), buffers, ops.zeros((), "int32")]
         if with_gradients:
             init += [ops.zeros_like(hidden_rows), ops.zeros_like(kernel)]
             if bias_ is not None:
@@ -485,7 +613,7 @@ def chunked_distillation_loss(
 
         def body(i, carry):
             total, value_rows, gate = carry[0], carry[1], carry[2]
-            i = i + gate
+            i = ops.cast(i, "int32") + gate
             chunk_hidden, d_logits, chunk_total, values = chunk_terms(
                 i, hidden_rows, kernel, bias_, with_gradients
             )
@@ -531,13 +659,39 @@ def chunked_distillation_loss(
 
     if not training:
         outputs, _ = run(student_hidden, kernel, bias, with_gradients=False)
-        return ChunkedTerms(*outputs)
-    arguments = (student_hidden, kernel) + (() if bias is None else (bias,))
-    result = ops.custom_gradient(forward_and_gradients)(*arguments)
-    return ChunkedTerms(*result)
+    else:
+        arguments = (student_hidden, kernel) + (() if bias is None else (bias,))
+        outputs = ops.custom_gradient(forward_and_gradients)(*arguments)
+    outputs = tuple(outputs)
+    return ChunkedTerms(*(outputs + (None,) * (5 - len(outputs))))
 
 
-def _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head):
+def _check_top_k_temperature(loss, teacher_top_k, temperature):
+    """`tail="bin"` needs the cache's temperature; checked where both are
+    known now (the Distiller checks batches eagerly before a fit)."""
+    if loss.tail != "bin":
+        return
+    carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY, loss.cache_temperature)
+    known = []
+    for value in (carried, temperature):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            known.append(np.asarray(float(value)))
+        elif isinstance(value, np.ndarray):
+            known.append(value.astype(np.float64))
+        else:
+            return
+    cache, wanted = known
+    if cache.size and not np.allclose(cache, float(wanted.reshape(-1)[0]), rtol=1e-6, atol=0.0):
+        raise ValueError(
+            f"{bin_temperature_message(float(cache.reshape(-1)[0]))} Received: "
+            f"temperature={float(wanted.reshape(-1)[0])}."
+        )
+
+
+def _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head, teacher_top_k=None):
+    if teacher_top_k is not None:
+        _check_top_k_sizes(student_hidden, student_head, teacher_top_k)
+        return
     for name, hidden, head in (
         ("student", student_hidden, student_head),
         ("teacher", teacher_hidden, teacher_head),
@@ -562,3 +716,39 @@ def _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head):
             f"vocab {teacher_head.vocabulary_size}. Distil between models "
             "with the same tokenizer."
         )
+
+
+def _check_top_k_sizes(student_hidden, student_head, teacher_top_k):
+    if not isinstance(student_head, LinearHead):
+        raise ValueError(
+            "`student_head` must be a `LinearHead`. Received: "
+            f"student_head={student_head!r}. Build one with `LinearHead(kernel, "
+            "bias)` or `LinearHead.from_layer(layer)`."
+        )
+    if len(student_hidden.shape) != 2 or student_hidden.shape[1] != student_head.hidden_size:
+        raise ValueError(
+            f"`student_hidden` must be `(positions, {student_head.hidden_size})` "
+            f"to match its head. Received: shape {tuple(student_hidden.shape)}."
+        )
+    missing = [key for key in ("indices", "values", "log_normalizer") if key not in teacher_top_k]
+    if missing:
+        raise ValueError(
+            f"`teacher_top_k` must hold `indices`, `values` and `log_normalizer` "
+            f"(as `top_k_dataset` gives them). Missing: {missing}."
+        )
+    indices = teacher_top_k["indices"]
+    if len(indices.shape) != 2 or tuple(teacher_top_k["values"].shape) != tuple(indices.shape):
+        raise ValueError(
+            "`teacher_top_k['indices']` and `['values']` must be `(positions, k)`"
+            f". Received: {tuple(indices.shape)} and "
+            f"{tuple(teacher_top_k['values'].shape)}. Flatten `(batch, time, k)`."
+        )
+    vocab = teacher_top_k.get("vocab_size")
+    if vocab is not None and not hasattr(vocab, "_keras_history"):
+        try:
+            sizes = np.unique(np.asarray(ops.convert_to_numpy(vocab))).astype(int).tolist()
+        except Exception:  # A traced value: the Distiller checks eagerly.
+            sizes = []
+        for size in sizes:
+            if size != student_head.vocabulary_size:
+                raise ValueError(vocabulary_message(size, student_head.vocabulary_size))
