@@ -11,6 +11,15 @@ import pickle
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# tests/distribution needs 8 devices; on JAX, XLA reads the count when JAX
+# first starts its backend, so it is set before anything can start it.
+DISTRIBUTION_DEVICES = 8
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+if (os.environ.get("KERAS_BACKEND") == "jax"
+        and _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", "")):
+    os.environ["XLA_FLAGS"] = (
+        f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}={DISTRIBUTION_DEVICES}".strip())
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -27,6 +36,29 @@ tf.config.experimental.enable_op_determinism()
 # Under op determinism, random ops need a global seed (e.g. the shuffle of
 # `fit(x, y)` on arrays).
 keras.utils.set_random_seed(0)
+
+
+def pytest_runtest_setup(item):
+    """keras.distribution tests (tests/distribution) run on JAX with 8
+    devices: Keras' TensorFlow distribution module is a prototype. (Here
+    rather than in a tests/distribution/conftest.py, which would shadow this
+    module for `from conftest import ...`.)"""
+    if item.path.parent.name != "distribution":
+        return
+    backend = keras.backend.backend()
+    if backend != "jax":
+        pytest.skip(
+            f"keras.distribution runs on JAX; Keras runs on {backend!r} (its "
+            "TensorFlow distribution module is a prototype). Run with "
+            f"KERAS_BACKEND=jax XLA_FLAGS={_DEVICE_FLAG}={DISTRIBUTION_DEVICES}."
+        )
+    count = len(keras.distribution.list_devices())
+    if count < DISTRIBUTION_DEVICES:
+        pytest.skip(
+            f"{DISTRIBUTION_DEVICES} devices needed, JAX has {count}: it started "
+            f"before XLA_FLAGS={_DEVICE_FLAG}={DISTRIBUTION_DEVICES} was set. Set "
+            "it on the command line."
+        )
 
 
 def make_mlp(hidden_units, num_inputs=6, num_classes=4, name=None, **dense):
