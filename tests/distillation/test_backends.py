@@ -51,7 +51,7 @@ def test_one_sgd_step_is_the_float64_reference():
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(optimizer=keras.optimizers.SGD(lr), alpha=alpha, temperature=temperature)
     history = distiller.fit(x, y, batch_size=n, epochs=1, shuffle=False, verbose=0).history
-    assert history["loss"][0] == pytest.approx(loss, rel=1e-5)
+    assert float(history["loss"][0]) == pytest.approx(loss, rel=1e-5)
     new_w, new_b = student.get_weights()
     np.testing.assert_allclose(new_w, w - lr * x64.T @ dz, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new_b, b - lr * dz.sum(axis=0), rtol=1e-5, atol=1e-6)
@@ -69,9 +69,9 @@ def test_evaluate_is_the_students_own_and_survives_save_and_load(tmp_path):
                     metrics=["sparse_categorical_accuracy"])
     own = student.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)
     logs = distiller.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)
-    assert logs["loss"] == pytest.approx(own["loss"], rel=1e-5)
-    assert logs["sparse_categorical_accuracy"] == pytest.approx(
-        own["sparse_categorical_accuracy"], rel=1e-6)
+    assert float(logs["loss"]) == pytest.approx(float(own["loss"]), rel=1e-5)
+    assert float(logs["sparse_categorical_accuracy"]) == pytest.approx(float(
+        own["sparse_categorical_accuracy"]), rel=1e-6)
 
     path = tmp_path / "distiller.keras"
     distiller.save(path)
@@ -79,4 +79,4 @@ def test_evaluate_is_the_students_own_and_survives_save_and_load(tmp_path):
     np.testing.assert_allclose(loaded.student.predict(x, verbose=0),
                                student.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
     again = loaded.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)
-    assert again["loss"] == pytest.approx(logs["loss"], rel=1e-5)
+    assert float(again["loss"]) == pytest.approx(float(logs["loss"]), rel=1e-5)
