@@ -61,6 +61,28 @@ def pytest_runtest_setup(item):
         )
 
 
+def value_and_gradients(fn, arguments):
+    """`fn(*arguments) = (value, aux)`'s value, the gradients of the value
+    with respect to each argument (NumPy) and aux, with the backend's
+    autodiff (a tape on TensorFlow, `jax.value_and_grad` on JAX)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        arguments = [tf.constant(a, tf.float32) for a in arguments]
+        with tf.GradientTape() as tape:
+            tape.watch(arguments)
+            value, aux = fn(*arguments)
+        return value, [g.numpy() for g in tape.gradient(value, arguments)], aux
+    if backend == "jax":
+        import jax
+
+        arguments = [np.asarray(a, np.float32) for a in arguments]
+        (value, aux), grads = jax.value_and_grad(
+            fn, argnums=tuple(range(len(arguments))), has_aux=True
+        )(*arguments)
+        return value, [np.asarray(g) for g in grads], aux
+    pytest.skip(f"no gradient helper for the {backend} backend")
+
+
 def make_mlp(hidden_units, num_inputs=6, num_classes=4, name=None, **dense):
     """A tiny MLP that outputs logits."""
     model = keras.Sequential([keras.Input((num_inputs,))], name=name)

@@ -526,16 +526,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
     def get_metrics_result(self):
         # As Keras', but label metrics that a fit on unlabelled data left
         # unbuilt have nothing to report yet, rather than an error.
-        results = {}
-        for metric in self.metrics:
-            if getattr(metric, "built", True) is False:
-                continue
-            result = metric.result()
-            if isinstance(result, dict):
-                results.update(result)
-            else:
-                results[metric.name] = result
-        return results
+        return objective.metric_results(self.metrics)
 
     def _trained_variables(self):
         """The student's trainable weights and those of the hint connectors."""

@@ -195,20 +195,27 @@ def _update_compiled_and_teacher_metrics(distiller, batch, student_logits, raw_t
             metric.update_state(teacher_logits, student_logits, weights)
 
 
-def metric_logs(distiller, batch):
-    """`{name: result}` of the distiller's metrics after a step."""
-    logs = {}
-    for metric in distiller.metrics:
-        if metric is compat.compiled_metrics(distiller) and batch.labels is None:
-            continue  # No labels: the label metrics have nothing new.
+def metric_results(metrics):
+    """`{name: result}` of the metrics that are built (a dict result, as
+    compiled metrics give, is merged in)."""
+    results = {}
+    for metric in metrics:
         if getattr(metric, "built", True) is False:
             continue
         result = metric.result()
         if isinstance(result, dict):
-            logs.update(result)
+            results.update(result)
         else:
-            logs[metric.name] = result
-    return compat.reducible_logs(logs)
+            results[metric.name] = result
+    return results
+
+
+def metric_logs(distiller, batch):
+    """`{name: result}` of the distiller's metrics after a step."""
+    metrics = distiller.metrics
+    if batch.labels is None:  # No labels: the label metrics have nothing new.
+        metrics = [m for m in metrics if m is not compat.compiled_metrics(distiller)]
+    return compat.reducible_logs(metric_results(metrics))
 
 
 def combined_teacher_logits(distiller, raw, student_logits, kind=None, temperature=None):

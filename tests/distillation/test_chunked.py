@@ -8,6 +8,7 @@ Backend-neutral: runs under `KERAS_BACKEND=tensorflow` and `jax`."""
 import keras
 import numpy as np
 import pytest
+from conftest import value_and_gradients
 from keras import ops
 
 from keras_kd.distillation import divergences
@@ -110,29 +111,6 @@ def numeric_gradients(problem, reference_divergence, scaled, caps=(None, None), 
     return grads
 
 
-def gradients(fn, arguments):
-    """`fn(*arguments) = (value, aux)`'s value, gradients and aux, with the
-    backend's autodiff."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        arguments = [tf.constant(a, tf.float32) for a in arguments]
-        with tf.GradientTape() as tape:
-            tape.watch(arguments)
-            value, aux = fn(*arguments)
-        return value, [g.numpy() for g in tape.gradient(value, arguments)], aux
-    if backend == "jax":
-        import jax
-
-        arguments = [np.asarray(a, np.float32) for a in arguments]
-        (value, aux), grads = jax.value_and_grad(
-            fn, argnums=tuple(range(len(arguments))), has_aux=True
-        )(*arguments)
-        return value, [np.asarray(g) for g in grads], aux
-    pytest.skip(f"no gradient helper for the {backend} backend")
-
-
 def run_chunked(problem, loss, chunk_size, caps=(None, None), training=True, transposed=False):
     def fn(hidden, kernel, bias):
         head = LinearHead(
@@ -161,7 +139,7 @@ def run_chunked(problem, loss, chunk_size, caps=(None, None), training=True, tra
         )
         return terms.loss, terms
 
-    value, grads, terms = gradients(
+    value, grads, terms = value_and_gradients(
         fn, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
     )
     return float(value), grads, terms
@@ -201,7 +179,7 @@ def test_equals_dense_keras_kd_losses(problem, name, make_loss, reference_diverg
         )
         return total, (ce, kd)
 
-    want, want_grads, dense_values = gradients(
+    want, want_grads, dense_values = value_and_gradients(
         dense, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
     )
     value, grads, terms = run_chunked(problem, loss, chunk_size=4)
@@ -310,7 +288,7 @@ def test_gradient_scales_with_upstream(problem):
         # The per-position outputs are constants: they add no gradient.
         return -3.0 * terms.loss + ops.sum(terms.distillation) + ops.sum(terms.cross_entropy), ()
 
-    _, scaled_grads, _ = gradients(
+    _, scaled_grads, _ = value_and_gradients(
         scaled, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
     )
     for got, want in zip(scaled_grads, grads):

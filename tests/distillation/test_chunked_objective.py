@@ -7,6 +7,7 @@ float64 NumPy reference. Backend-neutral (TF and JAX)."""
 import keras
 import numpy as np
 import pytest
+from conftest import value_and_gradients
 from keras import ops
 
 from keras_kd.distillation import divergences
@@ -45,23 +46,9 @@ def batch():
     }
 
 
-def value_and_gradients(fn, arguments):
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        arguments = [tf.constant(a, tf.float32) for a in arguments]
-        with tf.GradientTape() as tape:
-            tape.watch(arguments)
-            value, aux = fn(*arguments)
-        return float(value), [g.numpy() for g in tape.gradient(value, arguments)], aux
-    if backend == "jax":
-        import jax
-
-        arguments = [np.asarray(a, np.float32) for a in arguments]
-        (value, aux), grads = jax.value_and_grad(fn, argnums=(0, 1, 2), has_aux=True)(*arguments)
-        return float(value), [np.asarray(g) for g in grads], aux
-    pytest.skip(f"no gradient helper for {backend}")
+def float_value_and_gradients(fn, arguments):
+    value, grads, aux = value_and_gradients(fn, arguments)
+    return float(value), grads, aux
 
 
 def params(batch):
@@ -84,7 +71,7 @@ def chunked(batch, loss_fn, sample_weight, reduction, chunk_size=3):
         )
         return result.loss, result
 
-    return value_and_gradients(fn, params(batch))
+    return float_value_and_gradients(fn, params(batch))
 
 
 def dense(batch, loss_fn, sample_weight, reduction):
@@ -106,7 +93,7 @@ def dense(batch, loss_fn, sample_weight, reduction):
             student_term.reduction(logits))
         return ALPHA * student + (1 - ALPHA) * distillation, (student, distillation, logits)
 
-    return value_and_gradients(fn, params(batch))
+    return float_value_and_gradients(fn, params(batch))
 
 
 LOSSES = {
