@@ -183,3 +183,18 @@ def test_distillers_saved_by_round_2_load_and_predict_the_same(kind):
     logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
     assert {"loss", "sparse_categorical_accuracy", "teacher_agreement"} <= set(logs)
     distiller.fit(x, y, epochs=1, verbose=0)
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists packages by name: a new subpackage left out
+    installs without its modules (as keras_kd.distillation.backend once did)."""
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "keras_kd").rglob("__init__.py")
+    }
+    assert found == listed, f"add to pyproject.toml: {sorted(found - listed)}"
