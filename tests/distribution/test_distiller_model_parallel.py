@@ -5,11 +5,12 @@ and the teacher's variables stay sharded."""
 import contextlib
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 
 import keras_kd
+
+keras_hub = pytest.importorskip("keras_hub", reason="keras-hub (the `lm` extra) is not installed")
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
