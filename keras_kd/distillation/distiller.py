@@ -186,6 +186,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 f"{received}."
             )
         super().__init__(name=name, **kwargs)
+        self._check_backend_setup()
         members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         if not members:
             raise ValueError("`teacher` must be a model or a non-empty list of models.")
@@ -380,6 +381,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                     "`student_loss_fn`, `distillation_loss_fn` and `alpha`."
                 )
             kwargs.pop(unsupported, None)
+        self._check_backend_setup()
         alpha = validate_fraction(alpha, "alpha")
         listed = list(metrics) if isinstance(metrics, (list, tuple)) else metrics
         if isinstance(listed, list):

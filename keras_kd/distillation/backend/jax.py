@@ -14,6 +14,8 @@ the mesh), so the loss is the global batch's loss as written: no replica
 count divides it (see `keras_kd.distillation.reduction`).
 """
 
+import sys
+
 import jax
 import keras
 from keras.src import backend as keras_backend
@@ -39,6 +41,20 @@ def _current(scope, variables, values):
 class JAXSteps:
     """`train_step(state, data)` / `test_step(state, data)` for Keras' JAX
     trainer (`keras/src/backend/jax/trainer.py`)."""
+
+    def _check_backend_setup(self):
+        """Refuses a `tf.distribute` strategy, which JAX would ignore."""
+        tf = sys.modules.get("tensorflow")  # Not imported: no strategy either.
+        if tf is not None and tf.distribute.has_strategy():
+            strategy = type(tf.distribute.get_strategy()).__name__
+            raise RuntimeError(
+                f"The Distiller runs on the JAX backend, which does not use "
+                f"`tf.distribute` strategies (received a {strategy} scope): the "
+                "step would run on one device. Use `keras.distribution` instead, "
+                "e.g. `keras.distribution.set_distribution("
+                "keras.distribution.DataParallel())` before building the models, "
+                "or `KERAS_BACKEND=tensorflow` to keep the strategy."
+            )
 
     def _stateless_training_loss(self, trainable, non_trainable, optimizer_variables, batch):
         """The objective of one batch, as a function of the weights (for

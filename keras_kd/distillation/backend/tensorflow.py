@@ -11,6 +11,9 @@ from keras_kd.distillation import objective
 class TensorFlowSteps:
     """`train_step(data)` / `test_step(data)` as Keras' TF trainer calls them."""
 
+    def _check_backend_setup(self):
+        """Everything TensorFlow offers works here (`tf.distribute` too)."""
+
     def train_step(self, data):
         batch = batch_module.parse_batch(data)
         alpha = ops.cast(self._alpha, "float32")
