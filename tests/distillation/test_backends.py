@@ -80,3 +80,51 @@ def test_evaluate_is_the_students_own_and_survives_save_and_load(tmp_path):
                                student.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
     again = loaded.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)
     assert float(again["loss"]) == pytest.approx(float(logs["loss"]), rel=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX refuses tf.distribute")
+def test_a_tf_distribute_scope_is_refused_on_jax_with_keras_distribution_named():
+    import tensorflow as tf
+
+    teacher, student = _pair(2)
+    x, y = _data()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        with pytest.raises(RuntimeError, match=r"MirroredStrategy.*keras\.distribution"):
+            Distiller(student=student, teacher=teacher)
+    # Built and compiled outside, fitted or evaluated inside: refused too.
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer="sgd")
+    with strategy.scope():
+        with pytest.raises(RuntimeError, match="keras.distribution"):
+            distiller.compile(optimizer="sgd")
+        with pytest.raises(RuntimeError, match="keras.distribution"):
+            distiller.fit(x, y, verbose=0)
+        with pytest.raises(RuntimeError, match="keras.distribution"):
+            distiller.evaluate(x, y, verbose=0)
+
+
+class _NoXLA(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_jit = False
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_the_automatic_xla_rule_follows_the_backend():
+    """`jit_compile="auto"` (the teacher-logits cache's forward pass): on JAX
+    XLA whenever every layer supports it, as Keras compiles there; on TF on
+    a CPU-only machine, never."""
+    import tensorflow as tf
+
+    from keras_kd.distillation.xla import auto_jit_compile
+
+    teacher, _ = _pair(3)
+    unsupported = keras.Sequential([keras.Input((4,)), _NoXLA(), keras.layers.Dense(3)])
+    assert auto_jit_compile(unsupported) is False
+    if keras.backend.backend() == "jax":
+        assert auto_jit_compile(teacher) is True
+    elif all(d.device_type == "CPU" for d in tf.config.list_physical_devices()):
+        assert auto_jit_compile(teacher) is False

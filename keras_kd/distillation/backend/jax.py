@@ -56,6 +56,23 @@ class JAXSteps:
                 "or `KERAS_BACKEND=tensorflow` to keep the strategy."
             )
 
+    def fit(self, *args, **kwargs):
+        # A model built outside a strategy may still be fitted inside one.
+        self._check_backend_setup()
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        self._check_backend_setup()
+        return super().evaluate(*args, **kwargs)
+
+    def _input_pipeline_scope(self):
+        """A scope factory for running the models in the input pipeline (the
+        first-batch checks of a `tf.data.Dataset`): Keras' JAX `fit` keeps
+        the weights in its own state and empties the variables meanwhile, so
+        their values are taken now, before `fit` starts."""
+        mapping = [(v, v.value) for v in self.variables]
+        return lambda: keras.StatelessScope(state_mapping=mapping)
+
     def _stateless_training_loss(self, trainable, non_trainable, optimizer_variables, batch):
         """The objective of one batch, as a function of the weights (for
         `jax.value_and_grad`): `(scaled_loss, (terms, outputs, mask,

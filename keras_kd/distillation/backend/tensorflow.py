@@ -1,5 +1,7 @@
 """The Distiller's TensorFlow steps: the tape, and `tf.distribute` scaling."""
 
+import contextlib
+
 import tensorflow as tf
 from keras import ops
 
@@ -13,6 +15,10 @@ class TensorFlowSteps:
 
     def _check_backend_setup(self):
         """Everything TensorFlow offers works here (`tf.distribute` too)."""
+
+    def _input_pipeline_scope(self):
+        """No scope: the variables hold their values throughout `fit`."""
+        return contextlib.nullcontext
 
     def train_step(self, data):
         batch = batch_module.parse_batch(data)
