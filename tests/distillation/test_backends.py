@@ -336,3 +336,26 @@ def test_compiled_and_teacher_metrics_built_by_the_first_step():
     history = distiller.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
     assert float(history["accuracy"][0]) == pytest.approx(accuracy)
     assert float(history["teacher_agreement"][0]) == pytest.approx(agreement)
+
+
+class _Softmax(keras.layers.Layer):
+    """A softmax the Distiller cannot see as one (no Softmax layer)."""
+
+    def call(self, inputs):
+        return keras.ops.softmax(inputs)
+
+
+def test_the_first_batch_of_a_dataset_runs_the_teacher_in_the_input_pipeline():
+    """The check that warns of probability "logits" runs the teacher on the
+    first batch of a tf.data fit (on JAX, where `fit` holds the weights in
+    its state, on the weights it started with)."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(13)
+    teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), _Softmax()])
+    _, student = _pair(13)
+    x, y = _data()
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer="sgd")
+    with pytest.warns(UserWarning, match="teacher's outputs look like probabilities"):
+        distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), verbose=0)
