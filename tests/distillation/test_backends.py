@@ -336,6 +336,13 @@ def test_compiled_and_teacher_metrics_built_by_the_first_step():
     history = distiller.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
     assert float(history["accuracy"][0]) == pytest.approx(accuracy)
     assert float(history["teacher_agreement"][0]) == pytest.approx(agreement)
+    # evaluate() as the first compiled step: the same values, before training.
+    fresh = Distiller(student=_pair(12)[1], teacher=teacher)
+    fresh.compile(optimizer="sgd", metrics=["accuracy", keras_kd.TeacherAgreement()])
+    logs = fresh.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert float(logs["accuracy"]) == pytest.approx(accuracy)
+    assert float(logs["teacher_agreement"]) == pytest.approx(agreement)
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), z, rtol=1e-6, atol=1e-6)
 
 
 class _Softmax(keras.layers.Layer):
