@@ -366,3 +366,30 @@ def test_the_first_batch_of_a_dataset_runs_the_teacher_in_the_input_pipeline():
     distiller.compile(optimizer="sgd")
     with pytest.warns(UserWarning, match="teacher's outputs look like probabilities"):
         distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), verbose=0)
+
+
+def test_a_multi_output_students_metrics_are_built_on_its_selected_logits():
+    """Keras builds unbuilt compiled metrics before the first step (on JAX
+    always; on TF under a strategy) on the model's whole output: here the
+    student's `{"aux", "logits"}` dict. They are built on the logits."""
+    import contextlib
+
+    import tensorflow as tf
+
+    x, y = _data(16)
+    scope = contextlib.nullcontext()
+    if keras.backend.backend() == "tensorflow":
+        scope = tf.distribute.MirroredStrategy(
+            ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()).scope()
+    with scope:
+        keras.utils.set_random_seed(14)
+        inputs = keras.Input((4,))
+        logits = keras.layers.Dense(3, name="logits")(inputs)
+        student = keras.Model(inputs, {"aux": keras.layers.Dense(2)(inputs), "logits": logits})
+        teacher, _ = _pair(14)
+        distiller = Distiller(student=student, teacher=teacher, student_output="logits")
+        distiller.compile(metrics=["accuracy"])
+    accuracy = np.mean(np.argmax(student.predict(x, verbose=0)["logits"], -1) == y)
+    logs = distiller.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    assert 0 < accuracy < 1
+    assert float(logs["accuracy"]) == pytest.approx(accuracy)

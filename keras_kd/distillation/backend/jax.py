@@ -23,6 +23,7 @@ from keras.src import backend as keras_backend
 from keras_kd.distillation import batch as batch_module
 from keras_kd.distillation import compat
 from keras_kd.distillation import objective
+from keras_kd.distillation.backend.common import CommonSteps
 
 
 def _mapping(variables, values):
@@ -38,7 +39,7 @@ def _current(scope, variables, values):
     return current
 
 
-class JAXSteps:
+class JAXSteps(CommonSteps):
     """`train_step(state, data)` / `test_step(state, data)` for Keras' JAX
     trainer (`keras/src/backend/jax/trainer.py`)."""
 

@@ -8,9 +8,10 @@ from keras import ops
 from keras_kd.distillation import batch as batch_module
 from keras_kd.distillation import compat
 from keras_kd.distillation import objective
+from keras_kd.distillation.backend.common import CommonSteps
 
 
-class TensorFlowSteps:
+class TensorFlowSteps(CommonSteps):
     """`train_step(data)` / `test_step(data)` as Keras' TF trainer calls them."""
 
     def _check_backend_setup(self):
