@@ -219,7 +219,7 @@ class _InterruptAtEpoch(keras.callbacks.Callback):
 
 def test_a_resumed_run_gives_the_uninterrupted_weights(tmp_path):
     """BackupAndRestore with Adam and a temperature schedule: killed after
-    epoch 1 of 3 and resumed by a new process's models, the run ends where
+    epoch 1 of 2 and resumed by a new process's models, the run ends where
     the uninterrupted one does."""
     import keras_kd
 
@@ -232,7 +232,7 @@ def test_a_resumed_run_gives_the_uninterrupted_weights(tmp_path):
         distiller.compile(optimizer=keras.optimizers.Adam(0.05), alpha=0.5, temperature=2.0)
         schedule = keras_kd.TemperatureScheduler(lambda epoch: 2.0 + epoch)
         try:
-            distiller.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
+            distiller.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
                           callbacks=[schedule, *callbacks])
         except _Interrupt:
             pass
@@ -255,7 +255,7 @@ def test_class_weight_is_the_same_sample_weight():
         teacher, student = _pair(7)
         distiller = Distiller(student=student, teacher=teacher)
         distiller.compile(optimizer=keras.optimizers.SGD(0.3), alpha=0.5, temperature=2.0)
-        history = distiller.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+        history = distiller.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
                                 **kwargs).history
         runs.append((student.get_weights(), history["loss"]))
     (weighted, loss), (sample_weighted, sample_loss), (unweighted, _) = runs
