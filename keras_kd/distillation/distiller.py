@@ -186,6 +186,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 f"{received}."
             )
         super().__init__(name=name, **kwargs)
+        self._check_backend_setup()
         members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         if not members:
             raise ValueError("`teacher` must be a model or a non-empty list of models.")
@@ -380,6 +381,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                     "`student_loss_fn`, `distillation_loss_fn` and `alpha`."
                 )
             kwargs.pop(unsupported, None)
+        self._check_backend_setup()
         alpha = validate_fraction(alpha, "alpha")
         listed = list(metrics) if isinstance(metrics, (list, tuple)) else metrics
         if isinstance(listed, list):
@@ -685,11 +687,14 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             # are left to the step (the in-graph assert of a top-k loss).
             return dataset
 
+        scope = self._input_pipeline_scope()
+
         def check(*flat):
             element = tf.nest.pack_sequence_as(spec, list(flat))
             inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(element)
             try:
-                self._top_k_cache_temperature = self._first_batch_checks(inputs, targets)
+                with scope():
+                    self._top_k_cache_temperature = self._first_batch_checks(inputs, targets)
             except Exception as error:  # Re-raised by `fit` as it is.
                 self._first_batch_error = error
                 raise

@@ -20,8 +20,14 @@ mean loss by `1 / N`): a mean divides the replica's sum by the global
 divisor over N, and `"sum"` multiplies the replica's sum by N (Keras leaves
 a sum unscaled). Either way N replicas give the update of one device with
 the same global batch, for every reduction.
+
+On JAX there are no replicas to count: under `keras.distribution`
+(`DataParallel`, `ModelParallel`) a step sees global arrays, one logical
+batch sharded over the mesh, and XLA inserts the collectives. The replica
+count is then 1 by definition: each reduction is already the global one.
 """
 
+import keras
 import tensorflow as tf
 from keras import ops
 
@@ -36,14 +42,22 @@ def global_mean(value):
     summed over replicas and scaled by `1 / N`, gives the global
     `sum / count`.
     """
-    context = tf.distribute.get_replica_context()
+    context = _replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce("sum", value) / context.num_replicas_in_sync
 
 
+def _replica_context():
+    """The `tf.distribute` replica context, or `None` off TensorFlow: on
+    JAX, arrays are global (see the module docstring), so nothing divides."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    return tf.distribute.get_replica_context()
+
+
 def _num_replicas():
-    context = tf.distribute.get_replica_context()
+    context = _replica_context()
     return 1.0 if context is None else float(context.num_replicas_in_sync)
 
 

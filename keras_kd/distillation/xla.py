@@ -4,8 +4,10 @@
 `tf.distribute` strategies, when every layer supports it and op determinism
 is off, exactly as `keras.Model.compile` decides. On CPU-only machines XLA
 is a measured opt-in (`jit_compile=True`; `benchmarks/fast_paths.py`).
+On JAX, Keras compiles with XLA whenever every layer supports it.
 """
 
+import keras
 import tensorflow as tf
 
 from keras_kd.distillation import compat
@@ -19,8 +21,11 @@ def auto_jit_compile(model):
 
     Returns:
         `True` on a machine with an accelerator, outside a `tf.distribute`
-        strategy, when every layer supports XLA and op determinism is off.
+        strategy, when every layer supports XLA and op determinism is off;
+        on JAX whenever every layer supports XLA.
     """
+    if keras.backend.backend() != "tensorflow":
+        return compat.model_supports_jit(model)
     devices = tf.config.list_physical_devices()
     if all(device.device_type == "CPU" for device in devices):
         return False

@@ -46,7 +46,8 @@ def test_cache_file_round_trip_and_reuse(teacher, tiny_data, tmp_path, monkeypat
 
     monkeypatch.setattr(cache, "_forward_pass", counted_forward_pass)
     first = cache.compute_teacher_logits(teacher, x, path=path)
-    np.testing.assert_allclose(first, teacher.predict(x, verbose=0), rtol=1e-6)
+    # float32 in another batching than predict's (JAX: 2e-5 of the tiniest).
+    np.testing.assert_allclose(first, teacher.predict(x, verbose=0), rtol=1e-5, atol=1e-7)
     assert path.exists() and calls == [1]
 
     # A matching key is read from disk: the teacher is not run again.
@@ -82,7 +83,7 @@ def test_changed_teacher_or_data_invalidates_the_key(teacher, tiny_data, tmp_pat
     with pytest.raises(cache.CacheError, match="rebuild=True"):
         cache.compute_teacher_logits(teacher, x, path=path)
     rebuilt = cache.compute_teacher_logits(teacher, x, path=path, rebuild=True)
-    np.testing.assert_allclose(rebuilt, teacher.predict(x, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(rebuilt, teacher.predict(x, verbose=0), rtol=1e-5, atol=1e-7)
     assert cache.fingerprint_model(teacher) != cache.fingerprint_model(make_mlp([16]))
 
 
@@ -124,6 +125,8 @@ def test_probability_teacher_logits(tiny_data):
     )
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="tf.distribute is TensorFlow's; JAX: tests/distribution")
 def test_cache_under_mirrored_strategy(teacher, tiny_data):
     x, y = tiny_data
     logits = cache.compute_teacher_logits(teacher, x)

@@ -103,6 +103,8 @@ def _weights(kind):
     return w.astype("float32")
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="tf.distribute is TensorFlow's; JAX: tests/distribution")
 @pytest.mark.parametrize("reduction, kind", [
     ("mean_with_sample_weight", "per_sample"),
     ("mean_with_sample_weight", "per_position"),

@@ -73,3 +73,30 @@ def test_data_parallel_evaluate_gives_the_one_device_losses(runs):
     assert set(parallel) == set(single)
     for key in single:
         np.testing.assert_allclose(parallel[key], single[key], rtol=1e-5, atol=1e-6)
+
+
+def _one_step_update(distribution, reduction):
+    x, y, sample_weight = _data()
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        distiller = keras_kd.Distiller(student=_mlp(2, 8, "student"),
+                                       teacher=_mlp(1, 16, "teacher"))
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.01), alpha=0.5, temperature=2.0,
+            student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction=reduction))
+        before = [v.numpy() for v in distiller.student.weights]
+        distiller.fit(x[:16], y[:16], sample_weight=sample_weight[:16], batch_size=16,
+                      epochs=1, shuffle=False, verbose=0)
+    return [v.numpy() - b for v, b in zip(distiller.student.weights, before)]
+
+
+def test_a_summed_student_loss_gives_the_one_device_update():
+    """`reduction="sum"` is the global batch's sum on 8 devices: neither a
+    device's share nor 8 of them (tf.distribute's replica rule)."""
+    single = _one_step_update(None, "sum")
+    parallel = _one_step_update(keras.distribution.DataParallel(
+        devices=keras.distribution.list_devices()), "sum")
+    scale = max(np.abs(d).max() for d in single)
+    assert scale > 1e-3
+    for one, eight in zip(single, parallel):
+        np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-5 * scale)

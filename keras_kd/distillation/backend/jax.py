@@ -14,6 +14,8 @@ the mesh), so the loss is the global batch's loss as written: no replica
 count divides it (see `keras_kd.distillation.reduction`).
 """
 
+import sys
+
 import jax
 import keras
 from keras.src import backend as keras_backend
@@ -21,6 +23,7 @@ from keras.src import backend as keras_backend
 from keras_kd.distillation import batch as batch_module
 from keras_kd.distillation import compat
 from keras_kd.distillation import objective
+from keras_kd.distillation.backend.common import CommonSteps
 
 
 def _mapping(variables, values):
@@ -36,9 +39,40 @@ def _current(scope, variables, values):
     return current
 
 
-class JAXSteps:
+class JAXSteps(CommonSteps):
     """`train_step(state, data)` / `test_step(state, data)` for Keras' JAX
     trainer (`keras/src/backend/jax/trainer.py`)."""
+
+    def _check_backend_setup(self):
+        """Refuses a `tf.distribute` strategy, which JAX would ignore."""
+        tf = sys.modules.get("tensorflow")  # Not imported: no strategy either.
+        if tf is not None and tf.distribute.has_strategy():
+            strategy = type(tf.distribute.get_strategy()).__name__
+            raise RuntimeError(
+                f"The Distiller runs on the JAX backend, which does not use "
+                f"`tf.distribute` strategies (received a {strategy} scope): the "
+                "step would run on one device. Use `keras.distribution` instead, "
+                "e.g. `keras.distribution.set_distribution("
+                "keras.distribution.DataParallel())` before building the models, "
+                "or `KERAS_BACKEND=tensorflow` to keep the strategy."
+            )
+
+    def fit(self, *args, **kwargs):
+        # A model built outside a strategy may still be fitted inside one.
+        self._check_backend_setup()
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        self._check_backend_setup()
+        return super().evaluate(*args, **kwargs)
+
+    def _input_pipeline_scope(self):
+        """A scope factory for running the models in the input pipeline (the
+        first-batch checks of a `tf.data.Dataset`): Keras' JAX `fit` keeps
+        the weights in its own state and empties the variables meanwhile, so
+        their values are taken now, before `fit` starts."""
+        mapping = [(v, v.value) for v in self.variables]
+        return lambda: keras.StatelessScope(state_mapping=mapping)
 
     def _stateless_training_loss(self, trainable, non_trainable, optimizer_variables, batch):
         """The objective of one batch, as a function of the weights (for

@@ -1,15 +1,25 @@
 """The Distiller's TensorFlow steps: the tape, and `tf.distribute` scaling."""
 
+import contextlib
+
 import tensorflow as tf
 from keras import ops
 
 from keras_kd.distillation import batch as batch_module
 from keras_kd.distillation import compat
 from keras_kd.distillation import objective
+from keras_kd.distillation.backend.common import CommonSteps
 
 
-class TensorFlowSteps:
+class TensorFlowSteps(CommonSteps):
     """`train_step(data)` / `test_step(data)` as Keras' TF trainer calls them."""
+
+    def _check_backend_setup(self):
+        """Everything TensorFlow offers works here (`tf.distribute` too)."""
+
+    def _input_pipeline_scope(self):
+        """No scope: the variables hold their values throughout `fit`."""
+        return contextlib.nullcontext
 
     def train_step(self, data):
         batch = batch_module.parse_batch(data)
