@@ -94,10 +94,10 @@ def forward(distiller, batch, alpha, training):
         raw = ops.stop_gradient(distiller.teacher_logits(batch.inputs))
     else:
         dummy = teacher_module.dummy_logits(student_logits, distiller.teacher_side)
-        raw = ops.cond(
+        raw = distiller._run_if(
             alpha < 1.0,
             lambda: ops.stop_gradient(distiller.teacher_logits(batch.inputs)),
-            lambda: dummy,
+            skipped=dummy,
         )
     return Outputs(student_logits, student_features, raw, teacher_features, may_skip)
 

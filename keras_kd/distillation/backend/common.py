@@ -2,6 +2,7 @@
 Keras' trainers call around them."""
 
 import keras
+from keras import ops
 
 from keras_kd.distillation import batch as batch_module
 from keras_kd.distillation import compat
@@ -32,3 +33,10 @@ class CommonSteps:
                 y_pred, self.student_output, "student", self.student)
             metrics.build(batch.labels, logits)
         return {}
+
+    def _run_if(self, predicate, fn, skipped):
+        """`fn()` where `predicate` holds, else `skipped` (zeros that stand
+        in for its result). `fn` may write the models' variables (a
+        teacher's counters or statistics): TensorFlow's graph keeps the
+        writes of the branch taken."""
+        return ops.cond(predicate, fn, lambda: skipped)

@@ -74,6 +74,45 @@ class JAXSteps(CommonSteps):
         mapping = [(v, v.value) for v in self.variables]
         return lambda: keras.StatelessScope(state_mapping=mapping)
 
+    def _run_if(self, predicate, fn, skipped):
+        """`fn()` where `predicate` holds, else zeros in the structure of
+        `fn()`'s result (`skipped` is TensorFlow's stand-in; here the zeros
+        take `fn`'s own shapes, as `jax.lax.cond` needs equal branch types:
+        a teacher with a padded vocabulary is wider than the student).
+
+        `fn` may write variables (a teacher's counters or statistics): a
+        write inside `jax.lax.cond` would leave the branch as a tracer
+        (`UnexpectedTracerError`), so it runs in a scope of its own and
+        returns the variables' new values with its result; the values of
+        the branch taken are written outside the cond.
+        """
+        del skipped
+        # Every weight is read through the branch's scope (Keras' JAX fit
+        # has emptied the variables themselves); only non-trainable ones
+        # are written by a forward pass.
+        weights = self.trainable_variables + self.non_trainable_variables
+        mapping = _mapping(weights, [v.value for v in weights])
+        variables = self.non_trainable_variables
+        values = [v.value for v in variables]
+
+        def run(values):
+            with keras.StatelessScope(
+                    state_mapping=mapping + _mapping(variables, values)) as scope:
+                result = fn()
+            return result, _current(scope, variables, values)
+
+        shapes = jax.eval_shape(run, values)[0]
+
+        def skip(values):
+            zeros = jax.tree_util.tree_map(
+                lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes)
+            return zeros, values
+
+        result, new_values = jax.lax.cond(predicate, run, skip, values)
+        for variable, new in zip(variables, new_values):
+            variable.assign(new)
+        return result
+
     def _stateless_training_loss(self, trainable, non_trainable, optimizer_variables, batch):
         """The objective of one batch, as a function of the weights (for
         `jax.value_and_grad`): `(scaled_loss, (terms, outputs, mask,
