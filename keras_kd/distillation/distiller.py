@@ -878,15 +878,21 @@ def chunked_setup(distiller, chunk_size, student_head, teacher_head, metrics, we
             + ", ".join(refused) + ". Drop them, or compile without `chunk_size`.")
     student = chunked_models.model_head(distiller.student, student_head, "student_head")
     teacher = chunked_models.model_head(distiller.teacher, teacher_head, "teacher_head")
-    s_vocab = LinearHead.from_layer(student.layer).vocabulary_size
-    t_vocab = LinearHead.from_layer(teacher.layer).vocabulary_size
+    check_head_vocabularies(
+        LinearHead.from_layer(student.layer), LinearHead.from_layer(teacher.layer),
+        student.layer.name, teacher.layer.name)
+    return ChunkedSetup(chunk_size, student, teacher)
+
+
+def check_head_vocabularies(student, teacher, student_name, teacher_name):
+    """Raises `ValueError` when two `LinearHead`s' vocabularies differ."""
+    s_vocab, t_vocab = student.vocabulary_size, teacher.vocabulary_size
     if s_vocab != t_vocab:
         raise ValueError(
             f"The chunked path needs one vocabulary: the student's head "
-            f"{student.layer.name!r} has {s_vocab} ids, the teacher's "
-            f"{teacher.layer.name!r} {t_vocab}. Pass `student_head=` / `teacher_head=` "
-            "naming heads of the same vocabulary, or compile without `chunk_size`.")
-    return ChunkedSetup(chunk_size, student, teacher)
+            f"{student_name!r} has {s_vocab} ids, the teacher's {teacher_name!r} "
+            f"{t_vocab}. Pass `student_head=` / `teacher_head=` naming heads of the "
+            "same vocabulary, or compile without `chunk_size`.")
 
 
 def _check_reductions(distillation_loss):
