@@ -380,8 +380,9 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 (`chunked_objective`), so no `(batch, time, vocab)` logits
                 exist in training; losses, logs and updates equal the dense
                 path's. Needs a sparse cross-entropy student loss, one
-                online teacher, no hints, cache, `align_vocabulary` or
-                metrics. `evaluate` / `predict` stay dense.
+                online teacher, no hints, cache or `align_vocabulary`;
+                of the metrics only sparse accuracy, computed from the
+                chunks' hits. `evaluate` / `predict` stay dense.
             student_head: With `chunk_size`, the name of the student's head
                 layer (default: a KerasHub CausalLM's token embedding, or
                 the model's last layer).
@@ -868,8 +869,12 @@ def chunked_setup(distiller, chunk_size, student_head, teacher_head, metrics, we
         refused.append("a teacher ensemble")
     if distiller.align_vocabulary is not None:
         refused.append(f"align_vocabulary={distiller.align_vocabulary!r}")
-    if metrics or weighted_metrics or distiller._teacher_metrics:
-        refused.append("compiled or teacher metrics (they need whole logits)")
+    given = [m for group in (metrics, weighted_metrics) if group is not None
+             for m in (group if isinstance(group, (list, tuple)) else [group])]
+    others = [m for m in given if not _is_accuracy(m)]
+    if others or distiller._teacher_metrics:
+        refused.append("metrics other than accuracy (they need whole logits): "
+                       + ", ".join(repr(m) for m in others + list(distiller._teacher_metrics)))
     if distiller.teacher_outputs != "logits":
         refused.append(f"teacher_outputs={distiller.teacher_outputs!r}")
     if refused:
@@ -882,6 +887,13 @@ def chunked_setup(distiller, chunk_size, student_head, teacher_head, metrics, we
         LinearHead.from_layer(student.layer), LinearHead.from_layer(teacher.layer),
         student.layer.name, teacher.layer.name)
     return ChunkedSetup(chunk_size, student, teacher)
+
+
+def _is_accuracy(metric):
+    """Whether the chunked path computes `metric`: sparse accuracy."""
+    if isinstance(metric, str):
+        return metric in ("accuracy", "acc", "sparse_categorical_accuracy")
+    return isinstance(metric, keras.metrics.SparseCategoricalAccuracy)
 
 
 def check_head_vocabularies(student, teacher, student_name, teacher_name):

@@ -65,6 +65,8 @@ class Terms(NamedTuple):
     hint_losses: tuple = ()
     # 1.0, or 0.0 in a step that skipped the teacher (alpha == 1).
     distillation_computed: Any = 1.0
+    # The chunked path: `(correct, labelled)` per position, for accuracy.
+    chunk_metrics: Any = None
 
 
 def forward(distiller, batch, alpha, training):
@@ -145,7 +147,8 @@ def _chunked_terms(distiller, batch, outputs, alpha):
     )
     loss = result.loss + regularization_loss(distiller.student)
     computed = ops.cast(alpha < 1.0, "float32") if outputs.teacher_may_skip else 1.0
-    return Terms(loss, result.student_loss, result.distillation_loss, (), computed)
+    return Terms(loss, result.student_loss, result.distillation_loss, (), computed,
+                 (result.correct, result.labelled))
 
 
 def evaluation_forward(distiller, batch):
@@ -208,8 +211,9 @@ def update_metrics(distiller, batch, outputs, terms):
             sample_weight=ops.cast(batch_size, "float32") * terms.distillation_computed)
         for tracker, value in zip(distiller.hint_trackers, terms.hint_losses):
             tracker.update_state(value, sample_weight=batch_size)
-    if not (training and getattr(distiller, "chunked", None) is not None):
-        # The chunked path has no logits (and refuses compiled metrics).
+    if terms.chunk_metrics is not None:
+        _update_chunked_accuracy(distiller, batch, *terms.chunk_metrics)
+    else:
         _update_compiled_and_teacher_metrics(
             distiller, batch, outputs.student_logits, outputs.teacher)
     logs = metric_logs(distiller, batch)
@@ -217,6 +221,21 @@ def update_metrics(distiller, batch, outputs, terms):
         for tracker in [distiller.distillation_loss_tracker] + distiller.hint_trackers:
             logs.pop(tracker.name, None)  # Training terms: evaluate has none.
     return logs
+
+
+def _update_chunked_accuracy(distiller, batch, correct, labelled):
+    """The chunked path's compiled accuracy metrics (the only ones it
+    takes), from the chunks' per-position hits: a two-column stand-in for
+    the logits whose top column is 1 exactly where the student was right
+    gives each accuracy metric what the whole logits would."""
+    if batch.labels is None:
+        return
+    stand_in = ops.stack([1.0 - correct, correct], axis=-1)
+    sample_weight = batch.sample_weight
+    if sample_weight is not None:
+        sample_weight = broadcast_weights(sample_weight, labelled)
+    compat.update_compiled_metrics(
+        distiller, ops.ones(ops.shape(correct), "int32"), stand_in, labelled, sample_weight)
 
 
 def _update_compiled_and_teacher_metrics(distiller, batch, student_logits, raw_teacher):

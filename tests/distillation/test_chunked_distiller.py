@@ -43,7 +43,10 @@ def _fit(make_models, chunk_size, alpha, reduction, ignore_class=None, epochs=2,
         optimizer=keras.optimizers.SGD(0.05 if reduction == "sum" else 0.5),
         student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=reduction, ignore_class=ignore_class),
-        alpha=alpha, temperature=2.0, chunk_size=chunk_size)
+        alpha=alpha, temperature=2.0, chunk_size=chunk_size,
+        # Computed from the chunks' hits on the chunked path.
+        metrics=["accuracy"],
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="weighted_acc")])
     tokens, labels, weights = (data or _data)()
     assert (distiller.chunked is None) == (chunk_size is None)
     history = distiller.fit(tokens, labels, sample_weight=weights, batch_size=2,
@@ -56,6 +59,7 @@ def _assert_same(make_models, alpha, reduction, ignore_class=None, data=None):
     dense_logs, dense_weights = _fit(make_models, None, alpha, reduction, ignore_class, data=data)
     chunked_logs, chunked_weights = _fit(make_models, 5, alpha, reduction, ignore_class, data=data)
     assert set(chunked_logs) == set(dense_logs)
+    assert {"accuracy", "weighted_acc"} <= set(dense_logs)
     for key in dense_logs:
         np.testing.assert_allclose(chunked_logs[key], dense_logs[key], rtol=1e-5, atol=1e-6,
                                    err_msg=key)
@@ -190,11 +194,31 @@ def test_named_head():
             chunk_size=4, student_head="missing")
 
 
-def test_metrics_refused():
+@pytest.mark.parametrize("metrics", [["mae"], "top_k_categorical_accuracy"])
+def test_metrics_refused(metrics):
     student, teacher = _functional_pair()
-    with pytest.raises(ValueError, match="chunked path.*metrics.*without `chunk_size`"):
-        Distiller(student=student, teacher=teacher).compile(
-            metrics=["sparse_categorical_accuracy"], chunk_size=4)
+    with pytest.raises(ValueError, match="chunked path.*metrics other than accuracy.*without `chunk_size`"):
+        Distiller(student=student, teacher=teacher).compile(metrics=metrics, chunk_size=4)
+
+
+def test_cached_teacher_outputs_refused():
+    from keras_kd.distillation import objective
+    from keras_kd.distillation.batch import parse_batch
+
+    student, teacher = _functional_pair()
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(chunk_size=4)
+    tokens, labels, _ = _data()
+    batch = parse_batch((tokens, labels))._replace(teacher_outputs=np.zeros((BATCH, TIME, VOCAB)))
+    with pytest.raises(ValueError, match="cached teacher outputs.*without `chunk_size`"):
+        objective.forward(distiller, batch, 0.5, True)
+
+
+def test_hints_and_ensembles_refused():
+    student, teacher = _functional_pair()
+    other = _functional(12, 3, "other")
+    with pytest.raises(ValueError, match="chunked path.*a teacher ensemble"):
+        Distiller(student=student, teacher=[teacher, other]).compile(chunk_size=4)
 
 
 def test_compile_config_keeps_chunk_size():
