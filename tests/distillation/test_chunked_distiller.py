@@ -228,3 +228,17 @@ def test_compile_config_keeps_chunk_size():
     config = distiller.get_compile_config()
     assert config["chunk_size"] == 4 and config["student_head"] == "lm_head"
     assert config["teacher_head"] is None
+
+
+def test_saved_distiller_keeps_chunked_path(tmp_path):
+    student, teacher = _functional_pair()
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer="sgd", chunk_size=5, student_head="lm_head")
+    tokens, labels, weights = _data()
+    distiller.fit(tokens, labels, sample_weight=weights, batch_size=2, epochs=1, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.chunked is not None and loaded.chunked.chunk_size == 5
+    assert loaded.chunked.student.layer.name == "lm_head"
+    loaded.fit(tokens, labels, sample_weight=weights, batch_size=2, epochs=1, verbose=0)
