@@ -41,6 +41,7 @@ ChunkedObjective = collections.namedtuple(
         "correct",
         "metric_weights",
         "terms",
+        "labelled",
     ],
 )
 ChunkedObjective.__doc__ = """What `chunked_objective` returns.
@@ -62,6 +63,8 @@ Attributes:
         update_state(correct, metric_weights)` accumulates the accuracy
         across batches as `SparseCategoricalAccuracy` would.
     terms: The `ChunkedTerms` per position, `(N,)` flat.
+    labelled: `(batch, ...)` float32 1.0 at the labelled positions (the
+        metric weights before sample weights).
 """
 
 
@@ -283,4 +286,5 @@ def chunked_objective(
         correct=correct,
         metric_weights=metric_weights,
         terms=terms,
+        labelled=ops.cast(labelled, "float32"),
     )

@@ -7,6 +7,7 @@ Keras reduces), `keras_kd.hints` (feature hints) and
 `keras_kd.class_weights` (class weights in the data of one call).
 """
 
+import collections
 import inspect
 import warnings
 
@@ -16,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd.distillation import batch as batch_module
+from keras_kd.distillation import chunked_models
 from keras_kd.distillation import class_weights as class_weights_module
 from keras_kd.distillation import compat
 from keras_kd.distillation.backend import SUPPORTED_BACKENDS
@@ -27,6 +29,8 @@ from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation import top_k_loss as top_k_module
 from keras_kd.distillation import validation
 from keras_kd.distillation.batch import UNLABELLED
+from keras_kd.distillation.chunked import LinearHead
+from keras_kd.distillation.chunked import validate_chunk_size
 from keras_kd.distillation.ensembles import normalized_weights
 from keras_kd.distillation.hints import FeatureHints
 from keras_kd.distillation.losses import DEFAULT_TEMPERATURE
@@ -323,6 +327,9 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         distillation_loss_fn=None,
         alpha=0.1,
         temperature=None,
+        chunk_size=None,
+        student_head=None,
+        teacher_head=None,
         **kwargs,
     ):
         """Configures the distiller for training.
@@ -365,6 +372,21 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 cache's), which is the only one that loss can use. A value that contradicts
                 the loss's own, or (with `tail="bin"`) a top-k cache's, is
                 refused.
+            chunk_size: `None` (default): the step builds both models'
+                logits. A positive integer: the chunked path: the step
+                takes both models' final hidden states and output heads
+                (`keras_kd.distillation.chunked_models.model_head`) and
+                computes every term `chunk_size` positions at a time
+                (`chunked_objective`), so no `(batch, time, vocab)` logits
+                exist in training; losses, logs and updates equal the dense
+                path's. Needs a sparse cross-entropy student loss, one
+                online teacher, no hints, cache or `align_vocabulary`;
+                of the metrics only sparse accuracy, computed from the
+                chunks' hits. `evaluate` / `predict` stay dense.
+            student_head: With `chunk_size`, the name of the student's head
+                layer (default: a KerasHub CausalLM's token embedding, or
+                the model's last layer).
+            teacher_head: The same for the teacher.
             **kwargs: Passed to `keras.Model.compile` (`weighted_metrics`,
                 `jit_compile`, `steps_per_execution`, `run_eagerly`, ...).
 
@@ -411,6 +433,11 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             "student_loss_fn": student_loss_fn,
             "distillation_loss_fn": distillation_loss_fn,
         }
+        self._chunk_config = {
+            "chunk_size": chunk_size, "student_head": student_head, "teacher_head": teacher_head}
+        object.__setattr__(self, "chunked", None if chunk_size is None else chunked_setup(
+            self, chunk_size, student_head, teacher_head, listed,
+            kwargs.get("weighted_metrics")))
         super().compile(optimizer=optimizer, metrics=listed, **kwargs)
 
     # Views and forward passes (subclass hooks).
@@ -798,6 +825,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         config.update(
             {
                 "alpha": self.alpha,
+                **getattr(self, "_chunk_config", {}),
                 # None when not chosen: a reloaded distiller still takes a
                 # top-k cache's temperature.
                 "temperature": self.temperature if self._temperature_given else None,
@@ -825,6 +853,58 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         self.compile(**config)
         if self.optimizer is not None:
             self.optimizer.build(self._trained_variables())
+
+
+ChunkedSetup = collections.namedtuple("ChunkedSetup", ["chunk_size", "student", "teacher"])
+
+
+def chunked_setup(distiller, chunk_size, student_head, teacher_head, metrics, weighted_metrics):
+    """The chunked path's `ChunkedSetup` (chunk size, both `ModelHead`s), or
+    a `ValueError` for what the path does not take."""
+    chunk_size = validate_chunk_size(chunk_size)
+    refused = []
+    if distiller.feature_hints:
+        refused.append("feature hints (`hints=`)")
+    if distiller.teacher_side.is_ensemble:
+        refused.append("a teacher ensemble")
+    if distiller.align_vocabulary is not None:
+        refused.append(f"align_vocabulary={distiller.align_vocabulary!r}")
+    given = [m for group in (metrics, weighted_metrics) if group is not None
+             for m in (group if isinstance(group, (list, tuple)) else [group])]
+    others = [m for m in given if not _is_accuracy(m)]
+    if others or distiller._teacher_metrics:
+        refused.append("metrics other than accuracy (they need whole logits): "
+                       + ", ".join(repr(m) for m in others + list(distiller._teacher_metrics)))
+    if distiller.teacher_outputs != "logits":
+        refused.append(f"teacher_outputs={distiller.teacher_outputs!r}")
+    if refused:
+        raise ValueError(
+            f"The chunked path (chunk_size={chunk_size}) does not take "
+            + ", ".join(refused) + ". Drop them, or compile without `chunk_size`.")
+    student = chunked_models.model_head(distiller.student, student_head, "student_head")
+    teacher = chunked_models.model_head(distiller.teacher, teacher_head, "teacher_head")
+    check_head_vocabularies(
+        LinearHead.from_layer(student.layer), LinearHead.from_layer(teacher.layer),
+        student.layer.name, teacher.layer.name)
+    return ChunkedSetup(chunk_size, student, teacher)
+
+
+def _is_accuracy(metric):
+    """Whether the chunked path computes `metric`: sparse accuracy."""
+    if isinstance(metric, str):
+        return metric in ("accuracy", "acc", "sparse_categorical_accuracy")
+    return isinstance(metric, keras.metrics.SparseCategoricalAccuracy)
+
+
+def check_head_vocabularies(student, teacher, student_name, teacher_name):
+    """Raises `ValueError` when two `LinearHead`s' vocabularies differ."""
+    s_vocab, t_vocab = student.vocabulary_size, teacher.vocabulary_size
+    if s_vocab != t_vocab:
+        raise ValueError(
+            f"The chunked path needs one vocabulary: the student's head "
+            f"{student_name!r} has {s_vocab} ids, the teacher's {teacher_name!r} "
+            f"{t_vocab}. Pass `student_head=` / `teacher_head=` naming heads of the "
+            "same vocabulary, or compile without `chunk_size`.")
 
 
 def _check_reductions(distillation_loss):

@@ -27,6 +27,8 @@ from keras import ops
 from keras_kd.distillation import compat
 from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation import validation
+from keras_kd.distillation.chunked import LinearHead
+from keras_kd.distillation.chunked_objective import chunked_objective
 from keras_kd.distillation.batch import UNLABELLED
 from keras_kd.distillation.reduction import broadcast_weights
 from keras_kd.distillation.terms import DistillationTerm
@@ -63,6 +65,8 @@ class Terms(NamedTuple):
     hint_losses: tuple = ()
     # 1.0, or 0.0 in a step that skipped the teacher (alpha == 1).
     distillation_computed: Any = 1.0
+    # The chunked path: `(correct, labelled)` per position, for accuracy.
+    chunk_metrics: Any = None
 
 
 def forward(distiller, batch, alpha, training):
@@ -72,6 +76,8 @@ def forward(distiller, batch, alpha, training):
     when a term needs it: cached outputs replace it, and without hints or
     teacher metrics it runs only while `alpha < 1`.
     """
+    if getattr(distiller, "chunked", None) is not None:
+        return _chunked_forward(distiller, batch, training)
     hints = distiller.feature_hints
     teacher_features = online = None
     if hints:
@@ -102,6 +108,49 @@ def forward(distiller, batch, alpha, training):
     return Outputs(student_logits, student_features, raw, teacher_features, may_skip)
 
 
+def _chunked_forward(distiller, batch, training):
+    """The chunked path's `Outputs`: both models' final hidden states (in
+    `student_logits` / `teacher`), no logits."""
+    if batch.teacher_outputs is not None:
+        raise ValueError(
+            "The chunked path (`chunk_size`) distils from the teacher's hidden "
+            "states; this batch carries cached teacher outputs. Compile without "
+            "`chunk_size` to train on a cache.")
+    setup = distiller.chunked
+    student_hidden = setup.student.hidden(distiller.student_inputs(batch.inputs), training)
+    teacher_hidden = ops.stop_gradient(
+        setup.teacher.hidden(distiller.teacher_inputs(batch.inputs), False))
+    # The teacher always runs (its term's weight is 0 at alpha == 1), but the
+    # term is logged as computed only while alpha < 1, as the dense path does.
+    may_skip = not distiller._teacher_metrics
+    return Outputs(student_hidden, teacher=teacher_hidden, teacher_may_skip=may_skip)
+
+
+def _chunked_terms(distiller, batch, outputs, alpha):
+    """`training_terms` on the chunked path (`chunked_objective`)."""
+    setup = distiller.chunked
+    result = chunked_objective(
+        outputs.student_logits,
+        LinearHead.from_layer(setup.student.layer),
+        outputs.teacher,
+        LinearHead.from_layer(setup.teacher.layer),
+        labels=batch.labels,
+        sample_weight=batch.sample_weight,
+        mask=compat.keras_mask(outputs.student_logits),
+        label_mask=batch.label_mask,
+        student_loss_fn=distiller.student_loss_fn,
+        distillation_loss_fn=distiller.distillation_loss_fn,
+        temperature=ops.cast(distiller._temperature, "float32"),
+        alpha=alpha,
+        chunk_size=setup.chunk_size,
+        training=True,
+    )
+    loss = result.loss + regularization_loss(distiller.student)
+    computed = ops.cast(alpha < 1.0, "float32") if outputs.teacher_may_skip else 1.0
+    return Terms(loss, result.student_loss, result.distillation_loss, (), computed,
+                 (result.correct, result.labelled))
+
+
 def evaluation_forward(distiller, batch):
     """The student alone, and the teacher only for teacher metrics."""
     student_logits = distiller.student_logits(batch.inputs, training=False)
@@ -115,6 +164,8 @@ def evaluation_forward(distiller, batch):
 
 def training_terms(distiller, batch, outputs, alpha):
     """`alpha * hard + (1 - alpha) * distillation + hints + student.losses`."""
+    if getattr(distiller, "chunked", None) is not None:
+        return _chunked_terms(distiller, batch, outputs, alpha)
     student_logits = outputs.student_logits
     teacher_logits = combined_teacher_logits(distiller, outputs.teacher, student_logits)
     student_loss = distiller.compute_student_loss(
@@ -160,12 +211,31 @@ def update_metrics(distiller, batch, outputs, terms):
             sample_weight=ops.cast(batch_size, "float32") * terms.distillation_computed)
         for tracker, value in zip(distiller.hint_trackers, terms.hint_losses):
             tracker.update_state(value, sample_weight=batch_size)
-    _update_compiled_and_teacher_metrics(distiller, batch, outputs.student_logits, outputs.teacher)
+    if terms.chunk_metrics is not None:
+        _update_chunked_accuracy(distiller, batch, *terms.chunk_metrics)
+    else:
+        _update_compiled_and_teacher_metrics(
+            distiller, batch, outputs.student_logits, outputs.teacher)
     logs = metric_logs(distiller, batch)
     if not training:
         for tracker in [distiller.distillation_loss_tracker] + distiller.hint_trackers:
             logs.pop(tracker.name, None)  # Training terms: evaluate has none.
     return logs
+
+
+def _update_chunked_accuracy(distiller, batch, correct, labelled):
+    """The chunked path's compiled accuracy metrics (the only ones it
+    takes), from the chunks' per-position hits: a two-column stand-in for
+    the logits whose top column is 1 exactly where the student was right
+    gives each accuracy metric what the whole logits would."""
+    if batch.labels is None:
+        return
+    stand_in = ops.stack([1.0 - correct, correct], axis=-1)
+    sample_weight = batch.sample_weight
+    if sample_weight is not None:
+        sample_weight = broadcast_weights(sample_weight, labelled)
+    compat.update_compiled_metrics(
+        distiller, ops.ones(ops.shape(correct), "int32"), stand_in, labelled, sample_weight)
 
 
 def _update_compiled_and_teacher_metrics(distiller, batch, student_logits, raw_teacher):

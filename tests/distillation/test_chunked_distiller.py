@@ -1,0 +1,244 @@
+"""The Distiller's chunked path (`compile(chunk_size=...)`): fit gives the
+dense path's losses, logs and weights, on KerasHub causal LMs and a
+Functional model with a `Dense` head; and its refusals."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_kd import Distiller
+
+VOCAB, TIME, BATCH = 37, 6, 4
+
+
+def _functional(width, seed, name, mask_zero=False):
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input((TIME,), dtype="int32")
+    # Unit-scale embeddings: the models disagree, so the divergence is far
+    # from 0 (a tiny KL is float32 cancellation noise on either path).
+    x = keras.layers.Embedding(VOCAB, width, mask_zero=mask_zero,
+                               embeddings_initializer=keras.initializers.RandomNormal(1.0))(tokens)
+    x = keras.layers.Dense(width, activation="tanh")(x)
+    logits = keras.layers.Dense(VOCAB, name="lm_head")(x)
+    return keras.Model(tokens, logits, name=name)
+
+
+def _data(seed=0, padded=True):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, VOCAB, (BATCH, TIME)).astype("int32")
+    labels = rng.integers(0, VOCAB, (BATCH, TIME)).astype("int32")
+    weights = rng.uniform(0.5, 2.0, (BATCH, TIME)).astype("float32")
+    if padded:  # The last positions of two rows are padding.
+        weights[0, -2:] = 0.0
+        weights[2, -3:] = 0.0
+        labels[1, 0] = -1  # keras_kd.UNLABELLED: distillation term only.
+    return tokens, labels, weights
+
+
+def _fit(make_models, chunk_size, alpha, reduction, ignore_class=None, epochs=2, data=None):
+    student, teacher = make_models()
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        # "sum" gives ~20x the gradient: a smaller step keeps float32 noise small.
+        optimizer=keras.optimizers.SGD(0.05 if reduction == "sum" else 0.5),
+        student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=reduction, ignore_class=ignore_class),
+        alpha=alpha, temperature=2.0, chunk_size=chunk_size,
+        # Computed from the chunks' hits on the chunked path.
+        metrics=["accuracy"],
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="weighted_acc")])
+    tokens, labels, weights = (data or _data)()
+    assert (distiller.chunked is None) == (chunk_size is None)
+    history = distiller.fit(tokens, labels, sample_weight=weights, batch_size=2,
+                            epochs=epochs, shuffle=False, verbose=0)
+    return history.history, [v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+                             for v in student.trainable_variables]
+
+
+def _assert_same(make_models, alpha, reduction, ignore_class=None, data=None):
+    dense_logs, dense_weights = _fit(make_models, None, alpha, reduction, ignore_class, data=data)
+    chunked_logs, chunked_weights = _fit(make_models, 5, alpha, reduction, ignore_class, data=data)
+    assert set(chunked_logs) == set(dense_logs)
+    assert {"accuracy", "weighted_acc"} <= set(dense_logs)
+    for key in dense_logs:
+        np.testing.assert_allclose(chunked_logs[key], dense_logs[key], rtol=1e-5, atol=1e-6,
+                                   err_msg=key)
+    moved = False
+    for chunked, dense in zip(chunked_weights, dense_weights):
+        np.testing.assert_allclose(chunked, dense, rtol=1e-5, atol=1e-6)
+    first, _ = make_models()
+    for before, after in zip(first.trainable_variables, dense_weights):
+        moved = moved or not np.allclose(np.asarray(before), after)
+    assert moved  # The comparison is of trained weights.
+
+
+def _functional_pair():
+    return _functional(8, 1, "student"), _functional(12, 2, "teacher")
+
+
+@pytest.mark.parametrize("alpha,reduction,ignore_class", [
+    (0.3, "sum_over_batch_size", None),
+    (0.3, "sum", 3),
+    (1.0, "sum_over_batch_size", 3),
+])
+def test_functional_dense_head_matches_dense(alpha, reduction, ignore_class):
+    _assert_same(_functional_pair, alpha, reduction, ignore_class)
+
+
+def test_keras_mask_matches_dense():
+    _assert_same(lambda: (_functional(8, 1, "student", mask_zero=True),
+                          _functional(12, 2, "teacher", mask_zero=True)), 0.5, "sum", None)
+
+
+def _hub_pair(kind):
+    keras_hub = pytest.importorskip("keras_hub")
+
+    def make():
+        models = []
+        for seed, width in ((1, 8), (2, 16)):
+            keras.utils.set_random_seed(seed)
+            if kind == "gpt2":
+                backbone = keras_hub.models.GPT2Backbone(
+                    vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=width,
+                    intermediate_dim=2 * width, max_sequence_length=TIME)
+                models.append(keras_hub.models.GPT2CausalLM(backbone=backbone))
+            elif kind == "llama":
+                backbone = keras_hub.models.LlamaBackbone(
+                    vocabulary_size=VOCAB, num_layers=1, num_query_heads=2,
+                    num_key_value_heads=1, hidden_dim=width, intermediate_dim=2 * width)
+                models.append(keras_hub.models.LlamaCausalLM(backbone=backbone))
+            else:  # Gemma 2 style: final_logit_soft_cap on the tied embedding.
+                backbone = keras_hub.models.GemmaBackbone(
+                    vocabulary_size=VOCAB, num_layers=1, num_query_heads=2,
+                    num_key_value_heads=1, hidden_dim=width, intermediate_dim=2 * width,
+                    head_dim=width // 2, final_logit_soft_cap=1.5,
+                    attention_logit_soft_cap=50.0, use_post_ffw_norm=True,
+                    use_post_attention_norm=True, query_head_dim_normalize=True)
+                models.append(keras_hub.models.GemmaCausalLM(backbone=backbone))
+        return models[0], models[1]
+
+    return make
+
+
+def _hub_data():
+    tokens, labels, weights = _data()
+    return {"token_ids": tokens, "padding_mask": weights > 0}, labels, weights
+
+
+@pytest.mark.parametrize("kind,alpha,reduction", [
+    ("gpt2", 0.4, "sum_over_batch_size"),
+    ("llama", 0.4, "sum"),
+    ("gemma", 0.0, "sum_over_batch_size"),
+])
+def test_keras_hub_causal_lm_matches_dense(kind, alpha, reduction):
+    _assert_same(_hub_pair(kind), alpha, reduction, data=_hub_data)
+
+
+def test_gemma_head_has_soft_cap():
+    from keras_kd.distillation.chunked import LinearHead
+    from keras_kd.distillation.chunked_models import model_head
+
+    student, _ = _hub_pair("gemma")()
+    head = LinearHead.from_layer(model_head(student).layer)
+    assert head.soft_cap == 1.5 and head.transposed
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True, "8"])
+def test_bad_chunk_size(chunk_size):
+    student, teacher = _functional_pair()
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):
+        Distiller(student=student, teacher=teacher).compile(chunk_size=chunk_size)
+
+
+def test_vocabularies_differ():
+    from keras_kd.distillation.chunked import LinearHead
+    from keras_kd.distillation.distiller import check_head_vocabularies
+
+    student = LinearHead(keras.ops.zeros((8, VOCAB)))
+    teacher = LinearHead(keras.ops.zeros((VOCAB + 3, 12)), transposed=True)
+    with pytest.raises(ValueError, match="needs one vocabulary.*37 ids.*40.*student_head="):
+        check_head_vocabularies(student, teacher, "lm_head", "embedding")
+    check_head_vocabularies(student, student, "lm_head", "lm_head")  # Same: no error.
+
+
+def test_head_with_softmax_refused():
+    from keras_kd.distillation.chunked_models import model_head
+
+    tokens = keras.Input((TIME,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, 8)(tokens)
+    model = keras.Model(tokens, keras.layers.Dense(VOCAB, activation="softmax")(x))
+    with pytest.raises(ValueError, match="`teacher_head`.*activation.*without `chunk_size`"):
+        model_head(model, argument="teacher_head")
+
+
+def test_last_layer_not_dense_refused():
+    tokens = keras.Input((TIME,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, 8)(tokens)
+    x = keras.layers.Dense(VOCAB)(x)
+    student = keras.Model(tokens, keras.layers.Activation("linear", name="after")(x))
+    teacher = _functional(12, 2, "teacher")
+    with pytest.raises(ValueError, match="cannot identify the head.*'after'.*student_head="):
+        Distiller(student=student, teacher=teacher).compile(chunk_size=4)
+
+
+def test_named_head():
+    tokens = keras.Input((TIME,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, 8)(tokens)
+    x = keras.layers.Dense(VOCAB, name="head")(x)
+    student = keras.Model(tokens, keras.layers.Activation("linear", name="after")(x))
+    with pytest.raises(ValueError, match="does not compute"):
+        Distiller(student=student, teacher=_functional(12, 2, "teacher")).compile(
+            chunk_size=4, student_head="head")
+    with pytest.raises(ValueError, match="names no layer"):
+        Distiller(student=student, teacher=_functional(12, 2, "teacher")).compile(
+            chunk_size=4, student_head="missing")
+
+
+@pytest.mark.parametrize("metrics", [["mae"], "top_k_categorical_accuracy"])
+def test_metrics_refused(metrics):
+    student, teacher = _functional_pair()
+    with pytest.raises(ValueError, match="chunked path.*metrics other than accuracy.*without `chunk_size`"):
+        Distiller(student=student, teacher=teacher).compile(metrics=metrics, chunk_size=4)
+
+
+def test_cached_teacher_outputs_refused():
+    from keras_kd.distillation import objective
+    from keras_kd.distillation.batch import parse_batch
+
+    student, teacher = _functional_pair()
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(chunk_size=4)
+    tokens, labels, _ = _data()
+    batch = parse_batch((tokens, labels))._replace(teacher_outputs=np.zeros((BATCH, TIME, VOCAB)))
+    with pytest.raises(ValueError, match="cached teacher outputs.*without `chunk_size`"):
+        objective.forward(distiller, batch, 0.5, True)
+
+
+def test_hints_and_ensembles_refused():
+    student, teacher = _functional_pair()
+    other = _functional(12, 3, "other")
+    with pytest.raises(ValueError, match="chunked path.*a teacher ensemble"):
+        Distiller(student=student, teacher=[teacher, other]).compile(chunk_size=4)
+
+
+def test_compile_config_keeps_chunk_size():
+    student, teacher = _functional_pair()
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(chunk_size=4, student_head="lm_head")
+    config = distiller.get_compile_config()
+    assert config["chunk_size"] == 4 and config["student_head"] == "lm_head"
+    assert config["teacher_head"] is None
+
+
+def test_saved_distiller_keeps_chunked_path(tmp_path):
+    student, teacher = _functional_pair()
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer="sgd", chunk_size=5, student_head="lm_head")
+    tokens, labels, weights = _data()
+    distiller.fit(tokens, labels, sample_weight=weights, batch_size=2, epochs=1, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.chunked is not None and loaded.chunked.chunk_size == 5
+    assert loaded.chunked.student.layer.name == "lm_head"
+    loaded.fit(tokens, labels, sample_weight=weights, batch_size=2, epochs=1, verbose=0)
