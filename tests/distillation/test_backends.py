@@ -145,7 +145,8 @@ class _NoXLA(keras.layers.Layer):
 def test_the_automatic_xla_rule_follows_the_backend():
     """`jit_compile="auto"` (the teacher-logits cache's forward pass): on JAX
     XLA whenever every layer supports it, as Keras compiles there; on TF on
-    a CPU-only machine, never."""
+    a CPU-only machine, never; on PyTorch never (Keras' torch "auto" is
+    eager)."""
     import tensorflow as tf
 
     from keras_kd.distillation.xla import auto_jit_compile
@@ -155,6 +156,8 @@ def test_the_automatic_xla_rule_follows_the_backend():
     assert auto_jit_compile(unsupported) is False
     if keras.backend.backend() == "jax":
         assert auto_jit_compile(teacher) is True
+    elif keras.backend.backend() == "torch":
+        assert auto_jit_compile(teacher) is False
     elif all(d.device_type == "CPU" for d in tf.config.list_physical_devices()):
         assert auto_jit_compile(teacher) is False
 

@@ -10,11 +10,11 @@ Distiller inherits, for the backend Keras runs on (chosen at import, as
 Keras chooses its own `Trainer`).
 """
 
-SUPPORTED_BACKENDS = ("tensorflow", "jax")
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def steps_for_backend(backend):
-    """The steps class for `backend` (`"tensorflow"` or `"jax"`).
+    """The steps class for `backend` (`"tensorflow"`, `"jax"` or `"torch"`).
 
     Another backend gets the TensorFlow steps, never used: the Distiller
     refuses to be built there (`distiller.check_backend`), with the message
@@ -24,6 +24,10 @@ def steps_for_backend(backend):
         from keras_kd.distillation.backend.jax import JAXSteps
 
         return JAXSteps
+    if backend == "torch":
+        from keras_kd.distillation.backend.torch import TorchSteps
+
+        return TorchSteps
     from keras_kd.distillation.backend.tensorflow import TensorFlowSteps
 
     return TensorFlowSteps
