@@ -1,8 +1,9 @@
 """The Distiller's steps, one file per backend, over one objective.
 
-Keras builds its trainers this way (`keras/src/backend/{tensorflow,jax}/
-trainer.py` over one `compute_loss`): each backend file holds only what
-differs, the gradient and the state. The arithmetic of a step lives in
+Keras builds its trainers this way (`keras/src/backend/{tensorflow,jax,
+torch}/trainer.py` over one `compute_loss`): each backend file holds only
+what differs, the gradient and the state (the tape; JAX's stateless step;
+torch's eager autograd). The arithmetic of a step lives in
 `keras_kd.distillation.objective`, in `keras.ops`.
 
 `steps_for_backend()` picks the class whose `train_step` / `test_step` the
