@@ -64,7 +64,8 @@ def pytest_runtest_setup(item):
 def value_and_gradients(fn, arguments):
     """`fn(*arguments) = (value, aux)`'s value, the gradients of the value
     with respect to each argument (NumPy) and aux, with the backend's
-    autodiff (a tape on TensorFlow, `jax.value_and_grad` on JAX)."""
+    autodiff (a tape on TensorFlow, `jax.value_and_grad` on JAX,
+    `torch.autograd.grad` on PyTorch)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         arguments = [tf.constant(a, tf.float32) for a in arguments]
@@ -80,6 +81,14 @@ def value_and_gradients(fn, arguments):
             fn, argnums=tuple(range(len(arguments))), has_aux=True
         )(*arguments)
         return value, [np.asarray(g) for g in grads], aux
+    if backend == "torch":
+        import torch
+
+        arguments = [torch.tensor(np.asarray(a, np.float32), requires_grad=True)
+                     for a in arguments]
+        value, aux = fn(*arguments)
+        grads = torch.autograd.grad(value, arguments, allow_unused=True)
+        return value, [None if g is None else g.numpy() for g in grads], aux
     pytest.skip(f"no gradient helper for the {backend} backend")
 
 

@@ -161,6 +161,15 @@ def _forward_pass(teacher, x, batch_size, jit_compile):
 
 def _compiled_forward(teacher, jit_compile):
     """`batch -> teacher(batch, training=False)`, compiled for the backend."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        def eager(batch):
+            with torch.no_grad():
+                return teacher(batch, training=False)
+
+        # `jit_compile=True` is `torch.compile`, as in Keras' torch trainer.
+        return torch.compile(eager) if jit_compile else eager
     if keras.backend.backend() != "jax":
         return tf.function(lambda batch: teacher(batch, training=False), jit_compile=jit_compile)
     import jax

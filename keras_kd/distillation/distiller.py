@@ -58,9 +58,10 @@ def check_backend():
     backend = keras.backend.backend()
     if backend not in SUPPORTED_BACKENDS:
         raise RuntimeError(
-            f"keras_kd's Distiller runs on the TensorFlow and JAX backends, but "
-            f"Keras runs on {backend!r}. Set `KERAS_BACKEND=tensorflow` or "
-            "`KERAS_BACKEND=jax` before importing Keras (or in ~/.keras/keras.json)."
+            f"keras_kd's Distiller runs on the TensorFlow, JAX and PyTorch backends, "
+            f"but Keras runs on {backend!r}. Set `KERAS_BACKEND=tensorflow`, "
+            "`KERAS_BACKEND=jax` or `KERAS_BACKEND=torch` before importing Keras (or "
+            "in ~/.keras/keras.json)."
         )
 
 

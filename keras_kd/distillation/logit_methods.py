@@ -198,7 +198,8 @@ class DIST(DistillationLoss):
     def _pearson(a, b, axis, eps=1e-8):
         a = a - ops.mean(a, axis=axis, keepdims=True)
         b = b - ops.mean(b, axis=axis, keepdims=True)
-        norms = ops.sqrt(ops.sum(a * a, axis=axis)) * ops.sqrt(ops.sum(b * b, axis=axis))
+        norms = sqrt_zero_gradient_at_zero(ops.sum(a * a, axis=axis)) * sqrt_zero_gradient_at_zero(
+            ops.sum(b * b, axis=axis))
         return ops.sum(a * b, axis=axis) / (norms + eps)
 
     def per_sample_loss(self, teacher_logits, student_logits, temperature):
@@ -217,6 +218,32 @@ class DIST(DistillationLoss):
         return {**super().get_config(), "beta": self.beta, "gamma": self.gamma}
 
 
+def sqrt_zero_gradient_at_zero(x):
+    """`sqrt(x)` for `x >= 0`, whose gradient at `x == 0` is 0, not infinite.
+
+    A row of equal logits (a student whose ReLUs are all off gives its
+    bias: zeros at initialisation) has zero spread, and the chain rule
+    through `sqrt` there is `0 * inf`: NaN on PyTorch (`SqrtBackward`) and
+    JAX, which would poison every weight. TensorFlow's tape gives the
+    gradient this function gives everywhere.
+
+    Args:
+        x: A non-negative tensor.
+
+    Returns:
+        `sqrt(x)`, with the gradient of the other terms alone where `x == 0`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> np.asarray(sqrt_zero_gradient_at_zero(np.array([0.0, 4.0]))).tolist()
+    [0.0, 2.0]
+    """
+    positive = x > 0
+    return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))),
+                     ops.zeros_like(x))
+
+
 def standardize_logits(logits, eps=1e-7):
     """Z-scores each row: `(z - mean) / (eps + std)`, std unbiased (N - 1).
 
@@ -225,7 +252,8 @@ def standardize_logits(logits, eps=1e-7):
     """
     count = ops.cast(ops.shape(logits)[-1], logits.dtype)
     centred = logits - ops.mean(logits, axis=-1, keepdims=True)
-    std = ops.sqrt(ops.sum(centred * centred, axis=-1, keepdims=True) / (count - 1.0))
+    std = sqrt_zero_gradient_at_zero(
+        ops.sum(centred * centred, axis=-1, keepdims=True) / (count - 1.0))
     return centred / (eps + std)
 
 

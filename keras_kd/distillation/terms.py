@@ -161,6 +161,16 @@ class DistillationTerm:
         """The loss per position `(batch, ...)`."""
         temperature = ops.cast(self.temperature, "float32")
         if isinstance(teacher_logits, dict):  # A top-k cache.
+            if keras.backend.backend() == "torch":
+                # `top_k_loss` holds TensorFlow ops (asserts, `tf.convert_
+                # _to_tensor`), which cut PyTorch's autograd graph.
+                raise NotImplementedError(
+                    "The top-k teacher cache loss runs on the TensorFlow and JAX "
+                    f"backends; Keras runs on 'torch' (loss received: "
+                    f"{type(loss_fn).__name__}). Distil online (no cache), or set "
+                    "`KERAS_BACKEND=tensorflow` or `KERAS_BACKEND=jax` to train from "
+                    "the cache (write_top_k_cache itself runs on PyTorch)."
+                )
             carried = teacher_logits.get(CACHE_TEMPERATURE_KEY)
             if carried is not None and self.follows_cache(loss_fn):
                 # One cache per batch (checked at the first batch).

@@ -255,8 +255,11 @@ def _make_forward(teacher, output, teacher_outputs, k, temperature):
 
     On TensorFlow a `tf.function`; on JAX a `jax.jit` of the teacher's
     `stateless_call`, so variables sharded by a `keras.distribution` layout
-    stay where they are and the compiler partitions the pass around them.
+    stay where they are and the compiler partitions the pass around them;
+    on PyTorch the eager pass under `torch.no_grad()`.
     """
+    if keras.backend.backend() == "torch":
+        return _torch_forward(teacher, output, teacher_outputs, k, temperature)
     if keras.backend.backend() != "jax":
 
         def forward_pass(batch):
@@ -291,6 +294,28 @@ def _make_forward(teacher, output, teacher_outputs, k, temperature):
             [v.value for v in teacher.non_trainable_variables],
         )
         return jitted(*state, batch), traced["vocab"]
+
+    return forward
+
+
+def _top_k_in_keras_ops(logits, k, temperature):
+    # `top_k_logits` holds TensorFlow ops; these are its keras.ops twins
+    # (the same order: larger first, ties to the lower id).
+    values, indices = ops.top_k(logits, _validate_k(k, logits.shape[-1]), sorted=True)
+    log_normalizer = ops.logsumexp(logits / temperature, axis=-1)
+    return ops.cast(indices, "int32"), values, log_normalizer
+
+
+def _torch_forward(teacher, output, teacher_outputs, k, temperature):
+    import torch
+
+    kwargs = {"training": False} if getattr(teacher, "_call_has_training_arg", True) else {}
+
+    def forward(batch):
+        batch = keras.tree.map_structure(np.asarray, batch)
+        with torch.no_grad():
+            logits = _teacher_logits(teacher(batch, **kwargs), output, teacher_outputs)
+            return _top_k_in_keras_ops(logits, k, temperature), int(logits.shape[-1])
 
     return forward
 

@@ -4,7 +4,8 @@
 `tf.distribute` strategies, when every layer supports it and op determinism
 is off, exactly as `keras.Model.compile` decides. On CPU-only machines XLA
 is a measured opt-in (`jit_compile=True`; `benchmarks/fast_paths.py`).
-On JAX, Keras compiles with XLA whenever every layer supports it.
+On JAX, Keras compiles with XLA whenever every layer supports it; on
+PyTorch "auto" is eager, as Keras' torch trainer runs it.
 """
 
 import keras
@@ -22,8 +23,10 @@ def auto_jit_compile(model):
     Returns:
         `True` on a machine with an accelerator, outside a `tf.distribute`
         strategy, when every layer supports XLA and op determinism is off;
-        on JAX whenever every layer supports XLA.
+        on JAX whenever every layer supports XLA; on PyTorch never.
     """
+    if keras.backend.backend() == "torch":
+        return False  # Keras' rule: "auto" is eager on torch.
     if keras.backend.backend() != "tensorflow":
         return compat.model_supports_jit(model)
     devices = tf.config.list_physical_devices()

@@ -1,7 +1,8 @@
 """The same Distiller on each backend's own steps.
 
 Runs on the backend the suite runs on: TensorFlow by default, JAX in CI's
-JAX leg (`KERAS_BACKEND=jax JAX_ENABLE_X64=1`). Each check is against a
+JAX leg (`KERAS_BACKEND=jax JAX_ENABLE_X64=1`), PyTorch with
+`KERAS_BACKEND=torch`. Each check is against a
 float64 NumPy reference or Keras' own student, never against the other
 backend.
 """
@@ -111,25 +112,30 @@ def test_evaluate_is_the_students_own_and_survives_save_and_load(tmp_path):
     assert float(again["loss"]) == pytest.approx(float(logs["loss"]), rel=1e-5)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX refuses tf.distribute")
-def test_a_tf_distribute_scope_is_refused_on_jax_with_keras_distribution_named():
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow",
+                    reason="JAX and PyTorch refuse tf.distribute")
+def test_a_tf_distribute_scope_is_refused_with_the_alternative_named():
+    """On JAX the message names `keras.distribution`; on PyTorch (where
+    Keras 3.15 has no distribution backend) the TensorFlow backend."""
     import tensorflow as tf
 
     teacher, student = _pair(2)
     x, y = _data()
+    alternative = {"jax": r"keras\.distribution"}.get(
+        keras.backend.backend(), r"KERAS_BACKEND=tensorflow")
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        with pytest.raises(RuntimeError, match=r"MirroredStrategy.*keras\.distribution"):
+        with pytest.raises(RuntimeError, match=rf"MirroredStrategy.*{alternative}"):
             Distiller(student=student, teacher=teacher)
     # Built and compiled outside, fitted or evaluated inside: refused too.
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(optimizer="sgd")
     with strategy.scope():
-        with pytest.raises(RuntimeError, match="keras.distribution"):
+        with pytest.raises(RuntimeError, match=alternative):
             distiller.compile(optimizer="sgd")
-        with pytest.raises(RuntimeError, match="keras.distribution"):
+        with pytest.raises(RuntimeError, match=alternative):
             distiller.fit(x, y, verbose=0)
-        with pytest.raises(RuntimeError, match="keras.distribution"):
+        with pytest.raises(RuntimeError, match=alternative):
             distiller.evaluate(x, y, verbose=0)
 
 
@@ -145,7 +151,8 @@ class _NoXLA(keras.layers.Layer):
 def test_the_automatic_xla_rule_follows_the_backend():
     """`jit_compile="auto"` (the teacher-logits cache's forward pass): on JAX
     XLA whenever every layer supports it, as Keras compiles there; on TF on
-    a CPU-only machine, never."""
+    a CPU-only machine, never; on PyTorch never (Keras' torch "auto" is
+    eager)."""
     import tensorflow as tf
 
     from keras_kd.distillation.xla import auto_jit_compile
@@ -155,6 +162,8 @@ def test_the_automatic_xla_rule_follows_the_backend():
     assert auto_jit_compile(unsupported) is False
     if keras.backend.backend() == "jax":
         assert auto_jit_compile(teacher) is True
+    elif keras.backend.backend() == "torch":
+        assert auto_jit_compile(teacher) is False
     elif all(d.device_type == "CPU" for d in tf.config.list_physical_devices()):
         assert auto_jit_compile(teacher) is False
 

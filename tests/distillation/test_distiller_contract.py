@@ -342,8 +342,11 @@ def test_sequence_terms_match_float64_and_student_evaluate(mask_zero, marking, r
     hard = (w * ce * counted).sum() / divisor
     soft = (w * kl * counted).sum() / divisor
     np.testing.assert_allclose(logs["student_loss"], hard, rtol=1e-5)
-    # float32 log-softmax differences: 1e-4 relative on these small values.
-    np.testing.assert_allclose(logs["distillation_loss"], soft, rtol=1e-4)
+    # float32 log-softmax differences: 1e-4 relative on these small values,
+    # and T**2 times the rounding of log-probabilities near -2 (float32 eps
+    # 1.2e-7 each) absolute: PyTorch's initial weights give a KL of 8e-4,
+    # off by 1.0e-7 (1.3e-4 relative). A wrong mask moves it by 10% or more.
+    np.testing.assert_allclose(logs["distillation_loss"], soft, rtol=1e-4, atol=1e-6)
     student.compile(loss=loss)
     np.testing.assert_allclose(
         distiller.evaluate(x, y, sample_weight=weights, verbose=0, return_dict=True)["loss"],
@@ -385,13 +388,15 @@ def test_unlabelled_positions_get_only_the_distillation_term():
 
 # Backend and precision.
 
-@pytest.mark.parametrize("backend", ["torch", "openvino"])
+@pytest.mark.parametrize("backend", ["openvino", "numpy"])
 def test_another_backend_gets_a_clear_error(monkeypatch, backend):
     # Keras reports its backend by `keras.backend.backend()`, which is what
-    # the Distiller reads; TensorFlow and JAX have steps (tests/distillation/
-    # test_backends.py).
+    # the Distiller reads; TensorFlow, JAX and PyTorch have steps
+    # (tests/distillation/test_backends.py). OpenVINO and NumPy cannot train.
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
-    with pytest.raises(RuntimeError, match=rf"runs on '{backend}'.*KERAS_BACKEND=tensorflow"):
+    with pytest.raises(
+            RuntimeError,
+            match=rf"TensorFlow, JAX and PyTorch.*runs on '{backend}'.*KERAS_BACKEND=torch"):
         Distiller(student=make_mlp([4]), teacher=make_mlp([4]))
 
 

@@ -215,3 +215,24 @@ def test_dkd_warmup_schedule():
     # The ratio of the distillation term to the label term ramps 0 -> 1.
     ratios = [(1 - a) / a for a in alphas]
     np.testing.assert_allclose(ratios, [0.0, 0.25, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("loss", [logit_methods.DIST, logit_methods.LogitStandardizedKD])
+def test_a_row_of_equal_student_logits_has_finite_gradients(loss):
+    """A student whose ReLUs are all off outputs its bias (zeros at
+    initialisation) for that sample: zero spread under the square root.
+    The gradient must stay finite there (on PyTorch and JAX `sqrt`'s
+    backward gave NaN, then NaN in every weight), and the other rows keep
+    theirs."""
+    from conftest import value_and_gradients
+
+    rng = np.random.default_rng(3)
+    z_t = rng.normal(size=(6, 4)).astype("float32")
+    z_s = rng.normal(size=(6, 4)).astype("float32")
+    z_s[2] = 0.0
+    fn = loss(temperature=2.0)
+    value, (gradient,), _ = value_and_gradients(
+        lambda s: (keras.ops.mean(fn.compute_per_sample(z_t, s, 2.0)), None), [z_s])
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(gradient))
+    assert np.abs(gradient[[0, 1, 3, 4, 5]]).max() > 1e-3

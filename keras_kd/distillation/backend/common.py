@@ -10,7 +10,7 @@ from keras_kd.distillation import outputs as outputs_module
 
 
 class CommonSteps:
-    """Hooks shared by `TensorFlowSteps` and `JAXSteps`."""
+    """Hooks shared by `TensorFlowSteps`, `JAXSteps` and `TorchSteps`."""
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Builds the compiled metrics on what the step gives them.
