@@ -147,3 +147,59 @@ def test_cache_under_mirrored_strategy(teacher, tiny_data):
     np.testing.assert_allclose(
         results[0][1]["distillation_loss"], results[1][1]["distillation_loss"], rtol=1e-5
     )
+
+
+def _text_teacher(seed=30):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((1,), dtype="string")
+    ids = keras.layers.TextVectorization(
+        vocabulary=["a", "b", "c", "d"], output_sequence_length=3)(inputs)
+    hidden = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(6, 8)(ids))
+    return keras.Model(inputs, keras.layers.Dense(4)(hidden))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="string inputs (TextVectorization) run on TensorFlow")
+def test_text_inputs_are_cached_and_read_back(tmp_path):
+    """Text (a `keras.Input(dtype="string")` teacher). Before this round the
+    last batch of a `tf.string`/bytes array was padded with integer zeros
+    (TypeError converting it to a tensor), and the file's key hashed the
+    object array's pointers, so the same text was another key each run."""
+    words = np.array(["a", "b", "c", "d", "e"])
+    rng = np.random.default_rng(3)
+    text = [[" ".join(rng.choice(words, 3))] for _ in range(10)]
+    teacher = _text_teacher()
+    expected = keras.ops.convert_to_numpy(teacher(tf.constant(text)))
+    path = tmp_path / "text.npz"
+    first = cache.compute_teacher_logits(teacher, tf.constant(text), batch_size=4, path=path)
+    np.testing.assert_allclose(first, expected, rtol=1e-6, atol=1e-6)
+    # The same text as new bytes objects, or as NumPy str: the same file.
+    copies = np.array([[bytes(bytearray(s[0].encode()))] for s in text], dtype=object)
+    for same in (copies, np.array(text)):
+        np.testing.assert_array_equal(
+            cache.compute_teacher_logits(teacher, same, batch_size=4, path=path), first)
+    other = [list(row) for row in text]
+    other[-1] = ["a a a"]
+    with pytest.raises(cache.CacheError, match="another teacher or other inputs"):
+        cache.compute_teacher_logits(teacher, np.array(other), batch_size=4, path=path)
+
+
+def test_a_dict_of_inputs_is_cached_and_keyed_by_every_input(teacher, tmp_path):
+    """Dicts (a functional model with two named inputs). Before this round
+    `np.asarray(dict)` made a scalar and the call raised "`x` must hold at
+    least one input"."""
+    keras.utils.set_random_seed(31)
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(4)(
+        keras.layers.Concatenate()([a, b])))
+    rng = np.random.default_rng(4)
+    x = {"a": rng.normal(size=(7, 3)).astype("float32"),
+         "b": rng.normal(size=(7, 2)).astype("float32")}
+    path = tmp_path / "dict.npz"
+    logits = cache.compute_teacher_logits(model, x, batch_size=3, path=path)
+    np.testing.assert_allclose(logits, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(cache.compute_teacher_logits(model, x, path=path), logits)
+    with pytest.raises(cache.CacheError, match="other inputs"):
+        cache.compute_teacher_logits(model, dict(x, b=x["b"] + 1), path=path)
+    with pytest.raises(ValueError, match=r"same number of samples.*'/a': 7, '/b': 6"):
+        cache.compute_teacher_logits(model, dict(x, b=x["b"][:6]))
