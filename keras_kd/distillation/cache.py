@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd.distillation import batch as batch_module
+from keras_kd.distillation import outputs as outputs_module
 from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation.fingerprints import fingerprint_array  # noqa: F401 - public here too.
 from keras_kd.distillation.fingerprints import fingerprint_model  # noqa: F401 - public here too.
@@ -52,6 +53,7 @@ def compute_teacher_logits(
     rebuild=False,
     teacher_outputs=None,
     jit_compile="auto",
+    output=None,
 ):
     """Computes a frozen teacher's logits once, optionally cached on disk.
 
@@ -86,6 +88,9 @@ def compute_teacher_logits(
         jit_compile: Run the forward pass with XLA. `"auto"` follows
             Keras' rule, as the `Distiller` does: XLA on GPU/TPU machines
             when every layer supports it; `True` turns it on anywhere.
+        output: `None` if the teacher has one output, else which output
+            holds the logits (a dict key, an output name or a position), as
+            the `Distiller`'s `teacher_output`; the same for every member.
 
     Returns:
         A float32 array of the teacher's output shape, `(samples,
@@ -109,13 +114,15 @@ def compute_teacher_logits(
     x, num_samples = _as_arrays(x)
     members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     teacher_outputs = teacher_module.resolve_teacher_outputs(
-        teacher_outputs, members, where="compute_teacher_logits")
+        teacher_outputs, members, output, where="compute_teacher_logits", keyword="output")
     key = json.dumps(
         {
             "format": CACHE_FORMAT_VERSION,
             "teacher": fingerprint_teachers(teacher),
             "inputs": _fingerprint_inputs(x),
             "teacher_outputs": teacher_outputs,
+            # Absent for one output: files written before keep their key.
+            **({} if output is None else {"output": output}),
         },
         sort_keys=True,
     )
@@ -134,7 +141,7 @@ def compute_teacher_logits(
     outputs = []
     for member in members:
         member_jit = auto_jit_compile(member) if jit_compile == "auto" else bool(jit_compile)
-        outputs.append(_forward_pass(member, x, batch_size, member_jit))
+        outputs.append(_forward_pass(member, x, batch_size, member_jit, output))
     logits = outputs[0] if len(outputs) == 1 and members[0] is teacher else np.stack(outputs, 1)
     if teacher_outputs == "probabilities":
         # As the Distiller reads such a teacher online (`teacher.as_logits`).
@@ -185,11 +192,11 @@ def _fingerprint_inputs(x):
     return {path: fingerprint_array(leaf) for path, leaf in flatten(x)}
 
 
-def _forward_pass(teacher, x, batch_size, jit_compile):
+def _forward_pass(teacher, x, batch_size, jit_compile, output=None):
     # One compiled function over equal-sized batches: at batch 64 this takes
     # 0.86x (0.80x with XLA) the time of `teacher.predict` at batch 256 for
     # the E1 teacher on CPU (benchmarks/cache_pass.py).
-    forward = _compiled_forward(teacher, jit_compile)
+    forward = _compiled_forward(teacher, jit_compile, output)
     num_samples = len(flatten(x)[0][1]) if not isinstance(x, np.ndarray) else len(x)
     outputs = []
     for start in range(0, num_samples, batch_size):
@@ -210,15 +217,23 @@ def _forward_pass(teacher, x, batch_size, jit_compile):
     return np.concatenate(outputs)
 
 
-def _compiled_forward(teacher, jit_compile):
-    """`batch -> teacher(batch, training=False)`, compiled for the backend."""
+def _compiled_forward(teacher, jit_compile, output=None):
+    """`batch -> teacher(batch, training=False)`'s selected output (as the
+    Distiller's `teacher_output` selects it), compiled for the backend."""
+
+    def select(outputs):
+        return outputs_module.select_output(
+            outputs, output, "teacher", teacher, keyword="output",
+            function="compute_teacher_logits")
+
     if keras.backend.backend() != "jax":
-        return tf.function(lambda batch: teacher(batch, training=False), jit_compile=jit_compile)
+        return tf.function(lambda batch: select(teacher(batch, training=False)),
+                           jit_compile=jit_compile)
     import jax
 
     def forward(trainable, non_trainable, batch):
         outputs, _ = teacher.stateless_call(trainable, non_trainable, batch, training=False)
-        return outputs
+        return select(outputs)
 
     forward = jax.jit(forward) if jit_compile else forward
     trainable = [v.value for v in teacher.trainable_variables]

@@ -203,3 +203,39 @@ def test_a_dict_of_inputs_is_cached_and_keyed_by_every_input(teacher, tmp_path):
         cache.compute_teacher_logits(model, dict(x, b=x["b"] + 1), path=path)
     with pytest.raises(ValueError, match=r"same number of samples.*'/a': 7, '/b': 6"):
         cache.compute_teacher_logits(model, dict(x, b=x["b"][:6]))
+
+
+def _two_output_teacher(as_list):
+    keras.utils.set_random_seed(32)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    aux, logits = keras.layers.Dense(2, name="aux")(hidden), keras.layers.Dense(4, name="logits")(hidden)
+    return keras.Model(inputs, [aux, logits] if as_list else {"aux": aux, "logits": logits})
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_a_teacher_with_several_outputs_is_cached_by_its_selected_output(tiny_data, as_list):
+    """`output=` selects the logits as `Distiller(teacher_output=...)` does
+    (a key or an output name), and the cached step is the online step.
+    Before this round `compute_teacher_logits` had no such argument: it
+    raised "Say which one holds the logits with `Distiller(teacher_output=...)`",
+    an argument it does not take."""
+    x, y = tiny_data
+    x, y = x[:12], y[:12]
+    teacher = _two_output_teacher(as_list)
+    with pytest.raises(ValueError, match=r"several outputs.*compute_teacher_logits\(output=\.\.\.\)"):
+        cache.compute_teacher_logits(teacher, x)
+    logits = cache.compute_teacher_logits(teacher, x, batch_size=5, output="logits")
+    predicted = teacher.predict(x, verbose=0)
+    np.testing.assert_allclose(logits, predicted[1] if as_list else predicted["logits"],
+                               rtol=1e-5, atol=1e-6)
+    weights = []
+    for teacher_logits in (None, logits):
+        keras.utils.set_random_seed(33)
+        distiller = Distiller(student=make_mlp([5]), teacher=teacher, teacher_output="logits")
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.3, temperature=2.0)
+        labels = y if teacher_logits is None else {"labels": y, "teacher_logits": teacher_logits}
+        distiller.fit(tf.data.Dataset.from_tensor_slices((x, labels)).batch(6), epochs=2, verbose=0)
+        weights.append([w.numpy() for w in distiller.student.weights])
+    for online, cached in zip(*weights):
+        np.testing.assert_allclose(cached, online, rtol=1e-5, atol=1e-6)

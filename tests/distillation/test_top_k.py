@@ -670,3 +670,20 @@ def test_a_cache_of_text_inputs_is_reused_for_the_same_text(tmp_path):
     with pytest.raises(CacheError, match="other inputs"):
         top_k.write_top_k_cache(teacher, tf.data.Dataset.from_tensor_slices(text[::-1]).batch(2),
                                 path, k=3, values_dtype="float32")
+
+
+def test_a_list_output_is_selected_by_its_name_as_the_distiller_does(tokens, tmp_path):
+    """`output="logits"` for a teacher returning `[hidden, logits]`:
+    `Distiller(teacher_output="logits")` takes the output name, and so does
+    the writer now. Before this round it raised inside the traced forward
+    pass (`outputs["logits"]` of a list)."""
+    keras.utils.set_random_seed(41)
+    token_ids = keras.Input((TIME,), dtype="int32")
+    hidden = keras.layers.Embedding(VOCAB, 8, name="hidden")(token_ids)
+    teacher = keras.Model(token_ids, [hidden, keras.layers.Dense(VOCAB, name="logits")(hidden)])
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 4, batch_size=8,
+                                    output="logits", values_dtype="float32")
+    indices, _, _ = top_k.top_k_logits(teacher(tokens, training=False)[1], 4)
+    np.testing.assert_array_equal(_concatenated(cache)["indices"], indices.numpy())
+    with pytest.raises(ValueError, match=r"several outputs.*write_top_k_cache\(output=\.\.\.\)"):
+        top_k.write_top_k_cache(teacher, tokens, tmp_path / "other", 4)
