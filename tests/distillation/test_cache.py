@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 from conftest import make_mlp
 
+import keras_kd
 from keras_kd import Distiller
 from keras_kd.distillation import cache
 from keras_kd.data import datasets
@@ -239,3 +240,39 @@ def test_a_teacher_with_several_outputs_is_cached_by_its_selected_output(tiny_da
         weights.append([w.numpy() for w in distiller.student.weights])
     for online, cached in zip(*weights):
         np.testing.assert_allclose(cached, online, rtol=1e-5, atol=1e-6)
+
+
+def test_arrays_of_cached_logits_take_sample_weights_as_online(teacher, tiny_data):
+    """`fit(x, targets(y, teacher_logits=t), sample_weight=w)` on NumPy
+    arrays (and evaluate, class_weight, validation_data): the online run's
+    losses. Before this round Keras' array adapter read the targets dict as
+    two outputs and repeated `w` over them, and the step raised a TypeError
+    ("Expected any non-tensor type, but got a tensor instead")."""
+    x, y = tiny_data
+    x, y = x[:12], y[:12].copy()
+    y[3] = keras_kd.UNLABELLED
+    weights = np.random.default_rng(5).uniform(0.5, 2.0, size=(12,)).astype("float32")
+    logits = cache.compute_teacher_logits(teacher, x)
+    runs = {}
+    for source in ("online", "cached"):
+        labels = y if source == "online" else keras_kd.targets(labels=y, teacher_logits=logits)
+        logs = {}
+        for name, kwargs in (
+            ("weighted", {"sample_weight": weights, "validation_data": (x, labels, weights)}),
+            ("class_weight", {"class_weight": {0: 0.0, 1: 2.0, 2: 1.0, 3: 0.5}}),
+        ):
+            keras.utils.set_random_seed(34)
+            distiller = Distiller(student=make_mlp([5]), teacher=teacher)
+            distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.3, temperature=2.0,
+                              metrics=[keras_kd.TeacherKL()])
+            history = distiller.fit(x, labels, batch_size=6, shuffle=False, epochs=2, verbose=0,
+                                    **kwargs).history
+            logs[name] = {key: np.float64(value) for key, value in history.items()}
+            logs[name + "_evaluate"] = distiller.evaluate(
+                x, labels, sample_weight=weights, batch_size=6, verbose=0, return_dict=True)
+        runs[source] = logs
+    assert runs["cached"].keys() == runs["online"].keys()
+    for name, online in runs["online"].items():
+        assert runs["cached"][name].keys() == online.keys(), name
+        for key, value in online.items():
+            np.testing.assert_allclose(runs["cached"][name][key], value, rtol=1e-5, err_msg=f"{name} {key}")
