@@ -109,6 +109,10 @@ def parse_batch(data):
                 "(see `keras_kd.targets`)."
             )
         teacher_outputs = y.get(TEACHER_LOGITS_KEY, y.get(TEACHER_TOP_K_KEY))
+        if isinstance(sample_weight, dict) and set(sample_weight) == set(y):
+            # Keras' array adapter repeats one sample-weight array over the
+            # parts of a dict `y` (see `replicate_sample_weight`): one array.
+            sample_weight = next(sample_weight[key] for key in RESERVED_KEYS if key in y)
         return Batch(
             inputs=x,
             labels=y.get(LABELS_KEY),
@@ -117,3 +121,24 @@ def parse_batch(data):
             label_mask=y.get(LABEL_MASK_KEY),
         )
     return Batch(inputs=x, labels=y, sample_weight=sample_weight)
+
+
+def replicate_sample_weight(y, sample_weight):
+    """`sample_weight` as Keras' array adapter takes it with `y`.
+
+    Keras reads a dict `y` as several outputs: it repeats a per-sample
+    `(n,)` array over them and refuses any other shape (a per-position
+    `(n, time)` weight). For a `targets(...)` dict the weights are the
+    batch's one sample weight, so they are repeated here, whatever their
+    shape, and `parse_batch` reads them back as one array.
+
+    Args:
+        y: The `y` given to `fit`/`evaluate`.
+        sample_weight: Their `sample_weight`, or `None`.
+
+    Returns:
+        `sample_weight`, or a dict of it per key of a `targets` dict `y`.
+    """
+    if sample_weight is None or not is_targets_dict(y) or isinstance(sample_weight, dict):
+        return sample_weight
+    return {key: sample_weight for key in y}

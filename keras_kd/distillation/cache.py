@@ -20,10 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd.distillation import batch as batch_module
+from keras_kd.distillation import outputs as outputs_module
 from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation.fingerprints import fingerprint_array  # noqa: F401 - public here too.
 from keras_kd.distillation.fingerprints import fingerprint_model  # noqa: F401 - public here too.
 from keras_kd.distillation.fingerprints import fingerprint_teachers
+from keras_kd.distillation.fingerprints import flatten
 from keras_kd.distillation.xla import auto_jit_compile
 
 # A cached batch's target: `keras_kd.targets(labels, teacher_logits=...)`.
@@ -51,6 +53,7 @@ def compute_teacher_logits(
     rebuild=False,
     teacher_outputs=None,
     jit_compile="auto",
+    output=None,
 ):
     """Computes a frozen teacher's logits once, optionally cached on disk.
 
@@ -70,7 +73,10 @@ def compute_teacher_logits(
             (an ensemble): their logits are stacked as `(n, members,
             classes)`, and the `Distiller` combines them at its current
             temperature in each step.
-        x: The inputs, a NumPy array (already preprocessed).
+        x: The inputs (already preprocessed): a NumPy array or tensor, text
+            too (a `tf.string` tensor or an array of `str`), or a dict or
+            list of arrays with one batch axis, e.g. a KerasHub
+            `{"token_ids": ..., "padding_mask": ...}`.
         batch_size: Batch size of the teacher's forward pass.
         path: Optional `.npz` file to read from or write to.
         rebuild: Recompute and overwrite when the key of `path` differs.
@@ -82,10 +88,15 @@ def compute_teacher_logits(
         jit_compile: Run the forward pass with XLA. `"auto"` follows
             Keras' rule, as the `Distiller` does: XLA on GPU/TPU machines
             when every layer supports it; `True` turns it on anywhere.
+        output: `None` if the teacher has one output, else which output
+            holds the logits (a dict key, an output name or a position), as
+            the `Distiller`'s `teacher_output`; the same for every member.
 
     Returns:
-        A float32 array of shape `(len(x), num_classes)`, or `(len(x),
-        members, num_classes)` for a list of teachers.
+        A float32 array of the teacher's output shape, `(samples,
+        num_classes)` or for a sequence teacher `(samples, time,
+        num_classes)`; for a list of teachers the members are axis 1:
+        `(samples, members, ..., num_classes)`.
 
     Raises:
         CacheError: if `path` holds logits of another teacher or other
@@ -100,26 +111,24 @@ def compute_teacher_logits(
     distiller.fit(train, epochs=10)
     ```
     """
-    x = np.asarray(x)
-    if x.ndim == 0 or len(x) == 0:
-        raise ValueError(
-            "`x` must hold at least one input for the teacher. Received: "
-            f"x of shape {x.shape}."
-        )
+    x, num_samples = _as_arrays(x)
     members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     teacher_outputs = teacher_module.resolve_teacher_outputs(
-        teacher_outputs, members, where="compute_teacher_logits")
+        teacher_outputs, members, output, where="compute_teacher_logits", keyword="output")
     key = json.dumps(
         {
             "format": CACHE_FORMAT_VERSION,
             "teacher": fingerprint_teachers(teacher),
-            "inputs": fingerprint_array(x),
+            "inputs": _fingerprint_inputs(x),
             "teacher_outputs": teacher_outputs,
+            # Absent for one output: files written before keep their key.
+            **({} if output is None else {"output": output}),
         },
         sort_keys=True,
     )
+    ensemble = None if members[0] is teacher else len(members)
     if path is not None and os.path.exists(path):
-        cached = _read_cache(path, len(x))
+        cached = _read_cache(path, num_samples, ensemble)
         if cached[0] == key:
             return cached[1]
         if not rebuild:
@@ -132,7 +141,7 @@ def compute_teacher_logits(
     outputs = []
     for member in members:
         member_jit = auto_jit_compile(member) if jit_compile == "auto" else bool(jit_compile)
-        outputs.append(_forward_pass(member, x, batch_size, member_jit))
+        outputs.append(_forward_pass(member, x, batch_size, member_jit, output))
     logits = outputs[0] if len(outputs) == 1 and members[0] is teacher else np.stack(outputs, 1)
     if teacher_outputs == "probabilities":
         # As the Distiller reads such a teacher online (`teacher.as_logits`).
@@ -142,41 +151,98 @@ def compute_teacher_logits(
     return logits
 
 
-def _forward_pass(teacher, x, batch_size, jit_compile):
+def _is_nest(x):
+    """A dict of inputs, or a list/tuple of input arrays (not a nested list
+    of numbers, which is one array)."""
+    if isinstance(x, dict):
+        return True
+    return isinstance(x, (list, tuple)) and bool(x) and all(
+        isinstance(item, (dict, np.ndarray)) or tf.is_tensor(item) for item in x)
+
+
+def _as_arrays(x):
+    """`(x as NumPy arrays, number of samples)`: one array or a dict/list of
+    them (e.g. KerasHub's `token_ids` and `padding_mask`)."""
+
+    def to_numpy(leaf):
+        return np.asarray(keras.ops.convert_to_numpy(leaf) if tf.is_tensor(leaf) else leaf)
+
+    nested = _is_nest(x)
+    x = keras.tree.map_structure(to_numpy, x) if nested else to_numpy(x)
+    leaves = flatten(x) if nested else [("x", x)]
+    if not leaves or any(a.ndim == 0 or len(a) == 0 for _, a in leaves):
+        shapes = {path: a.shape for path, a in leaves}
+        raise ValueError(
+            "`x` must hold at least one input for the teacher, with a batch "
+            f"axis. Received: x of shape(s) {shapes}."
+        )
+    sizes = {path: len(a) for path, a in leaves}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(
+            "All inputs in `x` must hold the same number of samples. "
+            f"Received: {sizes}."
+        )
+    return x, len(leaves[0][1])
+
+
+def _fingerprint_inputs(x):
+    """One array's `fingerprint_array`; a nest's, path by path."""
+    if isinstance(x, np.ndarray):
+        return fingerprint_array(x)
+    return {path: fingerprint_array(leaf) for path, leaf in flatten(x)}
+
+
+def _forward_pass(teacher, x, batch_size, jit_compile, output=None):
     # One compiled function over equal-sized batches: at batch 64 this takes
     # 0.86x (0.80x with XLA) the time of `teacher.predict` at batch 256 for
     # the E1 teacher on CPU (benchmarks/cache_pass.py).
-    forward = _compiled_forward(teacher, jit_compile)
+    forward = _compiled_forward(teacher, jit_compile, output)
+    num_samples = len(flatten(x)[0][1]) if not isinstance(x, np.ndarray) else len(x)
     outputs = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size]
-        size = len(batch)
-        if size < batch_size:  # Pad the last batch: one shape, one compilation.
-            padding = np.zeros((batch_size - size,) + batch.shape[1:], batch.dtype)
-            batch = np.concatenate([batch, padding])
+    for start in range(0, num_samples, batch_size):
+        size = min(batch_size, num_samples - start)
+
+        def rows(array, start=start, size=size):
+            batch = array[start : start + size]
+            if size < batch_size:
+                # Pad the last batch (one shape, one compilation) with copies
+                # of its last row: valid input of any dtype (text too), and
+                # the padded rows' outputs are dropped.
+                batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - size, 0)])
+            return batch
+
+        batch = rows(x) if isinstance(x, np.ndarray) else keras.tree.map_structure(rows, x)
         logits = keras.ops.convert_to_numpy(forward(batch))
         outputs.append(logits[:size].astype(np.float32))
     return np.concatenate(outputs)
 
 
-def _compiled_forward(teacher, jit_compile):
-    """`batch -> teacher(batch, training=False)`, compiled for the backend."""
+def _compiled_forward(teacher, jit_compile, output=None):
+    """`batch -> teacher(batch, training=False)`'s selected output (as the
+    Distiller's `teacher_output` selects it), compiled for the backend."""
+
+    def select(outputs):
+        return outputs_module.select_output(
+            outputs, output, "teacher", teacher, keyword="output",
+            function="compute_teacher_logits")
+
     if keras.backend.backend() == "torch":
         import torch
 
         def eager(batch):
             with torch.no_grad():
-                return teacher(batch, training=False)
+                return select(teacher(batch, training=False))
 
         # `jit_compile=True` is `torch.compile`, as in Keras' torch trainer.
         return torch.compile(eager) if jit_compile else eager
     if keras.backend.backend() != "jax":
-        return tf.function(lambda batch: teacher(batch, training=False), jit_compile=jit_compile)
+        return tf.function(lambda batch: select(teacher(batch, training=False)),
+                           jit_compile=jit_compile)
     import jax
 
     def forward(trainable, non_trainable, batch):
         outputs, _ = teacher.stateless_call(trainable, non_trainable, batch, training=False)
-        return outputs
+        return select(outputs)
 
     forward = jax.jit(forward) if jit_compile else forward
     trainable = [v.value for v in teacher.trainable_variables]
@@ -203,7 +269,7 @@ def _write_cache(path, key, logits):
         raise
 
 
-def _read_cache(path, num_samples):
+def _read_cache(path, num_samples, members=None):
     try:
         with np.load(path, allow_pickle=False) as data:
             logits = data["logits"]
@@ -220,10 +286,15 @@ def _read_cache(path, num_samples):
             f"The teacher-logits cache {path} is damaged: its checksum does "
             "not match its contents. Delete it and run again."
         )
-    if logits.ndim not in (2, 3) or len(logits) != num_samples:
+    # (samples, ..., classes); an ensemble's (samples, members, ..., classes):
+    # a sequence teacher adds a time axis to either.
+    minimum = 2 if members is None else 3
+    if (logits.ndim < minimum or len(logits) != num_samples
+            or (members is not None and logits.shape[1] != members)):
+        expected = (f"({num_samples}, ..., classes)" if members is None
+                    else f"({num_samples}, {members} members, ..., classes)")
         raise CacheError(
             f"The teacher-logits cache {path} holds logits of shape "
-            f"{logits.shape}, not ({num_samples}, classes) or ({num_samples}, "
-            "members, classes). Delete it or pass rebuild=True."
+            f"{logits.shape}, not {expected}. Delete it or pass rebuild=True."
         )
     return key, logits

@@ -597,6 +597,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 x, y, kwargs.pop("sample_weight", None), class_weight, self._has_class_axis)
             if sample_weight is not None:
                 kwargs["sample_weight"] = sample_weight
+        _replicate_sample_weights(y, kwargs)
         if len(args) <= 6 and validation.orders_itself(x):
             # Keras cannot shuffle these and warns that it ignores its own
             # default `shuffle=True`; say False, which is what happens.
@@ -648,6 +649,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         """
         self._check_x(x)
         self._retrace_while_metrics_unbuilt()
+        _replicate_sample_weights(y, kwargs)
         return super().evaluate(x, y, *args, **kwargs)
 
     def _retrace_while_metrics_unbuilt(self):
@@ -937,6 +939,21 @@ def _static_logits_shape(model, selector):
     if symbolic is None:
         return None
     return tuple(outputs_module.select_output(symbolic, selector, "student", model).shape)
+
+
+
+def _replicate_sample_weights(y, kwargs):
+    """Sample weights of arrays beside a `targets(...)` dict `y`, and of a
+    `validation_data` tuple, as Keras' array adapter takes them
+    (`batch.replicate_sample_weight`): it read the dict as several outputs
+    and refused per-position weights or made a dict of per-sample ones."""
+    if "sample_weight" in kwargs:
+        kwargs["sample_weight"] = batch_module.replicate_sample_weight(y, kwargs["sample_weight"])
+    validation = kwargs.get("validation_data")
+    if isinstance(validation, tuple) and len(validation) == 3:
+        x_val, y_val, weight_val = validation
+        kwargs["validation_data"] = (
+            x_val, y_val, batch_module.replicate_sample_weight(y_val, weight_val))
 
 
 def _has_no_labels(x, y):

@@ -13,7 +13,9 @@ so a teacher that one refuses the other refuses too:
   `call` that no config records cannot be seen; rebuild such a cache
   yourself after changing it.
 - `fingerprint_array`: one array's dtype, shape and bytes (the dense cache's
-  inputs).
+  inputs). Text (NumPy `str`, `bytes` or the object arrays of bytes that a
+  `tf.string` tensor converts to) is hashed by its UTF-8 contents: an
+  object array's own bytes are pointers, another value each run.
 - `InputsHasher`: a nest of input batches, the same for any batching of the
   same rows (the top-k cache's inputs).
 """
@@ -151,11 +153,59 @@ def fingerprint_teachers(teacher):
     return fingerprint_model(teacher)
 
 
+def _is_text(array):
+    return array.dtype.kind in "USO"
+
+
+def _text_bytes(array, where):
+    """The UTF-8 contents of a text array, each string after its length."""
+    parts = []
+    for value in array.reshape(-1).tolist():
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        elif not isinstance(value, bytes):
+            raise ValueError(
+                f"Inputs to fingerprint must be numeric or text. Received: an "
+                f"array of dtype {array.dtype} holding {type(value).__name__} "
+                f"at {where}. Convert it to a numeric or string array."
+            )
+        parts.append(len(value).to_bytes(8, "little") + value)
+    return b"".join(parts)
+
+
+def _dtype_and_bytes(array, where="x"):
+    """`(dtype name, bytes)` that identify an array's values.
+
+    Text of every NumPy kind (`str`, `bytes`, object arrays of either, as a
+    `tf.string` tensor converts) is `"string"` and its UTF-8 contents, so
+    the same text gives the same bytes whatever its width or kind.
+    """
+    if _is_text(array):
+        return "string", _text_bytes(array, where)
+    return str(array.dtype), np.ascontiguousarray(array).tobytes()
+
+
 def fingerprint_array(array):
-    """Returns a sha256 hex digest of an array's dtype, shape and bytes."""
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype}:{array.shape};".encode())
-    digest.update(array.tobytes())
+    """Returns a sha256 hex digest of an array's dtype, shape and contents.
+
+    Args:
+        array: A NumPy array (or anything `np.asarray` takes). Text arrays
+            are hashed by their UTF-8 contents (see `_dtype_and_bytes`).
+
+    Returns:
+        A 64-character hex string.
+
+    Example:
+
+    >>> import numpy as np
+    >>> text = np.array(["a cat", "a dog"])
+    >>> fingerprint_array(text) == fingerprint_array(text.astype(object))
+    True
+    """
+    array = np.asarray(array)
+    dtype, contents = _dtype_and_bytes(array)
+    digest = hashlib.sha256(f"{dtype}:{array.shape};".encode())
+    digest.update(contents)
     return digest.hexdigest()
 
 
@@ -179,7 +229,8 @@ class InputsHasher:
 
     Each leaf array (e.g. `token_ids`, `padding_mask`) has its own digest,
     fed the dtype and per-example shape whenever they change and then the
-    bytes of each batch's rows; the fingerprint hashes those digests and the
+    bytes of each batch's rows (text: its UTF-8 contents, as
+    `fingerprint_array`); the fingerprint hashes those digests and the
     number of examples.
     """
 
@@ -199,13 +250,14 @@ class InputsHasher:
                     f"a scalar at {path!r}. Pass batches, e.g. dataset.batch(32)."
                 )
             sizes.add(len(array))
-            layout = f"{array.dtype}:{array.shape[1:]};"
+            dtype, contents = _dtype_and_bytes(array, repr(path))
+            layout = f"{dtype}:{array.shape[1:]};"
             if path not in self.digests:
                 self.digests[path] = hashlib.sha256(f"{path};".encode())
             if self.layouts.get(path) != layout:
                 self.digests[path].update(layout.encode())
                 self.layouts[path] = layout
-            self.digests[path].update(array.tobytes())
+            self.digests[path].update(contents)
         if len(sizes) != 1:
             raise ValueError(
                 "The inputs of one batch must have the same batch size. "

@@ -24,7 +24,7 @@ def output_names(model, outputs):
     return names
 
 
-def select_output(outputs, selector, role, model=None):
+def select_output(outputs, selector, role, model=None, keyword=None, function="Distiller"):
     """The logits among a model's outputs.
 
     Args:
@@ -33,6 +33,9 @@ def select_output(outputs, selector, role, model=None):
             name or an integer position.
         role: `"teacher"` or `"student"`, for the messages.
         model: The model, for its output names.
+        keyword: The argument that holds `selector`, for the messages
+            (default `f"{role}_output"`).
+        function: The function that takes `keyword`, for the messages.
 
     Returns:
         One tensor.
@@ -41,14 +44,14 @@ def select_output(outputs, selector, role, model=None):
         ValueError: for several outputs and no (or an unknown) selector,
             listing the outputs.
     """
-    argument = f"{role}_output"
+    argument = keyword or f"{role}_output"
     if isinstance(outputs, dict):
         if selector in outputs:
             return outputs[selector]
         found = sorted(outputs, key=str)
         if len(outputs) == 1 and selector is None:
             return next(iter(outputs.values()))
-        raise ValueError(_choose(role, argument, selector, found))
+        raise ValueError(_choose(role, argument, selector, found, function))
     if isinstance(outputs, (list, tuple)):
         if len(outputs) == 1 and selector in (None, 0):
             return outputs[0]
@@ -60,7 +63,7 @@ def select_output(outputs, selector, role, model=None):
                 return outputs[selector]
         elif selector in names:
             return outputs[names.index(selector)]
-        raise ValueError(_choose(role, argument, selector, names))
+        raise ValueError(_choose(role, argument, selector, names, function))
     if selector not in (None, 0):
         raise ValueError(
             f"`{argument}={selector!r}` names an output, but the {role} has "
@@ -69,11 +72,11 @@ def select_output(outputs, selector, role, model=None):
     return outputs
 
 
-def _choose(role, argument, selector, found):
+def _choose(role, argument, selector, found, function="Distiller"):
     if selector is None:
         return (
             f"The {role} has several outputs: {found}. Say which one holds "
-            f"the logits with `Distiller({argument}=...)` (a name or a "
+            f"the logits with `{function}({argument}=...)` (a name or a "
             "position)."
         )
     return (
@@ -94,22 +97,23 @@ def symbolic_outputs(model):
         return outputs[0] if len(outputs) == 1 else (outputs or None)
 
 
-def selected_layer(model, selector, role):
+def selected_layer(model, selector, role, **naming):
     """The layer that produces a Functional/Sequential model's selected
-    output, or `None` for a subclassed model."""
+    output, or `None` for a subclassed model. `naming`: `select_output`'s
+    `keyword` and `function`."""
     symbolic = symbolic_outputs(model)
     if symbolic is None:
         return None
-    return compat.producing_layer(select_output(symbolic, selector, role, model))
+    return compat.producing_layer(select_output(symbolic, selector, role, model, **naming))
 
 
-def ends_in_softmax(model, selector=None, role="teacher"):
+def ends_in_softmax(model, selector=None, role="teacher", **naming):
     """True if the layer producing the selected output applies a softmax.
 
     Subclassed models, whose outputs are not a graph of layers, are taken
     not to (the Distiller then checks the first batch's values).
     """
-    layer = selected_layer(model, selector, role)
+    layer = selected_layer(model, selector, role, **naming)
     if layer is None:
         return False
     if isinstance(layer, keras.layers.Softmax):

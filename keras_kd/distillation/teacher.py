@@ -142,7 +142,8 @@ def dummy_logits(student_logits, teacher):
     return zeros
 
 
-def resolve_teacher_outputs(teacher_outputs, models, selector=None, where="the Distiller"):
+def resolve_teacher_outputs(teacher_outputs, models, selector=None, where="the Distiller",
+                            keyword=None):
     """What a teacher's selected output holds, as the Distiller reads it.
 
     Args:
@@ -152,6 +153,8 @@ def resolve_teacher_outputs(teacher_outputs, models, selector=None, where="the D
         models: The teacher models (an ensemble's members).
         selector: Which output holds the logits (see `keras_kd.outputs`).
         where: Who asks, for the messages.
+        keyword: The argument of `where` that holds `selector` (`None`:
+            the Distiller's `teacher_output`).
 
     Returns:
         `"logits"` or `"probabilities"`.
@@ -163,11 +166,13 @@ def resolve_teacher_outputs(teacher_outputs, models, selector=None, where="the D
     from keras_kd.distillation.validation import validate_choice
 
     check_teacher_models(models)
-    softmax = [outputs_module.ends_in_softmax(m, selector) for m in models]
+    naming = {} if keyword is None else {"keyword": keyword, "function": where}
+    softmax = [outputs_module.ends_in_softmax(m, selector, "teacher", **naming) for m in models]
     if teacher_outputs is not None:
         teacher_outputs = validate_choice(teacher_outputs, "teacher_outputs", set(TEACHER_OUTPUTS))
         if teacher_outputs == "logits" and any(softmax):
-            layer = outputs_module.selected_layer(models[softmax.index(True)], selector, "teacher")
+            layer = outputs_module.selected_layer(
+                models[softmax.index(True)], selector, "teacher", **naming)
             raise ValueError(
                 f"The teacher's layer `{layer.name}` applies a softmax, but "
                 f"teacher_outputs='logits': {where} would store or read its "

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_kd.distillation import outputs as outputs_module
 from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation.cache import CacheError
 from keras_kd.distillation.fingerprints import InputsHasher as _InputsHasher
@@ -162,31 +163,6 @@ def fingerprint_inputs(inputs, batch_size=None):
     return hasher.hexdigest()
 
 
-def _select_output(outputs, output):
-    if output is None:
-        if isinstance(outputs, (dict, list, tuple)):
-            keys = list(outputs) if isinstance(outputs, dict) else list(range(len(outputs)))
-            raise ValueError(
-                "The teacher returns several outputs "
-                f"({type(outputs).__name__} with keys {keys}); pass `output=` "
-                "the key or index of its logits, e.g. output="
-                f"{keys[0]!r}."
-            )
-        return outputs
-    try:
-        return outputs[output]
-    except (KeyError, IndexError, TypeError):
-        keys = list(outputs) if isinstance(outputs, dict) else (
-            list(range(len(outputs))) if isinstance(outputs, (list, tuple)) else None
-        )
-        raise ValueError(
-            f"`output={output!r}` does not select a teacher output. The teacher "
-            f"returns {type(outputs).__name__}"
-            + (f" with keys {keys}" if keys is not None else " (a single tensor: pass output=None)")
-            + "."
-        ) from None
-
-
 class _ShardWriter:
     """Buffers at most one shard (plus one batch) and writes `.npy` files."""
 
@@ -240,8 +216,12 @@ class _ShardWriter:
         self.shards.append({"examples": rows, "example_shape": list(self.example_shape), "files": files})
 
 
-def _teacher_logits(outputs, output, teacher_outputs):
-    logits = teacher_module.as_logits(_select_output(outputs, output), teacher_outputs)
+def _teacher_logits(teacher, outputs, output, teacher_outputs):
+    # As the Distiller's `teacher_output` selects: a key, an output name or
+    # a position.
+    selected = outputs_module.select_output(
+        outputs, output, "teacher", teacher, keyword="output", function="write_top_k_cache")
+    logits = teacher_module.as_logits(selected, teacher_outputs)
     if len(logits.shape) < 2:
         raise ValueError(
             "The teacher's output must be logits of shape (batch, ..., "
@@ -263,7 +243,7 @@ def _make_forward(teacher, output, teacher_outputs, k, temperature):
     if keras.backend.backend() != "jax":
 
         def forward_pass(batch):
-            logits = _teacher_logits(teacher(batch, training=False), output, teacher_outputs)
+            logits = _teacher_logits(teacher, teacher(batch, training=False), output, teacher_outputs)
             return top_k_logits(logits, k, temperature), tf.shape(logits)[-1]
 
         return tf.function(forward_pass, reduce_retracing=True)
@@ -274,7 +254,7 @@ def _make_forward(teacher, output, teacher_outputs, k, temperature):
 
     def stateless_pass(trainable, non_trainable, batch):
         outputs, _ = teacher.stateless_call(trainable, non_trainable, batch, **kwargs)
-        logits = _teacher_logits(outputs, output, teacher_outputs)
+        logits = _teacher_logits(teacher, outputs, output, teacher_outputs)
         traced["vocab"] = int(logits.shape[-1])  # Static, known at trace time.
         k_checked = _validate_k(k, logits.shape[-1])
         # `top_k_logits` holds TensorFlow ops; these are its keras.ops twins
@@ -407,8 +387,9 @@ def write_top_k_cache(
             a dataset or splits arrays into batches of that size.
         shard_tokens: Tokens (positions) per shard; a shard holds whole
             examples, at least one. Default 1 Mi (100 MiB at `k=16`).
-        output: `None` if the teacher returns one tensor, else the key or
-            index of its logits in the dict or list it returns.
+        output: `None` if the teacher returns one tensor, else which output
+            holds its logits, as the `Distiller`'s `teacher_output`: a dict
+            key, an output name or a position.
         values_dtype: `"float16"` (default, 2 bytes per value) or
             `"float32"`.
         center_values: Store values relative to each position's top logit
@@ -459,7 +440,7 @@ def write_top_k_cache(
         )
     path = os.fspath(path)
     teacher_outputs = teacher_module.resolve_teacher_outputs(
-        teacher_outputs, [teacher], output, where="write_top_k_cache")
+        teacher_outputs, [teacher], output, where="write_top_k_cache", keyword="output")
     teacher_fingerprint = fingerprint_model(teacher)
     settings = {
         "teacher_outputs": teacher_outputs,

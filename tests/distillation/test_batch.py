@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import keras_kd
+from keras_kd.distillation import batch
 from keras_kd.distillation.batch import parse_batch
 
 
@@ -40,3 +41,16 @@ def test_a_multi_output_target_dict_is_left_alone():
 def test_reserved_keys_mixed_with_others_are_refused():
     with pytest.raises(ValueError, match=r"reserved keys.*\['other'\]"):
         parse_batch((np.ones(2), {"labels": np.zeros(2), "other": np.zeros(2)}))
+
+
+def test_a_sample_weight_repeated_over_a_targets_dict_is_read_as_one():
+    """What Keras' array adapter makes of `fit(x, targets(...), sample_weight=w)`:
+    `w` repeated per key of `y` (`replicate_sample_weight` does the same for
+    any shape). Before this round the dict reached the terms as it was."""
+    w = np.array([1.0, 2.0])
+    y = batch.targets(labels=np.array([0, 1]), teacher_logits=np.zeros((2, 3)))
+    replicated = batch.replicate_sample_weight(y, w)
+    assert set(replicated) == set(y) and all(v is w for v in replicated.values())
+    assert batch.parse_batch((np.zeros((2, 4)), y, replicated)).sample_weight is w
+    assert batch.replicate_sample_weight(np.array([0, 1]), w) is w
+    assert batch.replicate_sample_weight(y, None) is None

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
+from keras_kd.distillation import cache
 from keras_kd.distillation import top_k
 
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub (the `lm` extra) is not installed")
@@ -113,3 +114,42 @@ def test_top_k_cache_with_k_equal_vocab_equals_online(models, tmp_path, tail):
         values[source] = distiller.fit(data, epochs=1, verbose=0).history
     for name in ("loss", "student_loss", "distillation_loss"):
         assert float(values["cached"][name][0]) == pytest.approx(float(values["online"][name][0]), rel=1e-5)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_dense_cache_of_token_ids_and_padding_masks_gives_the_online_losses(
+        models, tmp_path, ensemble):
+    """`compute_teacher_logits` on KerasHub inputs (`token_ids`,
+    `padding_mask`), one teacher or an ensemble, read back from its file:
+    the cached losses equal the online Distiller's. Before this round the
+    dict raised "`x` must hold at least one input", and an ensemble of
+    sequence teachers' file, `(samples, members, time, vocab)`, was refused
+    on reading ("holds logits of shape ...")."""
+    teacher, student = models
+    teachers = [teacher, causal_lm(16, 1, seed=3)] if ensemble else teacher
+    x, y, sample_weight = preprocessed(seed=3, batch=10)
+    path = tmp_path / "teacher.npz"
+    logits = cache.compute_teacher_logits(teachers, x, batch_size=4, path=path)
+    assert logits.shape == ((10, 2, LENGTH, VOCAB) if ensemble else (10, LENGTH, VOCAB))
+    np.testing.assert_array_equal(
+        cache.compute_teacher_logits(teachers, x, batch_size=4, path=path), logits)
+    values = {}
+    # "arrays": fit(x, targets, sample_weight=(n, time) weights). Before
+    # this round Keras' array adapter refused those weights for a dict `y`
+    # ("when providing a single `sample_weight` array, it should only have
+    # one scalar score per sample").
+    for source in ("online", "cached", "arrays"):
+        distiller = keras_kd.Distiller(student=student, teacher=teachers)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0)
+        labels = y if source == "online" else keras_kd.targets(labels=y, teacher_logits=logits)
+        if source == "arrays":
+            history = distiller.fit(x, labels, sample_weight=sample_weight, batch_size=5,
+                                    shuffle=False, verbose=0).history
+        else:
+            data = tf.data.Dataset.from_tensor_slices((x, labels, sample_weight)).batch(5)
+            history = distiller.fit(data, epochs=1, verbose=0).history
+        values[source] = history
+    for source in ("cached", "arrays"):
+        for name in ("loss", "student_loss", "distillation_loss"):
+            assert float(values[source][name][0]) == pytest.approx(
+                float(values["online"][name][0]), rel=1e-5), (source, name)

@@ -643,3 +643,47 @@ def test_chunks_are_complete_teacher_top_k_dicts(teacher, tokens, tmp_path):
         np.testing.assert_array_equal(np.concatenate([c[key] for c in chunks]), stored[key])
     np.testing.assert_array_equal(np.concatenate([c["cache_temperature"] for c in chunks]),
                                   np.full(20, 2.0, "float32"))
+
+
+def test_a_cache_of_text_inputs_is_reused_for_the_same_text(tmp_path):
+    """A teacher that takes strings: writing the cache again with the same
+    text reopens it. Before this round the inputs' fingerprint hashed the
+    pointers of the object arrays `tf.string` converts to, and the second
+    call raised "made for other inputs"."""
+    keras.utils.set_random_seed(40)
+    inputs = keras.Input((1,), dtype="string")
+    ids = keras.layers.TextVectorization(
+        vocabulary=["a", "b", "c", "d"], output_sequence_length=3)(inputs)
+    logits = keras.layers.Dense(6)(keras.layers.Embedding(6, 8)(ids))
+    teacher = keras.Model(inputs, logits)
+    text = tf.constant([["a b"], ["c d a"], ["d"], ["b b c"], ["a"]])
+    path = tmp_path / "text"
+    first = top_k.write_top_k_cache(teacher, tf.data.Dataset.from_tensor_slices(text).batch(2),
+                                    path, k=3, values_dtype="float32")
+    again = top_k.write_top_k_cache(teacher, np.array([["a b"], ["c d a"], ["d"], ["b b c"], ["a"]]),
+                                    path, k=3, batch_size=3, values_dtype="float32")
+    assert again.manifest["inputs_fingerprint"] == first.manifest["inputs_fingerprint"]
+    indices, values, _ = (a.numpy() for a in top_k.top_k_logits(teacher(text, training=False), 3))
+    stored = _concatenated(again)
+    np.testing.assert_array_equal(stored["indices"], indices)
+    np.testing.assert_allclose(stored["values"], values - values[..., :1], rtol=1e-6, atol=1e-6)
+    with pytest.raises(CacheError, match="other inputs"):
+        top_k.write_top_k_cache(teacher, tf.data.Dataset.from_tensor_slices(text[::-1]).batch(2),
+                                path, k=3, values_dtype="float32")
+
+
+def test_a_list_output_is_selected_by_its_name_as_the_distiller_does(tokens, tmp_path):
+    """`output="logits"` for a teacher returning `[hidden, logits]`:
+    `Distiller(teacher_output="logits")` takes the output name, and so does
+    the writer now. Before this round it raised inside the traced forward
+    pass (`outputs["logits"]` of a list)."""
+    keras.utils.set_random_seed(41)
+    token_ids = keras.Input((TIME,), dtype="int32")
+    hidden = keras.layers.Embedding(VOCAB, 8, name="hidden")(token_ids)
+    teacher = keras.Model(token_ids, [hidden, keras.layers.Dense(VOCAB, name="logits")(hidden)])
+    cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", 4, batch_size=8,
+                                    output="logits", values_dtype="float32")
+    indices, _, _ = top_k.top_k_logits(teacher(tokens, training=False)[1], 4)
+    np.testing.assert_array_equal(_concatenated(cache)["indices"], indices.numpy())
+    with pytest.raises(ValueError, match=r"several outputs.*write_top_k_cache\(output=\.\.\.\)"):
+        top_k.write_top_k_cache(teacher, tokens, tmp_path / "other", 4)
