@@ -41,7 +41,8 @@ for seed in range(args.teachers):
     teachers.append(teacher)
     print(f"teacher {seed}: {100 * few_labels.top1_accuracy(teacher, x_test, y_test):.2f}%")
 mean_probabilities = np.mean(
-    [keras.ops.softmax(t.predict(x_test, verbose=0)).numpy() for t in teachers], axis=0)
+    [keras.ops.convert_to_numpy(keras.ops.softmax(t.predict(x_test, verbose=0)))
+     for t in teachers], axis=0)
 print(f"ensemble (mean of probabilities): "
       f"{100 * np.mean(mean_probabilities.argmax(1) == y_test):.2f}%")
 

@@ -276,3 +276,27 @@ def test_fitnets_hints(tmp_path):
 
     student = keras.models.load_model(tmp_path / "student.keras")
     assert student.count_params() == 20_490  # The student's own, no connector.
+
+
+def test_multi_teacher_on_jax():
+    """The ensemble example under KERAS_BACKEND=jax, whatever this process's
+    backend (skipped where JAX is not installed): its printed ensemble
+    accuracy is a percentage of the 2,000 test digits, above chance."""
+    probe = subprocess.run([sys.executable, "-c", "import jax"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("jax is not installed for this Python")
+    completed = subprocess.run(
+        [sys.executable, "-c",
+         "import runpy, sys, keras; assert keras.backend.backend() == 'jax'; "
+         "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+         os.path.join(EXAMPLES, "multi_teacher.py"), "--teachers", "2", "--teacher-epochs", "1",
+         "--labels", "20", "--steps", "2"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(l for l in completed.stdout.splitlines() if l.startswith("ensemble (mean"))
+    accuracy = float(line.split(":")[1].strip().rstrip("%"))
+    assert accuracy / 0.05 == pytest.approx(round(accuracy / 0.05), abs=1e-6)  # n / 2,000.
+    assert accuracy > 20.0  # One epoch: far above chance (10%).
+    assert "2-teacher arithmetic ensemble" in completed.stdout

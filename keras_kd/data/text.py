@@ -22,6 +22,7 @@ import os
 import re
 from importlib import resources
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -621,6 +622,25 @@ def language_model_metrics(model, dataset, num_characters=None):
         )
         weight = tf.cast(weight, tf.float64)
         return tf.reduce_sum(cross_entropy * weight), tf.reduce_sum(weight)
+
+    if keras.backend.backend() != "tensorflow":
+        # tf.function cannot trace a JAX (or torch) model: its compiled
+        # predict step gives the logits, NumPy the float64 cross-entropy.
+        def batch_sums(inputs, y, weight):  # noqa: F811
+            inputs = keras.tree.map_structure(np.asarray, inputs)
+            logits = model(inputs, training=False)
+            if keras.ops.ndim(logits) != 3:
+                raise ValueError(
+                    "The model must return logits of shape (batch, length, "
+                    f"vocabulary_size). Received: logits of shape {keras.ops.shape(logits)}."
+                )
+            logits = np.asarray(keras.ops.convert_to_numpy(logits), dtype=np.float64)
+            top = logits.max(axis=-1, keepdims=True)
+            log_normalizer = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
+            labels = np.asarray(y).astype(np.int64)
+            picked = np.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+            weight = np.asarray(weight, dtype=np.float64)
+            return np.sum((log_normalizer - picked) * weight), np.sum(weight)
 
     nats = 0.0
     tokens = 0.0
