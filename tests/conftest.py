@@ -118,6 +118,17 @@ def numpy(x):
     return keras.tree.map_structure(keras.ops.convert_to_numpy, x)
 
 
+def runtime_check_error():
+    """The exception a failed in-graph check raises when a compiled step
+    runs: TensorFlow's assert op, or JAX's `jax.debug.callback` (whose
+    message carries the check's)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.errors.JaxRuntimeError
+    return tf.errors.InvalidArgumentError
+
+
 def tensorflow_only(reason):
     """A mark that skips a test on every backend but TensorFlow."""
     backend = keras.backend.backend()
