@@ -61,14 +61,15 @@ def pytest_runtest_setup(item):
         )
 
 
-def value_and_gradients(fn, arguments):
+def value_and_gradients(fn, arguments, dtype="float32"):
     """`fn(*arguments) = (value, aux)`'s value, the gradients of the value
     with respect to each argument (NumPy) and aux, with the backend's
     autodiff (a tape on TensorFlow, `jax.value_and_grad` on JAX,
-    `torch.autograd.grad` on PyTorch)."""
+    `torch.autograd.grad` on PyTorch). The arguments are cast to `dtype`
+    (float64 on JAX needs JAX_ENABLE_X64=1)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        arguments = [tf.constant(a, tf.float32) for a in arguments]
+        arguments = [tf.constant(a, dtype) for a in arguments]
         with tf.GradientTape() as tape:
             tape.watch(arguments)
             value, aux = fn(*arguments)
@@ -76,7 +77,7 @@ def value_and_gradients(fn, arguments):
     if backend == "jax":
         import jax
 
-        arguments = [np.asarray(a, np.float32) for a in arguments]
+        arguments = [np.asarray(a, dtype) for a in arguments]
         (value, aux), grads = jax.value_and_grad(
             fn, argnums=tuple(range(len(arguments))), has_aux=True
         )(*arguments)
@@ -84,12 +85,61 @@ def value_and_gradients(fn, arguments):
     if backend == "torch":
         import torch
 
-        arguments = [torch.tensor(np.asarray(a, np.float32), requires_grad=True)
+        arguments = [torch.tensor(np.asarray(a, dtype), requires_grad=True)
                      for a in arguments]
         value, aux = fn(*arguments)
         grads = torch.autograd.grad(value, arguments, allow_unused=True)
         return value, [None if g is None else g.numpy() for g in grads], aux
     pytest.skip(f"no gradient helper for the {backend} backend")
+
+
+def gradients(fn, arguments, dtype="float32"):
+    """The gradients (NumPy) of the scalar `fn(*arguments)` with respect to
+    each argument, with the backend's autodiff."""
+    _, grads, _ = value_and_gradients(lambda *a: (fn(*a), None), arguments, dtype)
+    return grads
+
+
+def compiled(fn):
+    """`fn` compiled as the backend compiles a step: a `tf.function` on
+    TensorFlow, `jax.jit` on JAX."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return tf.function(fn)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    pytest.skip(f"no compiled-function helper for the {backend} backend")
+
+
+def numpy(x):
+    """`x` (a tensor of any backend, or nested in lists/dicts) as NumPy."""
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, x)
+
+
+def runtime_check_error():
+    """The exception a failed in-graph check raises when a compiled step
+    runs: TensorFlow's assert op, or JAX's `jax.debug.callback` (whose
+    message carries the check's)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.errors.JaxRuntimeError
+    return tf.errors.InvalidArgumentError
+
+
+def tensorflow_only(reason):
+    """A mark that skips a test on every backend but TensorFlow."""
+    backend = keras.backend.backend()
+    return pytest.mark.skipif(
+        backend != "tensorflow", reason=f"TensorFlow only ({backend}): {reason}")
+
+
+def jax_xfail(reason):
+    """A strict xfail on JAX only, for a JAX bug named in `reason`."""
+    return pytest.mark.xfail(
+        keras.backend.backend() == "jax", strict=True, reason=f"JAX: {reason}")
 
 
 def make_mlp(hidden_units, num_inputs=6, num_classes=4, name=None, **dense):

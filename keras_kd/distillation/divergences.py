@@ -62,9 +62,12 @@ def _kl_to_mixture(log_p, log_q, weight):
         return _kl(log_p, log_q)
     d = log_q - log_p
     near = ops.log1p((1.0 - weight) * ops.expm1(ops.clip(d, -_NEAR, _NEAR)))
-    far = ops.logaddexp(
-        ops.full_like(d, math.log(weight)), d + math.log1p(-weight)
-    )
+    # logaddexp(log weight, d + log(1 - weight)) as `a + softplus(b - a)`:
+    # `ops.logaddexp` computes float64 inputs in float32 on JAX (Keras casts
+    # to `result_type(..., float)`), softplus keeps the dtype, and its
+    # gradient is exact (a max/abs form splits it wrongly at ties on TF).
+    log_weight = math.log(weight)
+    far = log_weight + ops.softplus(d + (math.log1p(-weight) - log_weight))
     log_ratio = ops.where(ops.abs(d) < _NEAR, near, far)
     kl = ops.sum(ops.exp(log_p) * (0.0 - log_ratio), axis=-1)
     # Rounding can leave -1e-9 where the exact value is 0.

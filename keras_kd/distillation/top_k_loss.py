@@ -13,9 +13,9 @@ import numbers
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
+from keras_kd.distillation.backend import runtime
 from keras_kd.distillation.losses import DistillationLoss
 from keras_kd.distillation.losses import KLDivergenceWithTemperature
 from keras_kd.distillation.validation import validate_choice
@@ -87,9 +87,9 @@ def top_k_logits(logits, k, temperature=1.0):
             f"logits of shape {tuple(logits.shape)}."
         )
     k = _validate_k(k, logits.shape[-1])
-    values, indices = tf.math.top_k(logits, k=k, sorted=True)
-    log_normalizer = tf.reduce_logsumexp(logits / temperature, axis=-1)
-    return tf.cast(indices, tf.int32), values, log_normalizer
+    values, indices = ops.top_k(logits, k=k, sorted=True)
+    log_normalizer = ops.logsumexp(logits / temperature, axis=-1)
+    return ops.cast(indices, "int32"), values, log_normalizer
 
 
 def _log1mexp(x):
@@ -105,10 +105,7 @@ def _static_values(value):
     """A NumPy array of `value` if known without running a graph, else None."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return np.asarray(float(value))
-    if isinstance(value, np.ndarray) or tf.executing_eagerly():
-        return np.asarray(ops.convert_to_numpy(value), dtype=np.float64)
-    static = tf.get_static_value(value)
-    return None if static is None else np.asarray(static, dtype=np.float64)
+    return runtime().static_value(value)
 
 
 def bin_temperature_message(cache_temperature=None):
@@ -126,7 +123,6 @@ def bin_temperature_message(cache_temperature=None):
     )
 
 
-@tf.autograph.experimental.do_not_convert
 def _check_bin_temperature(temperature, cache_temperature):
     """Refuses a `bin` temperature other than the cache's; returns deps.
 
@@ -147,21 +143,16 @@ def _check_bin_temperature(temperature, cache_temperature):
                 f"{bin_temperature_message(shown)} Received: temperature={received}."
             )
         return []
-    # A symbolic temperature (a Distiller's variable inside tf.function).
-    return [
-        tf.debugging.assert_near(
-            tf.cast(cache_temperature, tf.float32),
-            tf.cast(temperature, tf.float32) + tf.zeros_like(
-                tf.cast(cache_temperature, tf.float32)),
-            rtol=1e-6,
-            message=bin_temperature_message(
-                float(static_cache.reshape(-1)[0])
-                if static_cache is not None and static_cache.size else None),
-        )
-    ]
+    # A symbolic temperature (a Distiller's variable inside tf.function or
+    # jax.jit).
+    return runtime().assert_near(
+        cache_temperature, temperature, rtol=1e-6,
+        message=bin_temperature_message(
+            float(static_cache.reshape(-1)[0])
+            if static_cache is not None and static_cache.size else None),
+    )
 
 
-@tf.autograph.experimental.do_not_convert
 def top_k_kl_divergence(
     indices,
     values,
@@ -227,8 +218,9 @@ def top_k_kl_divergence(
     Raises:
         ValueError: for an unknown `tail` or `precision`, or with
             `tail="bin"`, a `temperature` other than `cache_temperature`
-            (inside a `tf.function`, with a symbolic temperature, an
-            `InvalidArgumentError` when run).
+            (with a symbolic temperature, when run: inside a `tf.function`
+            an `InvalidArgumentError`, under `jax.jit` a `JaxRuntimeError`
+            carrying the same message).
 
     Example:
 
@@ -249,13 +241,10 @@ def top_k_kl_divergence(
         dependencies = _check_bin_temperature(temperature, cache_temperature)
     if vocab_size is not None:
         dependencies = dependencies + _check_vocabulary(vocab_size, student_logits)
-    temperature = ops.cast(temperature, precision)
-    if dependencies:
-        with tf.control_dependencies(dependencies):
-            temperature = tf.identity(temperature)
+    temperature = runtime().after(dependencies, ops.cast(temperature, precision))
     indices = ops.cast(indices, "int32")
-    values = ops.cast(tf.convert_to_tensor(values), precision)
-    student_logits = ops.cast(tf.convert_to_tensor(student_logits), precision)
+    values = ops.cast(ops.convert_to_tensor(values), precision)
+    student_logits = ops.cast(ops.convert_to_tensor(student_logits), precision)
     if tail == "renormalize":
         teacher_log_p = ops.log_softmax(values / temperature, axis=-1)
         student_top = ops.take_along_axis(student_logits, indices, axis=-1)
@@ -309,9 +298,9 @@ def _check_vocabulary(vocab_size, student_logits):
                 raise ValueError(vocabulary_message(size, classes))
         return []
     # The Distiller checks eagerly at the first batch; XLA drops this.
-    return [tf.debugging.assert_equal(
-        tf.cast(vocab_size, tf.int32), tf.shape(student_logits, out_type=tf.int32)[-1],
-        message=vocabulary_message("another", classes))]
+    return runtime().assert_equal(
+        vocab_size, ops.shape(student_logits)[-1],
+        message=vocabulary_message("another", classes))
 
 
 def vocabulary_message(teacher_vocabulary, student_classes):
@@ -501,14 +490,13 @@ class TopKKLDivergence(DistillationLoss):
         carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
         if carried is not None and self.cache_temperature is not None and self.tail == "bin":
             dependencies = self._check_given_cache_temperature(carried)
-        with tf.control_dependencies(dependencies):
-            values = top_k_kl_divergence(
-                teacher_top_k["indices"], teacher_top_k["values"],
-                teacher_top_k["log_normalizer"], student_logits, temperature,
-                tail=self.tail, cache_temperature=cache_temperature,
-                precision=self.precision, vocab_size=teacher_top_k.get(VOCAB_SIZE_KEY),
-            )
-        return ops.cast(values, self.dtype)
+        values = top_k_kl_divergence(
+            teacher_top_k["indices"], teacher_top_k["values"],
+            teacher_top_k["log_normalizer"], student_logits, temperature,
+            tail=self.tail, cache_temperature=cache_temperature,
+            precision=self.precision, vocab_size=teacher_top_k.get(VOCAB_SIZE_KEY),
+        )
+        return ops.cast(runtime().after(dependencies, values), self.dtype)
 
     def _check_given_cache_temperature(self, carried):
         """The batches' cache temperature must be the one this loss was given."""
@@ -522,10 +510,7 @@ class TopKKLDivergence(DistillationLoss):
             if static.size and not np.allclose(static, self.cache_temperature, rtol=1e-6):
                 raise ValueError(f"{message} Received: {float(static.reshape(-1)[0])}.")
             return []
-        return [tf.debugging.assert_near(
-            tf.cast(carried, tf.float32),
-            tf.fill(tf.shape(carried), tf.constant(self.cache_temperature, tf.float32)),
-            rtol=1e-6, message=message)]
+        return runtime().assert_near(carried, self.cache_temperature, rtol=1e-6, message=message)
 
     def per_sample_loss(self, teacher_logits, student_logits, temperature):
         # Dense teacher logits: exact KD (top-k with k = vocab).

@@ -256,12 +256,7 @@ def _make_forward(teacher, output, teacher_outputs, k, temperature):
         outputs, _ = teacher.stateless_call(trainable, non_trainable, batch, **kwargs)
         logits = _teacher_logits(teacher, outputs, output, teacher_outputs)
         traced["vocab"] = int(logits.shape[-1])  # Static, known at trace time.
-        k_checked = _validate_k(k, logits.shape[-1])
-        # `top_k_logits` holds TensorFlow ops; these are its keras.ops twins
-        # (the same order: larger first, ties to the lower id).
-        values, indices = ops.top_k(logits, k_checked, sorted=True)
-        log_normalizer = ops.logsumexp(logits / temperature, axis=-1)
-        return ops.cast(indices, "int32"), values, log_normalizer
+        return top_k_logits(logits, k, temperature)
 
     traced = {}
     jitted = jax.jit(stateless_pass)
@@ -269,6 +264,11 @@ def _make_forward(teacher, output, teacher_outputs, k, temperature):
     def forward(batch):
         batch = keras.tree.map_structure(np.asarray, batch)
         batch = _distribute_batch(batch)
+        if not teacher.built:
+            # `stateless_call` needs the variables: a teacher built by its
+            # first call (a Sequential without an Input) is built now, as
+            # TensorFlow's first `tf.function` call builds it.
+            teacher(batch, **kwargs)
         state = (
             [v.value for v in teacher.trainable_variables],
             [v.value for v in teacher.non_trainable_variables],

@@ -32,3 +32,16 @@ def steps_for_backend(backend):
     from keras_kd.distillation.backend.tensorflow import TensorFlowSteps
 
     return TensorFlowSteps
+
+
+def runtime():
+    """The module of the running backend's run-time checks (`static_value`,
+    `assert_near`, `assert_equal`, `after`), for backend-neutral losses.
+    Imported when called: the backend modules import the objective."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        from keras_kd.distillation.backend import jax as module
+    else:
+        from keras_kd.distillation.backend import tensorflow as module
+    return module

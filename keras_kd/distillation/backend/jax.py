@@ -14,10 +14,12 @@ the mesh), so the loss is the global batch's loss as written: no replica
 count divides it (see `keras_kd.distillation.reduction`).
 """
 
+import contextlib
 import sys
 
 import jax
 import keras
+import numpy as np
 from keras.src import backend as keras_backend
 
 from keras_kd.distillation import batch as batch_module
@@ -37,6 +39,47 @@ def _current(scope, variables, values):
         new = scope.get_current_value(variable)
         current.append(value if new is None else new)
     return current
+
+
+# Run-time checks, for the losses (`top_k_loss`), as the TensorFlow
+# backend's: under `jax.jit` a value is a tracer, known only when the step
+# runs, and the assert is a `jax.debug.callback` (which XLA keeps: the
+# step raises a `JaxRuntimeError` carrying the message).
+
+
+def static_value(value):
+    """`value` as a float64 NumPy array if concrete, else None (a tracer)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
+
+
+def _assert(check, x, y, message):
+    def callback(x, y):
+        x, y = np.asarray(x), np.broadcast_to(np.asarray(y), np.shape(x))
+        if not check(x, y):
+            raise ValueError(f"{message} Received: x = {x}, y = {y}.")
+
+    jax.debug.callback(callback, x, y)
+    return []
+
+
+def assert_near(x, y, rtol, message):
+    """`x ~= y` checked when the step runs; returns no dependency (the
+    callback is an effect that XLA keeps)."""
+    return _assert(lambda x, y: np.allclose(x, y, rtol=rtol, atol=0.0), x, y, message)
+
+
+def assert_equal(x, y, message):
+    """`x == y` checked when the step runs."""
+    return _assert(lambda x, y: np.array_equal(x.astype(np.int64), y.astype(np.int64)),
+                   x, y, message)
+
+
+def after(dependencies, value):
+    """`value` (JAX orders effects itself)."""
+    del dependencies
+    return value
 
 
 class JAXSteps(CommonSteps):
@@ -60,11 +103,52 @@ class JAXSteps(CommonSteps):
     def fit(self, *args, **kwargs):
         # A model built outside a strategy may still be fitted inside one.
         self._check_backend_setup()
-        return super().fit(*args, **kwargs)
+        with self._variables_restored():
+            return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         self._check_backend_setup()
-        return super().evaluate(*args, **kwargs)
+        with self._variables_restored():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._variables_restored():
+            return super().predict(*args, **kwargs)
+
+    def _get_jax_state(self, *args, **kwargs):
+        # Keras' hook (`compat.JAX_GET_STATE`): where it empties the
+        # variables, their values are kept for `_variables_restored`.
+        if kwargs.get("purge_model_variables"):
+            held = getattr(self, "_held_values", None)
+            if held is not None:
+                for variable in self._state_variables():
+                    value = compat.stored_value(variable)
+                    if value is not None:
+                        held.setdefault(id(variable), (variable, value))
+        return super()._get_jax_state(*args, **kwargs)
+
+    def _state_variables(self):
+        optimizer = getattr(self, "optimizer", None)
+        return (self.trainable_variables + self.non_trainable_variables
+                + (list(optimizer.variables) if optimizer is not None else [])
+                + self.metrics_variables)
+
+    @contextlib.contextmanager
+    def _variables_restored(self):
+        """Runs a Keras loop; a variable Keras' JAX trainer left empty (an
+        error before its first step's state was written back) gets the
+        value it had when the loop emptied it."""
+        if getattr(self, "_held_values", None) is not None:  # Nested (fit's evaluate).
+            yield
+            return
+        self._held_values = {}
+        try:
+            yield
+        finally:
+            held, self._held_values = self._held_values, None
+            for variable, value in held.values():
+                if compat.stored_value(variable) is None and not value.is_deleted():
+                    compat.restore_value(variable, value)
 
     def _input_pipeline_scope(self):
         """A scope factory for running the models in the input pipeline (the

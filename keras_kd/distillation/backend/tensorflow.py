@@ -2,6 +2,7 @@
 
 import contextlib
 
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -9,6 +10,39 @@ from keras_kd.distillation import batch as batch_module
 from keras_kd.distillation import compat
 from keras_kd.distillation import objective
 from keras_kd.distillation.backend.common import CommonSteps
+
+
+# Run-time checks, for the losses (`top_k_loss`): a value known now, and
+# asserts on values known only when the graph runs.
+
+
+def static_value(value):
+    """`value` as a float64 NumPy array if known without running a graph
+    (eager, or constant-folded), else None."""
+    if isinstance(value, np.ndarray) or tf.executing_eagerly():
+        return np.asarray(ops.convert_to_numpy(value), dtype=np.float64)
+    static = tf.get_static_value(value)
+    return None if static is None else np.asarray(static, dtype=np.float64)
+
+
+def assert_near(x, y, rtol, message):
+    """An in-graph `x ~= y` (XLA drops it); returns its op, a dependency."""
+    x = tf.cast(x, tf.float32)
+    return [tf.debugging.assert_near(
+        x, tf.cast(y, tf.float32) + tf.zeros_like(x), rtol=rtol, message=message)]
+
+
+def assert_equal(x, y, message):
+    """An in-graph `x == y` on int32 values; returns its op."""
+    return [tf.debugging.assert_equal(tf.cast(x, tf.int32), tf.cast(y, tf.int32), message=message)]
+
+
+def after(dependencies, value):
+    """`value`, computed after the `dependencies` (asserts) ran."""
+    if not dependencies:
+        return value
+    with tf.control_dependencies(dependencies):
+        return tf.identity(value)
 
 
 class TensorFlowSteps(CommonSteps):
