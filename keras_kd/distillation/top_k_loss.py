@@ -101,6 +101,14 @@ def _log1mexp(x):
     )
 
 
+def _as_tensor(value):
+    """A tensor of this backend (tf.convert_to_tensor on TF reads variables)."""
+    if keras.backend.backend() == "tensorflow":
+        return tf.convert_to_tensor(value)
+    # On JAX a traced array cannot become a tf.Tensor (TracerArrayConversionError).
+    return ops.convert_to_tensor(value)
+
+
 def _static_values(value):
     """A NumPy array of `value` if known without running a graph, else None."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -254,8 +262,8 @@ def top_k_kl_divergence(
         with tf.control_dependencies(dependencies):
             temperature = tf.identity(temperature)
     indices = ops.cast(indices, "int32")
-    values = ops.cast(tf.convert_to_tensor(values), precision)
-    student_logits = ops.cast(tf.convert_to_tensor(student_logits), precision)
+    values = ops.cast(_as_tensor(values), precision)
+    student_logits = ops.cast(_as_tensor(student_logits), precision)
     if tail == "renormalize":
         teacher_log_p = ops.log_softmax(values / temperature, axis=-1)
         student_top = ops.take_along_axis(student_logits, indices, axis=-1)
