@@ -243,8 +243,8 @@ def top_k_kl_divergence(
         dependencies = dependencies + _check_vocabulary(vocab_size, student_logits)
     temperature = runtime().after(dependencies, ops.cast(temperature, precision))
     indices = ops.cast(indices, "int32")
-    values = ops.cast(ops.convert_to_tensor(values), precision)
-    student_logits = ops.cast(ops.convert_to_tensor(student_logits), precision)
+    values = ops.cast(runtime().as_tensor(values), precision)
+    student_logits = ops.cast(runtime().as_tensor(student_logits), precision)
     if tail == "renormalize":
         teacher_log_p = ops.log_softmax(values / temperature, axis=-1)
         student_top = ops.take_along_axis(student_logits, indices, axis=-1)

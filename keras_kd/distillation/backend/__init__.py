@@ -36,7 +36,7 @@ def steps_for_backend(backend):
 
 def runtime():
     """The module of the running backend's run-time checks (`static_value`,
-    `assert_near`, `assert_equal`, `after`), for backend-neutral losses.
+    `assert_near`, `assert_equal`, `after`, `as_tensor`), for backend-neutral losses.
     Imported when called: the backend modules import the objective."""
     import keras
 

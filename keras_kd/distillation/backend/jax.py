@@ -53,6 +53,11 @@ def static_value(value):
     return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
 
 
+def as_tensor(value):
+    """A JAX array of `value` (a traced array cannot become a `tf.Tensor`)."""
+    return keras.ops.convert_to_tensor(value)
+
+
 def _assert(check, x, y, message):
     def callback(x, y):
         x, y = np.asarray(x), np.broadcast_to(np.asarray(y), np.shape(x))

@@ -25,6 +25,11 @@ def static_value(value):
     return None if static is None else np.asarray(static, dtype=np.float64)
 
 
+def as_tensor(value):
+    """A tensor of `value` (reads a `tf.Variable`, which `keras.ops` does not)."""
+    return tf.convert_to_tensor(value)
+
+
 def assert_near(x, y, rtol, message):
     """An in-graph `x ~= y` (XLA drops it); returns its op, a dependency."""
     x = tf.cast(x, tf.float32)
