@@ -159,3 +159,23 @@ def seed_generator_states(model):
 def compiled_metrics(model):
     """The `CompileMetrics` container of `compile(metrics=...)`, or `None`."""
     return model._compile_metrics
+
+
+# Keras' JAX trainer empties the model's variables (`variable._value =
+# None`) while `fit` / `evaluate` / `predict` hold their values in their own
+# state (`_get_jax_state(..., purge_model_variables=True)`), and writes them
+# back only after a step succeeded: an error before (a refused first batch)
+# left every variable empty. The JAX steps keep the values `_get_jax_state`
+# read and give them back to the variables still empty.
+JAX_GET_STATE = "_get_jax_state"
+
+
+def stored_value(variable):
+    """A variable's stored value (`None` while Keras' JAX trainer holds it)."""
+    return variable._value
+
+
+def restore_value(variable, value):
+    """Gives an emptied variable its value back, as Keras' JAX trainer's
+    state sync would."""
+    variable._value = value

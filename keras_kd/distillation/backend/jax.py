@@ -14,6 +14,7 @@ the mesh), so the loss is the global batch's loss as written: no replica
 count divides it (see `keras_kd.distillation.reduction`).
 """
 
+import contextlib
 import sys
 
 import jax
@@ -107,11 +108,52 @@ class JAXSteps(CommonSteps):
     def fit(self, *args, **kwargs):
         # A model built outside a strategy may still be fitted inside one.
         self._check_backend_setup()
-        return super().fit(*args, **kwargs)
+        with self._variables_restored():
+            return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         self._check_backend_setup()
-        return super().evaluate(*args, **kwargs)
+        with self._variables_restored():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._variables_restored():
+            return super().predict(*args, **kwargs)
+
+    def _get_jax_state(self, *args, **kwargs):
+        # Keras' hook (`compat.JAX_GET_STATE`): where it empties the
+        # variables, their values are kept for `_variables_restored`.
+        if kwargs.get("purge_model_variables"):
+            held = getattr(self, "_held_values", None)
+            if held is not None:
+                for variable in self._state_variables():
+                    value = compat.stored_value(variable)
+                    if value is not None:
+                        held.setdefault(id(variable), (variable, value))
+        return super()._get_jax_state(*args, **kwargs)
+
+    def _state_variables(self):
+        optimizer = getattr(self, "optimizer", None)
+        return (self.trainable_variables + self.non_trainable_variables
+                + (list(optimizer.variables) if optimizer is not None else [])
+                + self.metrics_variables)
+
+    @contextlib.contextmanager
+    def _variables_restored(self):
+        """Runs a Keras loop; a variable Keras' JAX trainer left empty (an
+        error before its first step's state was written back) gets the
+        value it had when the loop emptied it."""
+        if getattr(self, "_held_values", None) is not None:  # Nested (fit's evaluate).
+            yield
+            return
+        self._held_values = {}
+        try:
+            yield
+        finally:
+            held, self._held_values = self._held_values, None
+            for variable, value in held.values():
+                if compat.stored_value(variable) is None and not value.is_deleted():
+                    compat.restore_value(variable, value)
 
     def _input_pipeline_scope(self):
         """A scope factory for running the models in the input pipeline (the
