@@ -36,10 +36,13 @@ from keras_kd.distillation.losses import KLDivergenceWithTemperature
 from keras_kd.distillation.losses import SoftTargetCrossEntropy
 from keras_kd.distillation.losses import _softened_log_probabilities
 from keras_kd.distillation.losses import get_distillation_loss
+from keras_kd.distillation.backend import runtime
 from keras_kd.distillation.top_k_loss import CACHE_TEMPERATURE_KEY
+from keras_kd.distillation.top_k_loss import VOCAB_SIZE_KEY
 from keras_kd.distillation.top_k_loss import TopKKLDivergence
 from keras_kd.distillation.top_k_loss import _log1mexp
-from keras_kd.distillation.top_k_loss import bin_temperature_message
+from keras_kd.distillation.top_k_loss import _check_bin_temperature
+from keras_kd.distillation.top_k_loss import _static_values
 from keras_kd.distillation.top_k_loss import vocabulary_message
 from keras_kd.distillation.top_k_loss import _sum_p_log_ratio
 
@@ -402,16 +405,21 @@ def chunked_distillation_loss(
     A top-k teacher cache (`teacher_top_k`) replaces the teacher's hidden
     states and head: the divergence is then `TopKKLDivergence`'s
     (`top_k_kl_divergence`), computed on one chunk of the student's logits
-    at a time.
+    at a time, with the checks of the cache's temperature and vocabulary
+    that the dense path runs (`TopKKLDivergence.compute_top_k`). Without a teacher (`teacher_hidden`,
+    `teacher_head` and `teacher_top_k` all `None`, as the Distiller's
+    `evaluate` calls it) only the student's cross-entropy is computed; the
+    divergence is then 0 and `divergence` is not read.
 
     Args:
         student_hidden: `(N, Hs)` student hidden states (the backbone's
             output).
         student_head: The student's `LinearHead`.
         teacher_hidden: `(N, Ht)` teacher hidden states; no gradient.
-            `None` with `teacher_top_k`.
+            `None` with `teacher_top_k`, or for the student's loss alone.
         teacher_head: The teacher's `LinearHead`, same vocabulary; no
-            gradient. `None` with `teacher_top_k`.
+            gradient. `None` with `teacher_top_k`, or for the student's
+            loss alone.
         labels: `(N,)` integer labels. A label outside `[0, vocab)` (an
             `ignore_class` such as -100) gives cross-entropy 0 and is not
             counted correct; give it weight 0.
@@ -437,7 +445,8 @@ def chunked_distillation_loss(
 
     Returns:
         A `ChunkedTerms` (its `teacher_cross_entropy` is `None` with
-        `teacher_top_k`: the cache does not hold the labels' logits).
+        `teacher_top_k`, the cache does not hold the labels' logits, and
+        without a teacher).
 
     Raises:
         ValueError: for a bad `chunk_size`, a divergence without a chunked
@@ -457,7 +466,12 @@ def chunked_distillation_loss(
     """
     chunk_size = validate_chunk_size(chunk_size)
     top_k = teacher_top_k is not None
-    if top_k:
+    # No teacher at all: the student's cross-entropy alone (evaluation).
+    student_only = not top_k and teacher_hidden is None and teacher_head is None
+    if student_only:
+        loss = None
+        precision = "float32"
+    elif top_k:
         loss = TopKKLDivergence() if divergence is None else get_distillation_loss(divergence)
         if not isinstance(loss, TopKKLDivergence):
             raise ValueError(
@@ -470,20 +484,24 @@ def chunked_distillation_loss(
     else:
         loss = get_distillation_loss(divergence)
         value_fn, grad_fn, scaled = _divergence(loss)
-    precision = loss.precision
-    _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head, teacher_top_k)
+    if not student_only:
+        precision = loss.precision
+        _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head, teacher_top_k)
+    else:
+        _check_student_size(student_hidden, student_head)
 
     student_hidden = ops.convert_to_tensor(student_hidden)
     kernel = ops.convert_to_tensor(student_head.kernel)
     bias = None if student_head.bias is None else ops.convert_to_tensor(student_head.bias)
     if top_k:
-        _check_top_k_temperature(loss, teacher_top_k, temperature)
+        temperature = _check_top_k_temperature(
+            loss, teacher_top_k, temperature, student_head.vocabulary_size)
         teacher_tensors = tuple(
             ops.stop_gradient(ops.convert_to_tensor(teacher_top_k[key]))
             for key in ("indices", "values", "log_normalizer")
         )
         teacher_tensors = (ops.cast(teacher_tensors[0], "int32"),) + teacher_tensors[1:]
-    else:
+    elif not student_only:
         teacher_hidden = ops.stop_gradient(ops.convert_to_tensor(teacher_hidden))
         teacher_kernel = ops.stop_gradient(ops.convert_to_tensor(teacher_head.kernel))
         teacher_bias = (
@@ -520,7 +538,10 @@ def chunked_distillation_loss(
         widths = [[0, padding]] + [[0, 0]] * (len(x.shape) - 1)
         return ops.pad(x, widths)
 
-    teacher_rows = tuple(pad(t) for t in teacher_tensors) if top_k else pad(teacher_hidden)
+    if top_k:
+        teacher_rows = tuple(pad(t) for t in teacher_tensors)
+    elif not student_only:
+        teacher_rows = pad(teacher_hidden)
     label_rows = pad(labels)
     weight_rows = pad(weights)
     distillation_weight_rows = pad(distillation_weights)
@@ -548,7 +569,11 @@ def chunked_distillation_loss(
         predicted = ops.cast(ops.argmax(student_logits, axis=-1), "int32")
         correct = ops.cast(ops.logical_and(valid, predicted == chunk_labels), precision)
 
-        if top_k:
+        if student_only:
+            distillation = ops.zeros_like(cross_entropy)
+            d_distillation = None
+            teacher_values = ()
+        elif top_k:
             distillation, d_distillation = _top_k_terms(
                 *(chunk(t, i) for t in teacher_rows), student_logits, temperature,
                 loss.tail, precision, with_gradients,
@@ -583,7 +608,9 @@ def chunked_distillation_loss(
         if not with_gradients:
             return hidden, None, total, values
         one_hot = ops.one_hot(safe_labels, vocab, dtype=precision) * ops.cast(valid, precision)[:, None]
-        d_logits = w * (ops.exp(log_q1) - one_hot) + w_kd * d_distillation
+        d_logits = w * (ops.exp(log_q1) - one_hot)
+        if d_distillation is not None:
+            d_logits = d_logits + w_kd * d_distillation
         if student_head.soft_cap is not None:
             d_logits = d_logits * (1.0 - ops.square(student_logits / student_head.soft_cap))
         d_logits = ops.cast(d_logits, raw.dtype)
@@ -604,7 +631,7 @@ def chunked_distillation_loss(
         # `gate` is 0, computed from the previous chunk's last result: TF's
         # `while` runs up to 10 iterations at once when they do not depend
         # on each other, which would hold 10 chunks of logits.
-        buffers = (zeros,) * (3 if top_k else 4)
+        buffers = (zeros,) * (3 if top_k or student_only else 4)
         init = [ops.zeros((), precision), buffers, ops.zeros((), "int32")]
         if with_gradients:
             init += [ops.zeros_like(hidden_rows), ops.zeros_like(kernel)]
@@ -666,26 +693,26 @@ def chunked_distillation_loss(
     return ChunkedTerms(*(outputs + (None,) * (5 - len(outputs))))
 
 
-def _check_top_k_temperature(loss, teacher_top_k, temperature):
-    """`tail="bin"` needs the cache's temperature; checked where both are
-    known now (the Distiller checks batches eagerly before a fit)."""
-    if loss.tail != "bin":
-        return
-    carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY, loss.cache_temperature)
-    known = []
-    for value in (carried, temperature):
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            known.append(np.asarray(float(value)))
-        elif isinstance(value, np.ndarray):
-            known.append(value.astype(np.float64))
-        else:
-            return
-    cache, wanted = known
-    if cache.size and not np.allclose(cache, float(wanted.reshape(-1)[0]), rtol=1e-6, atol=0.0):
-        raise ValueError(
-            f"{bin_temperature_message(float(cache.reshape(-1)[0]))} Received: "
-            f"temperature={float(wanted.reshape(-1)[0])}."
-        )
+def _check_top_k_temperature(loss, teacher_top_k, temperature, vocab):
+    """`temperature`, after the checks `TopKKLDivergence.compute_top_k` runs
+    on the dense path: the batch (or the loss) must carry a cache
+    temperature; with `tail="bin"` it must be `temperature`, and a loss
+    given a `cache_temperature` must agree with the batch's; the cache's
+    `vocab_size` must be the head's. Values known now are checked now,
+    symbolic ones by in-graph asserts (which XLA drops: the Distiller also
+    checks a call's first batch eagerly)."""
+    cache_temperature = loss.batch_cache_temperature(teacher_top_k)
+    dependencies = []
+    if loss.tail == "bin":
+        dependencies = _check_bin_temperature(temperature, cache_temperature)
+        carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
+        if carried is not None and loss.cache_temperature is not None:
+            dependencies = dependencies + loss._check_given_cache_temperature(carried)
+    vocab_size = teacher_top_k.get(VOCAB_SIZE_KEY)
+    if vocab_size is not None and _static_values(vocab_size) is None:
+        dependencies = dependencies + runtime().assert_equal(
+            vocab_size, vocab, message=vocabulary_message("another", vocab))
+    return runtime().after(dependencies, ops.convert_to_tensor(temperature))
 
 
 def _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head, teacher_top_k=None):
@@ -718,7 +745,7 @@ def _check_sizes(student_hidden, student_head, teacher_hidden, teacher_head, tea
         )
 
 
-def _check_top_k_sizes(student_hidden, student_head, teacher_top_k):
+def _check_student_size(student_hidden, student_head):
     if not isinstance(student_head, LinearHead):
         raise ValueError(
             "`student_head` must be a `LinearHead`. Received: "
@@ -730,6 +757,10 @@ def _check_top_k_sizes(student_hidden, student_head, teacher_top_k):
             f"`student_hidden` must be `(positions, {student_head.hidden_size})` "
             f"to match its head. Received: shape {tuple(student_hidden.shape)}."
         )
+
+
+def _check_top_k_sizes(student_hidden, student_head, teacher_top_k):
+    _check_student_size(student_hidden, student_head)
     missing = [key for key in ("indices", "values", "log_normalizer") if key not in teacher_top_k]
     if missing:
         raise ValueError(

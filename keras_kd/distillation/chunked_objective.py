@@ -162,9 +162,12 @@ def chunked_objective(
         student_head: The student's `LinearHead`
             (`keras_kd.distillation.chunked_models.model_head`).
         teacher_hidden: `(batch, ..., Ht)` teacher hidden states, or `None`
-            with `teacher_top_k`.
+            with `teacher_top_k`. With `teacher_head` and `teacher_top_k`
+            also `None`, no teacher: the student loss alone (what the
+            Distiller's `evaluate` reports; pass `alpha=1`), the
+            distillation loss 0.
         teacher_head: The teacher's `LinearHead`, or `None` with
-            `teacher_top_k`.
+            `teacher_top_k` (or without a teacher).
         labels: Integer token labels `(batch, ...)` (a trailing axis of 1
             allowed), `UNLABELLED` (-1) for positions without one; `None`
             for an unlabelled batch (the student term is then 0).
@@ -196,8 +199,9 @@ def chunked_objective(
             and states whose sizes disagree.
     """
     ignore_class, reduction = _student_loss_settings(student_loss_fn)
+    student_only = teacher_hidden is None and teacher_head is None and teacher_top_k is None
     loss_fn = get_distillation_loss(distillation_loss_fn) if (
-        distillation_loss_fn is not None or teacher_top_k is None) else None
+        distillation_loss_fn is not None or teacher_top_k is None) and not student_only else None
     own = getattr(loss_fn, "own_reduction", None) if isinstance(loss_fn, DistillationLoss) else None
     distillation_reduction = own or reduction
 

@@ -33,6 +33,7 @@ from keras_kd.distillation.batch import UNLABELLED
 from keras_kd.distillation.reduction import broadcast_weights
 from keras_kd.distillation.terms import DistillationTerm
 from keras_kd.distillation.terms import combine_masks
+from keras_kd.distillation.top_k_loss import CACHE_TEMPERATURE_KEY
 
 
 class Outputs(NamedTuple):
@@ -109,15 +110,24 @@ def forward(distiller, batch, alpha, training):
 
 
 def _chunked_forward(distiller, batch, training):
-    """The chunked path's `Outputs`: both models' final hidden states (in
-    `student_logits` / `teacher`), no logits."""
-    if batch.teacher_outputs is not None:
+    """The chunked path's `Outputs`: the student's final hidden states (in
+    `student_logits`) and the teacher's (in `teacher`), or the batch's
+    top-k cache dict there; no logits."""
+    setup = distiller.chunked
+    cached = batch.teacher_outputs
+    if cached is not None and not isinstance(cached, dict):
         raise ValueError(
             "The chunked path (`chunk_size`) distils from the teacher's hidden "
-            "states; this batch carries cached teacher outputs. Compile without "
-            "`chunk_size` to train on a cache.")
-    setup = distiller.chunked
+            "states or a top-k cache (`keras_kd.targets(labels, teacher_top_k="
+            "...)`); this batch carries cached dense teacher logits "
+            "(`teacher_logits`), whose whole `(batch, ..., vocab)` tensor the "
+            "chunked path exists to avoid. Write a top-k cache "
+            "(`write_top_k_cache`), let the teacher run online, or compile "
+            "without `chunk_size` to train on these logits.")
     student_hidden = setup.student.hidden(distiller.student_inputs(batch.inputs), training)
+    if cached is not None:
+        # A top-k cache: the teacher does not run; the term is always computed.
+        return Outputs(student_hidden, teacher=distiller.teacher_side.from_cache(cached))
     teacher_hidden = ops.stop_gradient(
         setup.teacher.hidden(distiller.teacher_inputs(batch.inputs), False))
     # The teacher always runs (its term's weight is 0 at alpha == 1), but the
@@ -126,33 +136,58 @@ def _chunked_forward(distiller, batch, training):
     return Outputs(student_hidden, teacher=teacher_hidden, teacher_may_skip=may_skip)
 
 
-def _chunked_terms(distiller, batch, outputs, alpha):
-    """`training_terms` on the chunked path (`chunked_objective`)."""
+def _chunked_terms(distiller, batch, outputs, alpha, training=True):
+    """`training_terms` on the chunked path (`chunked_objective`); with
+    `training=False` (`evaluation_terms`), the student loss alone."""
     setup = distiller.chunked
+    teacher_hidden = teacher_head = teacher_top_k = None
+    loss_fn = distiller.distillation_loss_fn
+    temperature = ops.cast(distiller._temperature, "float32")
+    if isinstance(outputs.teacher, dict):
+        # The dense path's top-k loss and temperature (`DistillationTerm`):
+        # the cache's, when no temperature was chosen and tail="bin".
+        teacher_top_k = outputs.teacher
+        loss_fn = distiller.distillation_term.top_k_loss()
+        carried = teacher_top_k.get(CACHE_TEMPERATURE_KEY)
+        if carried is not None and distiller.distillation_term.follows_cache(loss_fn):
+            temperature = ops.cast(ops.reshape(carried, (-1,))[0], "float32")
+    elif outputs.teacher is not None:
+        teacher_hidden = outputs.teacher
+        teacher_head = LinearHead.from_layer(setup.teacher.layer)
     result = chunked_objective(
         outputs.student_logits,
         LinearHead.from_layer(setup.student.layer),
-        outputs.teacher,
-        LinearHead.from_layer(setup.teacher.layer),
+        teacher_hidden,
+        teacher_head,
         labels=batch.labels,
         sample_weight=batch.sample_weight,
         mask=compat.keras_mask(outputs.student_logits),
         label_mask=batch.label_mask,
         student_loss_fn=distiller.student_loss_fn,
-        distillation_loss_fn=distiller.distillation_loss_fn,
-        temperature=ops.cast(distiller._temperature, "float32"),
+        distillation_loss_fn=None if outputs.teacher is None else loss_fn,
+        temperature=temperature,
         alpha=alpha,
         chunk_size=setup.chunk_size,
-        training=True,
+        training=training,
+        teacher_top_k=teacher_top_k,
     )
+    chunk_metrics = (result.correct, result.labelled)
+    if not training:  # `evaluation_terms`: `student.evaluate`'s loss.
+        return Terms(result.student_loss + regularization_loss(distiller.student),
+                     result.student_loss, chunk_metrics=chunk_metrics)
     loss = result.loss + regularization_loss(distiller.student)
     computed = ops.cast(alpha < 1.0, "float32") if outputs.teacher_may_skip else 1.0
     return Terms(loss, result.student_loss, result.distillation_loss, (), computed,
-                 (result.correct, result.labelled))
+                 chunk_metrics)
 
 
 def evaluation_forward(distiller, batch):
-    """The student alone, and the teacher only for teacher metrics."""
+    """The student alone, and the teacher only for teacher metrics. On the
+    chunked path the student's final hidden states (teacher metrics are
+    refused there), no logits."""
+    if getattr(distiller, "chunked", None) is not None:
+        inputs = distiller.student_inputs(batch.inputs)
+        return Outputs(distiller.chunked.student.hidden(inputs, False))
     student_logits = distiller.student_logits(batch.inputs, training=False)
     raw = None
     if distiller._teacher_metrics:  # Opt-in: only they make evaluate run the teacher.
@@ -188,7 +223,11 @@ def training_terms(distiller, batch, outputs, alpha):
 
 def evaluation_terms(distiller, batch, outputs):
     """`student.evaluate`'s loss: the hard loss plus regularisation, so that
-    `val_loss` can drive checkpoints and early stopping."""
+    `val_loss` can drive checkpoints and early stopping. On the chunked
+    path the same values, from the student's hidden states in chunks
+    (`chunked_objective` without a teacher)."""
+    if getattr(distiller, "chunked", None) is not None:
+        return _chunked_terms(distiller, batch, outputs, 1.0, training=False)
     student_loss = distiller.compute_student_loss(
         batch.labels, outputs.student_logits, batch.sample_weight, batch.label_mask)
     return Terms(student_loss + regularization_loss(distiller.student), student_loss)

@@ -399,3 +399,192 @@ def test_head_from_layers():
 
 def _cap(logits, cap):
     return logits if cap is None else ops.tanh(logits / cap) * cap
+
+
+# ---------------------------------------------------------------------------
+# A top-k teacher cache (`teacher_top_k`) in place of the teacher's hidden
+# states, and no teacher at all (the Distiller's evaluate).
+
+K = 4
+CACHE_TEMPERATURE = 2.0
+
+
+def top_k_cache(problem, k=K, temperature=CACHE_TEMPERATURE):
+    """The teacher's top-k cache of the problem, float64, as `top_k_logits`
+    writes it; `cache_temperature` per position as `top_k_dataset` gives."""
+    t = problem["teacher_hidden"] @ problem["teacher_kernel"] + problem["teacher_bias"]
+    indices = np.argsort(-t, axis=-1)[:, :k]
+    values = np.take_along_axis(t, indices, -1)
+    scaled = t / temperature
+    top = scaled.max(-1, keepdims=True)
+    log_normalizer = (top + np.log(np.exp(scaled - top).sum(-1, keepdims=True)))[:, 0]
+    return {"indices": indices.astype("int32"), "values": values,
+            "log_normalizer": log_normalizer, "cache_temperature": np.full(N, temperature),
+            "vocab_size": np.full(N, V, "int32")}
+
+
+def top_k_reference(problem, cache, tail, temperature, student=None):
+    """Float64 loss and per-position top-k KL (T**2 included), from the
+    definitions in `top_k_kl_divergence`'s docstring."""
+    hidden, kernel, bias = student or (
+        problem["student_hidden"], problem["student_kernel"], problem["student_bias"])
+    s = hidden @ kernel + bias
+    labels = problem["labels"]
+    valid = (labels >= 0) & (labels < V)
+    ce = np.where(valid, -log_softmax64(s)[np.arange(N), np.where(valid, labels, 0)], 0.0)
+    indices, values = cache["indices"], cache["values"]
+    if tail == "renormalize":
+        log_p = log_softmax64(values / temperature)
+        log_q = log_softmax64(np.take_along_axis(s, indices, -1) / temperature)
+        kl = np.sum(np.exp(log_p) * (log_p - log_q), -1)
+    else:
+        p = np.exp(values / temperature - cache["log_normalizer"][:, None])
+        q = np.take_along_axis(np.exp(log_softmax64(s / temperature)), indices, -1)
+        p_tail, q_tail = 1.0 - p.sum(-1), 1.0 - q.sum(-1)
+        kl = np.sum(p * np.log(p / q), -1) + p_tail * np.log(p_tail / q_tail)
+    kd = temperature**2 * kl
+    loss = np.sum(problem["weights"] * ce) + np.sum(problem["distillation_weights"] * kd)
+    return loss, ce, kd
+
+
+def run_top_k(problem, cache, loss, temperature, chunk_size, dtype="float32", training=True):
+    def fn(hidden, kernel, bias):
+        terms = chunked_distillation_loss(
+            hidden, LinearHead(kernel, bias), None, None,
+            problem["labels"], np.asarray(problem["weights"], dtype),
+            distillation_weights=np.asarray(problem["distillation_weights"], dtype),
+            divergence=loss, temperature=temperature, chunk_size=chunk_size,
+            training=training, teacher_top_k=cache,
+        )
+        return terms.loss, terms
+
+    value, grads, terms = value_and_gradients(
+        fn, [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]], dtype)
+    return float(value), grads, terms
+
+
+# (tail, temperature): "bin" at the cache's temperature (the only one it
+# takes), "renormalize" at another.
+TOP_K_CASES = [("bin", CACHE_TEMPERATURE), ("renormalize", 3.0)]
+
+
+@pytest.mark.parametrize("chunk_size", [3, 16])
+@pytest.mark.parametrize("tail,temperature", TOP_K_CASES)
+def test_top_k_cache_matches_float64_reference(problem, tail, temperature, chunk_size):
+    """Values, and gradients by central differences of the float64
+    definition, in float32 (what a Distiller computes)."""
+    cache = {key: (value.astype("float32") if value.dtype == np.float64 else value)
+             for key, value in top_k_cache(problem).items()}
+    loss = losses.get_distillation_loss(None)  # Not a TopKKLDivergence: refused.
+    with pytest.raises(ValueError, match="`divergence` must be a `TopKKLDivergence`"):
+        run_top_k(problem, cache, loss, temperature, chunk_size)
+    from keras_kd.distillation.top_k_loss import TopKKLDivergence
+
+    want, ce, kd = top_k_reference(problem, top_k_cache(problem), tail, temperature)
+    value, grads, terms = run_top_k(problem, cache, TopKKLDivergence(tail=tail), temperature,
+                                    chunk_size)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(terms.cross_entropy), ce, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(terms.distillation), kd, rtol=1e-5, atol=1e-6)
+    assert terms.teacher_cross_entropy is None
+    params = [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
+    step = 1e-6
+    for index, (got, array) in enumerate(zip(grads, params)):
+        numeric = np.zeros_like(array)
+        for position in np.ndindex(array.shape):
+            shifted = [[a.copy() for a in params] for _ in range(2)]
+            shifted[0][index][position] += step
+            shifted[1][index][position] -= step
+            numeric[position] = (
+                top_k_reference(problem, top_k_cache(problem), tail, temperature, shifted[0])[0]
+                - top_k_reference(problem, top_k_cache(problem), tail, temperature, shifted[1])[0]
+            ) / (2 * step)
+        np.testing.assert_allclose(got, numeric, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [K, V])
+@pytest.mark.parametrize("tail,temperature", TOP_K_CASES)
+def test_top_k_cache_equals_dense_top_k_loss_in_float64(problem, tail, temperature, k):
+    """Float64 throughout: the chunked values and gradients are those of
+    `top_k_kl_divergence` on materialised logits (autodiff), to 1e-10; with
+    k = vocab (no tail: the clamped branch) too."""
+    from keras_kd.distillation.top_k_loss import TopKKLDivergence
+    from keras_kd.distillation.top_k_loss import top_k_kl_divergence
+
+    cache = top_k_cache(problem, k=k)
+    labels = problem["labels"]
+    valid = (labels >= 0) & (labels < V)
+
+    def dense(hidden, kernel, bias):
+        logits = ops.matmul(hidden, kernel) + bias
+        kd = top_k_kl_divergence(
+            cache["indices"], cache["values"], cache["log_normalizer"], logits, temperature,
+            tail=tail, cache_temperature=CACHE_TEMPERATURE, precision="float64")
+        log_q = ops.log_softmax(logits, axis=-1)
+        picked = ops.take_along_axis(log_q, np.where(valid, labels, 0)[:, None], axis=-1)[:, 0]
+        ce = ops.where(valid, -picked, 0.0)
+        total = ops.sum(problem["weights"] * ce) + ops.sum(problem["distillation_weights"] * kd)
+        return total, (ce, kd)
+
+    params = [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
+    want, want_grads, (ce, kd) = value_and_gradients(dense, params, "float64")
+    value, grads, terms = run_top_k(
+        problem, cache, TopKKLDivergence(tail=tail, precision="float64"), temperature, 3,
+        dtype="float64")
+    np.testing.assert_allclose(value, float(want), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(terms.distillation), np.asarray(kd), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(terms.cross_entropy), np.asarray(ce), rtol=1e-10, atol=1e-12)
+    for got, expected in zip(grads, want_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    # Evaluation mode: the same values.
+    _, _, evaluated = run_top_k(
+        problem, cache, TopKKLDivergence(tail=tail, precision="float64"), temperature, 3,
+        dtype="float64", training=False)
+    np.testing.assert_allclose(np.asarray(evaluated.distillation), np.asarray(terms.distillation),
+                               rtol=1e-12)
+
+
+def test_top_k_cache_checks_as_the_dense_loss(problem):
+    """The dense loss's refusals: a tail="bin" temperature other than the
+    cache's, a cache of another vocabulary, a cache without a temperature."""
+    from keras_kd.distillation.top_k_loss import TopKKLDivergence
+
+    cache = {key: (value.astype("float32") if value.dtype == np.float64 else value)
+             for key, value in top_k_cache(problem).items()}
+    with pytest.raises(ValueError, match=r"cache_temperature=2\.0.*Received: temperature=3\.0"):
+        run_top_k(problem, cache, TopKKLDivergence(), 3.0, 4)
+    with pytest.raises(ValueError, match="vocabulary of 12 ids.*11 logits"):
+        run_top_k(problem, {**cache, "vocab_size": np.full(N, V + 1)}, TopKKLDivergence(),
+                  CACHE_TEMPERATURE, 4)
+    bare = {key: cache[key] for key in ("indices", "values", "log_normalizer")}
+    with pytest.raises(ValueError, match="carry no `cache_temperature`"):
+        run_top_k(problem, bare, TopKKLDivergence(), CACHE_TEMPERATURE, 4)
+    # Told the cache's temperature, hand-made rows are taken.
+    run_top_k(problem, bare, TopKKLDivergence(cache_temperature=CACHE_TEMPERATURE),
+              CACHE_TEMPERATURE, 4)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 16])
+def test_without_a_teacher_the_student_cross_entropy_alone(problem, chunk_size):
+    """`teacher_hidden`, `teacher_head` and `teacher_top_k` all None (the
+    Distiller's evaluate): the loss is `sum(weights * ce)`, its gradient the
+    cross-entropy's, the divergence 0."""
+
+    def fn(hidden, kernel, bias):
+        terms = chunked_distillation_loss(
+            hidden, LinearHead(kernel, bias), None, None, problem["labels"],
+            np.asarray(problem["weights"], "float32"),
+            distillation_weights=np.asarray(problem["distillation_weights"], "float32"),
+            divergence="not a loss: unread", chunk_size=chunk_size)
+        return terms.loss, terms
+
+    params = [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
+    value, grads, terms = value_and_gradients(fn, params)
+    alone = {**problem, "distillation_weights": np.zeros(N)}
+    want, ce, _ = reference(alone, DIVERGENCES[0][2], True)
+    np.testing.assert_allclose(float(value), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(terms.cross_entropy), ce, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(terms.distillation), np.zeros(N))
+    assert terms.teacher_cross_entropy is None
+    for got, expected in zip(grads, numeric_gradients(alone, DIVERGENCES[0][2], True)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -210,7 +210,7 @@ def test_cached_teacher_outputs_refused():
     distiller.compile(chunk_size=4)
     tokens, labels, _ = _data()
     batch = parse_batch((tokens, labels))._replace(teacher_outputs=np.zeros((BATCH, TIME, VOCAB)))
-    with pytest.raises(ValueError, match="cached teacher outputs.*without `chunk_size`"):
+    with pytest.raises(ValueError, match="cached dense teacher logits.*top-k cache.*without `chunk_size`"):
         objective.forward(distiller, batch, 0.5, True)
 
 
