@@ -242,3 +242,113 @@ def test_saved_distiller_keeps_chunked_path(tmp_path):
     assert loaded.chunked is not None and loaded.chunked.chunk_size == 5
     assert loaded.chunked.student.layer.name == "lm_head"
     loaded.fit(tokens, labels, sample_weight=weights, batch_size=2, epochs=1, verbose=0)
+
+
+# ---------------------------------------------------------------------------
+# A top-k teacher cache on the chunked path: the student's hidden states in
+# chunks against the cached ids, values and tail, as the dense Distiller.
+
+CACHE_TEMPERATURE = 2.0
+
+
+def _top_k_targets(teacher, tokens, labels, k=5):
+    """`targets(labels, teacher_top_k=...)` of the teacher's top k at the
+    cache temperature, per sample as `top_k_dataset` gives them."""
+    from keras_kd.distillation import top_k
+
+    indices, values, log_normalizer = top_k.top_k_logits(
+        teacher(tokens), k, temperature=CACHE_TEMPERATURE)
+    n = len(tokens)
+    cache = {"indices": np.asarray(indices), "values": np.asarray(values),
+             "log_normalizer": np.asarray(log_normalizer),
+             "cache_temperature": np.full(n, CACHE_TEMPERATURE, "float32"),
+             "vocab_size": np.full(n, VOCAB, "int32")}
+    return keras_kd_targets(labels, teacher_top_k=cache)
+
+
+def keras_kd_targets(labels, **kwargs):
+    from keras_kd import targets
+
+    return targets(labels, **kwargs)
+
+
+def _fit_top_k(make_models, chunk_size, reduction, loss, temperature, ignore_class=None,
+               data=None):
+    student, teacher = make_models()
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.05 if reduction == "sum" else 0.5),
+        student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=reduction, ignore_class=ignore_class),
+        distillation_loss_fn=loss, alpha=0.3, temperature=temperature, chunk_size=chunk_size,
+        metrics=["accuracy"])
+    tokens, labels, weights = (data or _data)()
+    y = _top_k_targets(teacher, tokens, labels)
+    # A dataset: Keras' array adapter takes no sample weights beside a nested `y`.
+    import tensorflow as tf
+
+    batches = tf.data.Dataset.from_tensor_slices((tokens, y, weights)).batch(2)
+    history = distiller.fit(batches, epochs=2, verbose=0)
+    evaluated = distiller.evaluate(tokens, labels, sample_weight=weights, batch_size=2,
+                                   verbose=0, return_dict=True)
+    return history.history, evaluated, [np.asarray(keras.ops.convert_to_numpy(v))
+                                        for v in student.trainable_variables]
+
+
+@pytest.mark.parametrize("tail,temperature,reduction,ignore_class", [
+    # tail="bin" with no temperature chosen: the cache's, as on the dense path.
+    ("bin", None, "sum_over_batch_size", None),
+    ("bin", CACHE_TEMPERATURE, "sum", 3),
+    ("renormalize", 3.0, "sum_over_batch_size", 3),
+])
+def test_top_k_cache_matches_dense(tail, temperature, reduction, ignore_class):
+    from keras_kd import TopKKLDivergence
+
+    results = {}
+    for name, chunk_size in (("dense", None), ("chunked", 5)):
+        loss = None if tail == "bin" and temperature is None else TopKKLDivergence(tail=tail)
+        results[name] = _fit_top_k(_functional_pair, chunk_size, reduction, loss, temperature,
+                                   ignore_class)
+    (dense_logs, dense_eval, dense_weights), (logs, evaluated, weights) = (
+        results["dense"], results["chunked"])
+    assert set(logs) == set(dense_logs) and float(dense_logs["distillation_loss"][0]) > 0.0
+    for key in dense_logs:
+        np.testing.assert_allclose(logs[key], dense_logs[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    for key in dense_eval:
+        np.testing.assert_allclose(evaluated[key], dense_eval[key], rtol=1e-5, atol=1e-6,
+                                   err_msg=key)
+    for got, want in zip(weights, dense_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_top_k_cache_with_keras_mask_matches_dense():
+    make = lambda: (_functional(8, 1, "student", mask_zero=True),  # noqa: E731
+                    _functional(12, 2, "teacher", mask_zero=True))
+
+    def data():
+        tokens, labels, weights = _data()
+        tokens[1, -2:] = 0  # Masked positions.
+        return tokens, labels, weights
+
+    dense = _fit_top_k(make, None, "sum", None, None, data=data)
+    chunked = _fit_top_k(make, 4, "sum", None, None, data=data)
+    for key in dense[0]:
+        np.testing.assert_allclose(chunked[0][key], dense[0][key], rtol=1e-5, atol=1e-6,
+                                   err_msg=key)
+    for got, want in zip(chunked[2], dense[2]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_top_k_cache_refusals_on_the_chunked_path():
+    """What the dense path refuses on a cache, the chunked path refuses:
+    another tail="bin" temperature; a loss that cannot read a cache."""
+    student, teacher = _functional_pair()
+    tokens, labels, _ = _data()
+    y = _top_k_targets(teacher, tokens, labels)
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(temperature=1.0, chunk_size=4)
+    with pytest.raises(ValueError, match=r"cache_temperature=2\.0.*Received: temperature=1\.0"):
+        distiller.train_on_batch(tokens, y)
+    distiller.compile(distillation_loss_fn="reverse_kl", chunk_size=4)
+    with pytest.raises(ValueError, match="cannot read.*TopKKLDivergence"):
+        distiller.train_on_batch(tokens, y)
