@@ -379,11 +379,18 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 (`keras_kd.distillation.chunked_models.model_head`) and
                 computes every term `chunk_size` positions at a time
                 (`chunked_objective`), so no `(batch, time, vocab)` logits
-                exist in training; losses, logs and updates equal the dense
-                path's. Needs a sparse cross-entropy student loss, one
-                online teacher, no hints, cache or `align_vocabulary`;
-                of the metrics only sparse accuracy, computed from the
-                chunks' hits. `evaluate` / `predict` stay dense.
+                exist in `fit` or `evaluate`; losses, logs and updates equal
+                the dense path's. A top-k teacher cache
+                (`targets(labels, teacher_top_k=...)`) is read chunk by
+                chunk against the student's hidden states, at the
+                temperature the dense path uses. `evaluate` runs the
+                student up to its hidden states and reports the dense
+                path's values (`student.evaluate`'s loss). `predict` (and
+                calling the distiller) returns the student's whole logits,
+                as Keras does. Needs a sparse cross-entropy student loss,
+                one teacher (online or a top-k cache; no ensemble, dense
+                logit cache, hints or `align_vocabulary`); of the metrics
+                only sparse accuracy, computed from the chunks' hits.
             student_head: With `chunk_size`, the name of the student's head
                 layer (default: a KerasHub CausalLM's token embedding, or
                 the model's last layer).
@@ -645,7 +652,9 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         The loss is `student.evaluate`'s. The metrics differ where the
         student loss has an `ignore_class` (or labels hold `UNLABELLED`):
         here they see the labelled positions only, while Keras' metrics
-        also count the positions its loss ignores.
+        also count the positions its loss ignores. On the chunked path
+        (`compile(chunk_size=...)`) the same values come from the
+        student's hidden states, `chunk_size` positions at a time.
         """
         self._check_x(x)
         self._retrace_while_metrics_unbuilt()

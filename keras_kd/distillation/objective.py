@@ -40,11 +40,13 @@ class Outputs(NamedTuple):
     """What the models gave for one batch.
 
     Attributes:
-        student_logits: The student's selected logits (with their Keras mask).
+        student_logits: The student's selected logits (with their Keras mask);
+            on the chunked path its final hidden states.
         student_features: The student's hint features, or `None`.
         teacher: The teacher side's raw outputs (`Teacher.__call__` or
             `from_cache`; a top-k dict), zeros when it was skipped, or
-            `None` (evaluation without teacher metrics).
+            `None` (evaluation without teacher metrics); on the chunked
+            path the teacher's final hidden states or a top-k dict.
         teacher_features: The teacher's hint features, or `None`.
         teacher_may_skip: Whether the teacher ran only for `alpha < 1`
             (then the distillation term counts only in those steps).
