@@ -11,6 +11,13 @@ vocabulary V and a number of positions N (hidden size 512):
 - chunked: `keras_kd.chunked.chunked_distillation_loss` on the hidden
   states, `--chunk-size` positions of logits at a time.
 
+`--step evaluate` measures what the Distiller's `evaluate` computes instead:
+the student's cross-entropy alone, no teacher and no gradient (dense: the
+student's `(N, V)` logits and Keras' sparse cross-entropy; chunked:
+`chunked_distillation_loss` without a teacher, `training=False`, as
+`Distiller.evaluate` runs it on the chunked path). The divergence column is
+then unused.
+
 Each configuration runs in its own process (compiled with `tf.function` on
 TensorFlow, `jax.jit` on JAX). Peak memory is the process's peak RSS
 (`resource.getrusage().ru_maxrss`); "step" memory is the peak minus the RSS
@@ -21,6 +28,7 @@ Usage:
     python benchmarks/memory.py --quick                  # small, < 6 GiB
     python benchmarks/memory.py                          # the full table
     python benchmarks/memory.py --configs 32768x4096,131072x2048
+    python benchmarks/memory.py --step evaluate --configs 131072x4096 --divergences forward_kl
     KERAS_BACKEND=jax python benchmarks/memory.py --quick
 """
 
@@ -88,7 +96,21 @@ def child(args):
             chunk_size=args.chunk_size,
         ).loss
 
-    objective = dense if args.method == "dense" else chunked
+    def dense_evaluate(student_hidden, kernel, teacher_hidden, teacher_kernel, labels, weights):
+        student = ops.matmul(student_hidden, kernel)
+        return ops.sum(weights * cross_entropy(labels, student))
+
+    def chunked_evaluate(student_hidden, kernel, teacher_hidden, teacher_kernel, labels, weights):
+        return chunked_distillation_loss(
+            student_hidden, LinearHead(kernel), None, None, labels, weights,
+            chunk_size=args.chunk_size, training=False,
+        ).loss
+
+    evaluate = args.step == "evaluate"
+    if evaluate:
+        objective = dense_evaluate if args.method == "dense" else chunked_evaluate
+    else:
+        objective = dense if args.method == "dense" else chunked
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -97,6 +119,9 @@ def child(args):
 
         @tf.function
         def step(*data):
+            if evaluate:  # Values only: no tape.
+                value = objective(*data)
+                return value, (value, value[None, None])
             with tf.GradientTape() as tape:
                 tape.watch(data[:2])
                 value = objective(*data)
@@ -111,7 +136,10 @@ def child(args):
         import jax
 
         data = [jax.device_put(x) for x in (student_hidden, kernel, teacher_hidden, teacher_kernel, labels, weights)]
-        step = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
+        if evaluate:
+            step = jax.jit(lambda *d: (objective(*d), (0.0, jax.numpy.zeros((1, 8)))))
+        else:
+            step = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
 
         def run():
             value, grads = step(*data)
@@ -144,6 +172,7 @@ def run_config(args, method, vocab, positions, divergence):
         "--method", method, "--vocab", str(vocab), "--positions", str(positions),
         "--divergence", divergence, "--hidden", str(args.hidden),
         "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats),
+        "--step", args.step,
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -171,6 +200,8 @@ def main():
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--step", choices=("train", "evaluate"), default="train",
+                        help="train: loss and gradient; evaluate: the student's loss alone, no gradient")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
@@ -182,7 +213,8 @@ def main():
     configs = parse_configs(args.configs) if args.configs else QUICK if args.quick else FULL
     methods = args.methods.split(",")
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    print(f"backend={backend} hidden={args.hidden} chunk_size={args.chunk_size} repeats={args.repeats}")
+    print(f"backend={backend} step={args.step} hidden={args.hidden} chunk_size={args.chunk_size} "
+          f"repeats={args.repeats}")
     header = f"{'divergence':<16}{'V':>8}{'N':>6}  {'method':<8}{'peak GiB':>9}{'step GiB':>9}{'ms':>9}"
     print(header + f"{'peak/dense':>11}{'step/dense':>11}{'time/dense':>11}")
     for divergence in args.divergences.split(","):

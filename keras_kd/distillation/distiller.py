@@ -727,8 +727,15 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             return dataset
 
         scope = self._input_pipeline_scope()
+        # Once per call: every epoch's iterator starts at index 0 again, and
+        # on JAX the values `scope` holds are gone after the first step
+        # (Keras' JAX trainer donates them): a second epoch's check read
+        # deleted arrays ("Array has been deleted").
+        checked_once = []
 
         def check(*flat):
+            if checked_once:
+                return True
             element = tf.nest.pack_sequence_as(spec, list(flat))
             inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(element)
             try:
@@ -737,6 +744,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             except Exception as error:  # Re-raised by `fit` as it is.
                 self._first_batch_error = error
                 raise
+            checked_once.append(True)
             return True
 
         # enumerate() gives (index, element): the element arrives whole, as

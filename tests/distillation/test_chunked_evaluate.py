@@ -57,19 +57,32 @@ def _distiller(chunk_size, reduction, ignore_class, mask_zero=False, regularized
 
 
 class _HeadCalls:
-    """Counts the head layer's calls on real (non-symbolic) tensors: the
-    whole-logit products of the student."""
+    """Counts the head layer's calls inside the evaluation step's forward
+    pass (`objective.evaluation_forward`): the whole-logit products of the
+    student. (Keras' symbolic build before the first step, a shape-only
+    trace, is not counted.)"""
 
-    def __init__(self, layer):
+    def __init__(self, layer, monkeypatch):
+        from keras_kd.distillation import objective
+
         self.count = 0
+        self.active = False
         original = layer.call
+        forward = objective.evaluation_forward
 
         def call(inputs, *args, **kwargs):
-            if not isinstance(inputs, keras.KerasTensor):
-                self.count += 1
+            self.count += self.active
             return original(inputs, *args, **kwargs)
 
+        def evaluation_forward(*args, **kwargs):
+            self.active = True
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                self.active = False
+
         layer.call = call
+        monkeypatch.setattr(objective, "evaluation_forward", evaluation_forward)
 
 
 @pytest.mark.parametrize("reduction,ignore_class,mask_zero,weighted,unlabelled", [
@@ -79,7 +92,7 @@ class _HeadCalls:
     ("mean_with_sample_weight", 5, True, True, False),
 ])
 def test_evaluate_matches_dense_and_student(reduction, ignore_class, mask_zero, weighted,
-                                            unlabelled):
+                                            unlabelled, monkeypatch):
     tokens, labels, weights = _data(ignore_class=ignore_class)
     if unlabelled:
         labels[10, 3:] = -1  # keras_kd.UNLABELLED: no student term, no accuracy.
@@ -87,7 +100,7 @@ def test_evaluate_matches_dense_and_student(reduction, ignore_class, mask_zero, 
     results = {}
     for name, chunk_size in (("dense", None), ("chunked", 3)):
         distiller = _distiller(chunk_size, reduction, ignore_class, mask_zero)
-        calls = _HeadCalls(distiller.student.get_layer("lm_head"))
+        calls = _HeadCalls(distiller.student.get_layer("lm_head"), monkeypatch)
         results[name] = distiller.evaluate(tokens, labels, sample_weight=sample_weight,
                                            batch_size=BATCH, verbose=0, return_dict=True)
         results[name + "_head_calls"] = calls.count
