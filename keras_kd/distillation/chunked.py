@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_kd.distillation.backend import runtime
 from keras_kd.distillation.divergences import GeneralizedJSD
 from keras_kd.distillation.divergences import ReverseKL
 from keras_kd.distillation.divergences import SkewKL
@@ -36,7 +37,6 @@ from keras_kd.distillation.losses import KLDivergenceWithTemperature
 from keras_kd.distillation.losses import SoftTargetCrossEntropy
 from keras_kd.distillation.losses import _softened_log_probabilities
 from keras_kd.distillation.losses import get_distillation_loss
-from keras_kd.distillation.backend import runtime
 from keras_kd.distillation.top_k_loss import CACHE_TEMPERATURE_KEY
 from keras_kd.distillation.top_k_loss import VOCAB_SIZE_KEY
 from keras_kd.distillation.top_k_loss import TopKKLDivergence
@@ -468,6 +468,12 @@ def chunked_distillation_loss(
     top_k = teacher_top_k is not None
     # No teacher at all: the student's cross-entropy alone (evaluation).
     student_only = not top_k and teacher_hidden is None and teacher_head is None
+    if not top_k and (teacher_hidden is None) != (teacher_head is None):
+        raise ValueError(
+            "Pass `teacher_hidden` and `teacher_head` together (or `teacher_top_k`, "
+            "or neither for the student's loss alone). Received: "
+            f"teacher_hidden={'None' if teacher_hidden is None else 'states'}, "
+            f"teacher_head={teacher_head!r}.")
     if student_only:
         loss = None
         precision = "float32"

@@ -586,5 +586,9 @@ def test_without_a_teacher_the_student_cross_entropy_alone(problem, chunk_size):
     np.testing.assert_allclose(np.asarray(terms.cross_entropy), ce, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(terms.distillation), np.zeros(N))
     assert terms.teacher_cross_entropy is None
+    head = LinearHead(problem["student_kernel"].astype("float32"))
+    with pytest.raises(ValueError, match="`teacher_hidden` and `teacher_head` together"):
+        chunked_distillation_loss(problem["student_hidden"].astype("float32"), head, None, head,
+                                  problem["labels"], problem["weights"])
     for got, expected in zip(grads, numeric_gradients(alone, DIVERGENCES[0][2], True)):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -88,7 +88,6 @@ class _HeadCalls:
 @pytest.mark.parametrize("reduction,ignore_class,mask_zero,weighted,unlabelled", [
     ("sum_over_batch_size", None, False, True, False),
     ("sum", 3, False, True, True),
-    ("sum_over_batch_size", None, True, False, False),
     ("mean_with_sample_weight", 5, True, True, False),
 ])
 def test_evaluate_matches_dense_and_student(reduction, ignore_class, mask_zero, weighted,
