@@ -206,3 +206,65 @@ def test_unlabelled_batch_and_bad_student_loss(batch):
     with pytest.raises(ValueError, match="from_logits=True"):
         chunked_objective(hidden, head, batch["teacher_hidden"], teacher, labels=batch["labels"],
                           student_loss_fn=keras.losses.SparseCategoricalCrossentropy())
+
+
+def _top_k_cache(batch, k=4):
+    """The teacher's top-k cache at TEMPERATURE, float32, per sample."""
+    t = batch["teacher_hidden"] @ batch["teacher_kernel"]
+    indices = np.argsort(-t, axis=-1)[..., :k]
+    scaled = t / TEMPERATURE
+    top = scaled.max(-1, keepdims=True)
+    return {
+        "indices": indices.astype("int32"),
+        "values": np.take_along_axis(t, indices, -1).astype("float32"),
+        "log_normalizer": (top + np.log(np.exp(scaled - top).sum(-1, keepdims=True)))[..., 0]
+        .astype("float32"),
+        "cache_temperature": np.full(B, TEMPERATURE, "float32"),
+        "vocab_size": np.full(B, V, "int32"),
+    }
+
+
+@pytest.mark.parametrize("tail", ["bin", "renormalize"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_top_k_cache_equals_dense_distiller_terms(batch, tail, reduction):
+    """With a top-k cache: `StudentTerm` and `DistillationTerm` on the
+    cache dict (`TopKKLDivergence.compute_top_k` on whole logits), with the
+    masks, per-position weights and each reduction; values and gradients."""
+    from keras_kd.distillation.top_k_loss import TopKKLDivergence
+
+    cache = _top_k_cache(batch)
+    loss_fn = TopKKLDivergence(tail=tail)
+    sample_weight = batch["per_position"].astype("float32")
+    student_loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=IGNORE, reduction=reduction)
+
+    def fn(hidden, kernel, bias):
+        result = chunked_objective(
+            hidden, LinearHead(kernel, bias), labels=batch["labels"],
+            sample_weight=sample_weight, mask=batch["mask"], label_mask=batch["label_mask"],
+            student_loss_fn=student_loss_fn, distillation_loss_fn=loss_fn,
+            temperature=TEMPERATURE, alpha=ALPHA, chunk_size=3, teacher_top_k=cache)
+        return result.loss, result
+
+    student_term = StudentTerm(student_loss_fn, default=False)
+    distillation_term = DistillationTerm(loss_fn, TEMPERATURE)
+    keras_mask = ops.convert_to_tensor(batch["mask"])
+
+    def dense(hidden, kernel, bias):
+        logits = ops.matmul(hidden, kernel) + bias
+        student = student_term(batch["labels"], logits, sample_weight, keras_mask,
+                               batch["label_mask"])
+        _, _, present = student_term.masks(batch["labels"], logits, keras_mask)
+        distillation = distillation_term(loss_fn, cache, logits, sample_weight, present,
+                                         student_term.reduction(logits))
+        return ALPHA * student + (1 - ALPHA) * distillation, (student, distillation)
+
+    value, grads, result = float_value_and_gradients(fn, params(batch))
+    want, want_grads, (student, distillation) = float_value_and_gradients(dense, params(batch))
+    assert float(distillation) > 0.0
+    np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(result.student_loss), float(student), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(result.distillation_loss), float(distillation), rtol=1e-5,
+                               atol=1e-6)
+    for got, expected in zip(grads, want_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
