@@ -389,7 +389,14 @@ def test_a_distiller_trains_the_same_from_the_chunked_cache(tokens, tmp_path):
         ).map(lambda xy, t: (xy[0], keras_kd.targets(xy[1], teacher_top_k=t)))
         distiller = keras_kd.Distiller(student=_student(), teacher=teacher)
         distiller.compile(optimizer=keras.optimizers.SGD(0.5), alpha=0.5, temperature=2.0)
-        histories[name] = distiller.fit(batches, epochs=2, verbose=0).history
+        # Two fits of one epoch, not one of two: on JAX a second epoch's
+        # first-batch check reads variable values the first epoch's steps
+        # donated (a Distiller issue of its own, not the cache's).
+        histories[name] = {key: [] for key in ("loss", "distillation_loss")}
+        for _ in range(2):
+            history = distiller.fit(batches, epochs=1, verbose=0).history
+            for key in histories[name]:
+                histories[name][key] += history[key]
         weights[name] = distiller.student.get_weights()
     assert float(histories["dense"]["distillation_loss"][0]) > 0.0
     for key in ("loss", "distillation_loss"):
