@@ -491,7 +491,7 @@ def _torch_forward(teacher, output, teacher_outputs, k, temperature):
     def forward(batch):
         batch = keras.tree.map_structure(np.asarray, batch)
         with torch.no_grad():
-            logits = _teacher_logits(teacher(batch, **kwargs), output, teacher_outputs)
+            logits = _teacher_logits(teacher, teacher(batch, **kwargs), output, teacher_outputs)
             return _top_k_in_keras_ops(logits, k, temperature), int(logits.shape[-1])
 
     return forward
