@@ -27,7 +27,9 @@ manifest (`top_k_reader`).
 
 `write_top_k_cache` runs the teacher once over the inputs, batch by batch,
 and writes a directory of `.npy` shards with a JSON manifest (fingerprints
-of the teacher's weights and of the inputs, checksums); `read_top_k_cache`
+of the teacher's weights and of the inputs, checksums); with `chunk_size`
+it takes the top k from the teacher's hidden states a chunk of positions
+at a time (`chunked_top_k`), never building a batch's full logits; `read_top_k_cache`
 checks it and memory-maps the shards; `top_k_dataset` streams it as a
 `tf.data.Dataset` of per-example (or per-batch) dicts to `zip` with the
 inputs, read by tf.data itself.
@@ -55,5 +57,6 @@ from keras_kd.distillation.top_k_reader import read_top_k_cache  # noqa: F401
 from keras_kd.distillation.top_k_reader import top_k_dataset  # noqa: F401
 from keras_kd.distillation.top_k_writer import DEFAULT_SHARD_TOKENS  # noqa: F401
 from keras_kd.distillation.top_k_writer import bytes_per_token  # noqa: F401
+from keras_kd.distillation.top_k_writer import chunked_top_k  # noqa: F401
 from keras_kd.distillation.top_k_writer import fingerprint_inputs  # noqa: F401
 from keras_kd.distillation.top_k_writer import write_top_k_cache  # noqa: F401

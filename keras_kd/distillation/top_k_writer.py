@@ -4,6 +4,11 @@
 `.npy` shards and a JSON manifest (the fingerprints of
 `keras_kd.distillation.fingerprints`, settings, checksums), opened again by
 `keras_kd.distillation.top_k_reader`.
+
+With `chunk_size`, the teacher runs to its final hidden states only
+(`keras_kd.distillation.chunked_models.model_head`) and the head's logits
+exist `chunk_size` positions at a time (`chunked_top_k`): a batch's
+`(batch, time, vocab)` logits are never built.
 """
 
 import json
@@ -17,9 +22,13 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_kd.distillation import chunked_models
 from keras_kd.distillation import outputs as outputs_module
 from keras_kd.distillation import teacher as teacher_module
 from keras_kd.distillation.cache import CacheError
+from keras_kd.distillation.chunked import LinearHead
+from keras_kd.distillation.chunked import _cap
+from keras_kd.distillation.chunked import validate_chunk_size
 from keras_kd.distillation.fingerprints import InputsHasher as _InputsHasher
 from keras_kd.distillation.fingerprints import fingerprint_model
 from keras_kd.distillation.fingerprints import flatten as _flatten
@@ -286,6 +295,194 @@ def _top_k_in_keras_ops(logits, k, temperature):
     return ops.cast(indices, "int32"), values, log_normalizer
 
 
+def chunked_top_k(hidden, head, k, temperature=1.0, chunk_size=1024):
+    """The top k of a head's logits and their log-normaliser, by chunks.
+
+    Equal to `top_k_logits(head logits of hidden, k, temperature)`, the
+    logits being `cap(hidden @ kernel + bias)` as the head's layer computes
+    them, but only `(chunk_size, vocab)` logits exist at once: the positions
+    are taken `chunk_size` at a time in one loop (`keras.ops.fori_loop`),
+    each chunk after the one before (TensorFlow would otherwise run up to
+    10 iterations of a `while` at once), and each chunk keeps only its top
+    `k` and `logsumexp(logits / temperature)`.
+
+    Written in `keras.ops`; compile it with the backend (`tf.function`,
+    `jax.jit`), as `write_top_k_cache` does.
+
+    Args:
+        hidden: `(..., hidden)` final hidden states, e.g. `(batch, time,
+            hidden)` from a causal LM's backbone.
+        head: The `keras_kd.distillation.chunked.LinearHead` of the model
+            (`LinearHead.from_layer(layer)`).
+        k: Logits kept per position, `1 <= k <= vocab`.
+        temperature: Temperature of the log-normaliser (default 1.0).
+        chunk_size: Positions whose logits are computed at once, a positive
+            integer.
+
+    Returns:
+        `(indices, values, log_normalizer)` as `top_k_logits` returns them:
+        int32 `(..., k)`, float32 `(..., k)` (descending) and float32
+        `(...)`.
+
+    Raises:
+        ValueError: for a bad `k`, `temperature` or `chunk_size`, or states
+            whose last axis is not the head's hidden size.
+
+    Example:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> hidden = rng.normal(size=(2, 5, 4)).astype("float32")
+    >>> kernel = rng.normal(size=(4, 11)).astype("float32")
+    >>> indices, values, log_normalizer = chunked_top_k(
+    ...     hidden, LinearHead(kernel), k=3, chunk_size=4)
+    >>> dense = top_k_logits(hidden @ kernel, 3)
+    >>> bool(np.all(np.asarray(indices) == np.asarray(dense[0])))
+    True
+    """
+    temperature = validate_temperature(temperature)
+    chunk_size = validate_chunk_size(chunk_size)
+    k = _validate_k(k, head.vocabulary_size)
+    hidden = ops.convert_to_tensor(hidden)
+    width = hidden.shape[-1] if len(hidden.shape) else None
+    if len(hidden.shape) < 2 or width != head.hidden_size:
+        raise ValueError(
+            f"The hidden states must be `(..., {head.hidden_size})` to match "
+            f"the head. Received: shape {tuple(hidden.shape)}. Pass the "
+            "states the head layer is called on."
+        )
+    kernel = ops.convert_to_tensor(head.kernel)
+    bias = None if head.bias is None else ops.convert_to_tensor(head.bias)
+    if "float" in str(hidden.dtype) and kernel.dtype != hidden.dtype:
+        # As Keras' autocasting does in the head layer's call under a
+        # mixed-precision policy: the matmul runs in the states' dtype.
+        kernel = ops.cast(kernel, hidden.dtype)
+        bias = None if bias is None else ops.cast(bias, hidden.dtype)
+    leading = ops.shape(hidden)[:-1]
+    rows = ops.reshape(hidden, (-1, width))
+    n = rows.shape[0]
+    if n is None:  # A traced batch of unknown size (TensorFlow).
+        n = ops.shape(rows)[0]
+        size = chunk_size
+        padding = ops.mod(-n, size)
+    else:
+        size = max(min(chunk_size, n), 1)
+        padding = -n % size
+    num_chunks = (n + padding) // size
+    rows = ops.pad(rows, [[0, padding], [0, 0]])
+    column = ops.zeros_like(ops.cast(rows[:, 0], "float32"))
+    block = column[:, None] + ops.zeros((k,), "float32")
+    zero = ops.zeros((), "int32")
+
+    def body(i, carry):
+        indices, values, log_normalizer, gate = carry
+        first = (ops.cast(i, "int32") + gate) * size
+        chunk = ops.slice(rows, [first, zero], [size, width])
+        logits = ops.cast(_cap(head.logits(chunk, kernel, bias), head.soft_cap), "float32")
+        top_values, top_indices = ops.top_k(logits, k, sorted=True)
+        chunk_normalizer = ops.logsumexp(logits / temperature, axis=-1)
+        indices = ops.slice_update(indices, [first, zero], ops.cast(top_indices, "int32"))
+        values = ops.slice_update(values, [first, zero], top_values)
+        log_normalizer = ops.slice_update(log_normalizer, [first], chunk_normalizer)
+        # Always 0, but known only once this chunk is done: the next chunk
+        # waits for it, so one chunk of logits exists at a time.
+        gate = ops.cast(ops.greater(chunk_normalizer[0], float("inf")), "int32")
+        return indices, values, log_normalizer, gate
+
+    init = (ops.cast(block, "int32"), block, column, zero)
+    indices, values, log_normalizer, _ = ops.fori_loop(0, num_chunks, body, init)
+    shape = tuple(leading)
+    return (
+        ops.reshape(indices[:n], shape + (k,)),
+        ops.reshape(values[:n], shape + (k,)),
+        ops.reshape(log_normalizer[:n], shape),
+    )
+
+
+def _teacher_hidden(head, batch):
+    hidden = head.hidden(batch, False)
+    if not hasattr(hidden, "shape") or isinstance(hidden, (dict, list, tuple)):
+        raise ValueError(
+            "The chunked writer needs the teacher's hidden states as one "
+            f"tensor; its hidden-state function returned a {type(hidden).__name__}. "
+            "Pass `teacher_head=` naming a head called on one tensor, or write "
+            "without `chunk_size`."
+        )
+    return hidden
+
+
+def _make_chunked_forward(teacher, head, k, temperature, chunk_size):
+    """The compiled chunked pass: a batch to its top k, from hidden states.
+
+    As `_make_forward`, per backend: a `tf.function`; a `jax.jit` of the
+    pass under a `keras.StatelessScope` holding the teacher's variables as
+    its arguments; the eager pass under `torch.no_grad()`. The head's
+    weights are read at every call, so a changed teacher is seen.
+    """
+    vocab = LinearHead.from_layer(head.layer).vocabulary_size
+
+    def top_k_of(batch):
+        linear = LinearHead.from_layer(head.layer)
+        hidden = _teacher_hidden(head, batch)
+        return chunked_top_k(hidden, linear, k, temperature, chunk_size)
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        def eager(batch):
+            batch = keras.tree.map_structure(np.asarray, batch)
+            with torch.no_grad():
+                return top_k_of(batch), vocab
+
+        return eager
+    if backend != "jax":
+        compiled = tf.function(top_k_of, reduce_retracing=True)
+        return lambda batch: (compiled(batch), vocab)
+
+    import jax
+
+    def stateless_pass(trainable, non_trainable, batch):
+        mapping = list(zip(teacher.trainable_variables, trainable))
+        mapping += list(zip(teacher.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping):
+            return top_k_of(batch)
+
+    jitted = jax.jit(stateless_pass)
+
+    def forward(batch):
+        batch = _distribute_batch(keras.tree.map_structure(np.asarray, batch))
+        state = (
+            [v.value for v in teacher.trainable_variables],
+            [v.value for v in teacher.non_trainable_variables],
+        )
+        return jitted(*state, batch), vocab
+
+    return forward
+
+
+def _chunked_head(teacher, teacher_head, output, teacher_outputs, chunk_size):
+    """The teacher's `ModelHead` for the chunked writer, or a clear error."""
+    if output is not None:
+        raise ValueError(
+            "`chunk_size` reads the teacher's one output head, so `output` "
+            f"must be None. Received: output={output!r}, chunk_size={chunk_size}. "
+            "Write without `chunk_size` to select an output."
+        )
+    if teacher_outputs == "probabilities":
+        raise ValueError(
+            f"`chunk_size={chunk_size}` computes the teacher's logits from its "
+            "head, but this teacher outputs probabilities (a softmax). Give it a "
+            "`Dense(vocab)` head without activation, or write without `chunk_size`."
+        )
+    try:
+        return chunked_models.model_head(teacher, teacher_head, "teacher_head")
+    except ValueError as error:
+        message = str(error).replace(
+            "train without `chunk_size`", "write without `chunk_size` (the dense writer)")
+        raise ValueError(f"write_top_k_cache(chunk_size={chunk_size}): {message}") from error
+
+
 def _torch_forward(teacher, output, teacher_outputs, k, temperature):
     import torch
 
@@ -294,7 +491,7 @@ def _torch_forward(teacher, output, teacher_outputs, k, temperature):
     def forward(batch):
         batch = keras.tree.map_structure(np.asarray, batch)
         with torch.no_grad():
-            logits = _teacher_logits(teacher(batch, **kwargs), output, teacher_outputs)
+            logits = _teacher_logits(teacher, teacher(batch, **kwargs), output, teacher_outputs)
             return _top_k_in_keras_ops(logits, k, temperature), int(logits.shape[-1])
 
     return forward
@@ -337,6 +534,8 @@ def write_top_k_cache(
     center_values=True,
     rebuild=False,
     teacher_outputs=None,
+    chunk_size=None,
+    teacher_head=None,
 ):
     """Runs a teacher once over the inputs and writes its top-k logits.
 
@@ -370,6 +569,18 @@ def write_top_k_cache(
     The directory is written under a temporary name beside `path` and
     renamed when complete, so an interrupted run leaves no partial cache.
 
+    With `chunk_size`, the teacher runs only to its final hidden states
+    (as `Distiller.compile(chunk_size=...)` finds them:
+    `keras_kd.distillation.chunked_models.model_head`, a KerasHub causal
+    LM's tied or untied token embedding with its logit soft-cap, or a
+    `Dense(vocab)` head), and its logits exist `chunk_size` positions at a
+    time (`chunked_top_k`), never for a whole batch: at a 128k vocabulary a
+    batch of 4,096 positions has 2 GiB of float32 logits. The cache is the
+    same as without `chunk_size` (the same ids, values within float32
+    rounding: the head's matmul is blocked otherwise), so `chunk_size` and
+    `teacher_head` are not part of the manifest's settings: a cache written
+    with either is reused by a call without them, and the other way round.
+
     Args:
         teacher: A Keras model returning logits `(batch, ..., vocab)`, e.g.
             a KerasHub `CausalLM` (`(batch, time, vocab)`).
@@ -402,13 +613,22 @@ def write_top_k_cache(
             `Distiller` decides. Probabilities are cached as their `log`
             (what the online Distiller distils from), so `k = vocab` gives
             the online loss; `"logits"` for a softmax teacher is refused.
+        chunk_size: `None` (default): the teacher's whole output. A positive
+            integer: the positions whose logits are computed at once, from
+            the teacher's hidden states (see above); `output` must then be
+            `None` and the teacher output logits.
+        teacher_head: With `chunk_size`, the name of the teacher's head
+            layer, a `Dense(vocab)` computing its only output (default: a
+            causal LM's token embedding, else the model's last layer), as
+            `Distiller.compile(teacher_head=...)`.
 
     Returns:
         The cache, opened by `read_top_k_cache` (a `TopKCache`).
 
     Raises:
         ValueError: for invalid arguments, empty inputs or a teacher output
-            that is not `(batch, ..., vocab)` logits.
+            that is not `(batch, ..., vocab)` logits; with `chunk_size`, for
+            a teacher whose head cannot be identified.
         CacheError: if `path` holds another cache and `rebuild` is `False`.
 
     Example:
@@ -424,6 +644,9 @@ def write_top_k_cache(
         xyw[0], keras_kd.targets(xyw[1], teacher_top_k=top_k), xyw[2])
     ).batch(8)
     distiller.fit(train)  # the default distillation loss reads the cache
+    # The same cache, 1,024 positions of logits at a time:
+    write_top_k_cache(teacher_lm, x, "teacher_top_k", k=16, batch_size=8,
+                      chunk_size=1024, rebuild=True)
     ```
     """
     temperature = validate_temperature(temperature)
@@ -441,6 +664,17 @@ def write_top_k_cache(
     path = os.fspath(path)
     teacher_outputs = teacher_module.resolve_teacher_outputs(
         teacher_outputs, [teacher], output, where="write_top_k_cache", keyword="output")
+    head = None
+    if chunk_size is not None:
+        chunk_size = validate_chunk_size(chunk_size)
+        head = _chunked_head(teacher, teacher_head, output, teacher_outputs, chunk_size)
+        _validate_k(k, LinearHead.from_layer(head.layer).vocabulary_size)
+    elif teacher_head is not None:
+        raise ValueError(
+            "`teacher_head` names the head the chunked writer reads, so it needs "
+            f"`chunk_size`. Received: teacher_head={teacher_head!r}, chunk_size=None. "
+            "Pass e.g. chunk_size=1024, or drop `teacher_head`."
+        )
     teacher_fingerprint = fingerprint_model(teacher)
     settings = {
         "teacher_outputs": teacher_outputs,
@@ -466,7 +700,10 @@ def write_top_k_cache(
         fingerprint = fingerprint_inputs(inputs, batch_size)
         return read_top_k_cache(path, teacher=teacher, inputs_fingerprint=fingerprint)
 
-    forward = _make_forward(teacher, output, teacher_outputs, k, temperature)
+    if head is None:
+        forward = _make_forward(teacher, output, teacher_outputs, k, temperature)
+    else:
+        forward = _make_chunked_forward(teacher, head, k, temperature, chunk_size)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(path) + ".tmp-")

@@ -119,12 +119,15 @@ def _opinionated_teacher():
     return teacher
 
 
-@pytest.mark.parametrize("values_dtype", ["float32", "float16"])
-def test_write_top_k_cache_runs_the_sharded_teacher(tmp_path, values_dtype):
+@pytest.mark.parametrize("values_dtype,chunk_size", [
+    ("float32", None), ("float16", None), ("float32", 5)])
+def test_write_top_k_cache_runs_the_sharded_teacher(tmp_path, values_dtype, chunk_size):
     """The sharded teacher's cache is the unsharded one's: the same ids, and
     values within float32 (measured: 2.9e-6 for values down to -9.2, another
     summation order of the sharded matmuls) or float16 storage (one float16
-    step of the value: 2.4e-4 measured)."""
+    step of the value: 2.4e-4 measured). With `chunk_size`, the sharded
+    teacher's chunked cache (hidden states, then the sharded head 5
+    positions at a time) is the unsharded dense one's."""
     from keras_kd.distillation.top_k import write_top_k_cache
 
     x, _, _ = token_batches()
@@ -134,8 +137,9 @@ def test_write_top_k_cache_runs_the_sharded_teacher(tmp_path, values_dtype):
         with distribution.scope() if distribution else contextlib.nullcontext():
             teacher = teacher_model()
             teacher.set_weights(weights)
-            written = write_top_k_cache(teacher, x, tmp_path / name, k=5, batch_size=8,
-                                        values_dtype=values_dtype)
+            written = write_top_k_cache(
+                teacher, x, tmp_path / name, k=5, batch_size=8, values_dtype=values_dtype,
+                chunk_size=chunk_size if distribution else None)
         caches.append(written)
         embeddings.append(teacher.backbone.token_embedding.embeddings.value.sharding)
     assert tuple(embeddings[1].spec) == ("model", "batch")
