@@ -362,18 +362,19 @@ def _cap(logits, soft_cap):
 
 
 def _row_layout(size):
-    """The data-parallel axis of the current `keras.distribution`, to split
-    the rows of each chunk along (`None` without a distribution, or when
-    `size` rows do not split evenly over it)."""
+    """The mesh axis along which the current `keras.distribution` splits a
+    batch (its `get_data_layout`), to split the rows of each chunk along:
+    `(mesh, axis)`, or `None` without a distribution, or when `size` rows
+    do not split evenly over that axis."""
     distribution = keras.distribution.distribution()
     if distribution is None:
         return None
-    try:
-        mesh = distribution.device_mesh
-        axis = distribution.batch_dim_name
-        shards = mesh.shape[list(mesh.axis_names).index(axis)]
-    except (AttributeError, ValueError):
+    layout = distribution.get_data_layout((size,))
+    axis = layout.axes[0] if layout is not None and layout.axes else None
+    mesh = getattr(layout, "device_mesh", None)
+    if axis is None or mesh is None:
         return None
+    shards = mesh.shape[list(mesh.axis_names).index(axis)]
     if shards <= 1 or size % shards:
         return None
     return mesh, axis
@@ -454,7 +455,9 @@ def chunked_distillation_loss(
         temperature: Softmax temperature of the divergence, a positive float
             or scalar tensor. The cross-entropy is at `T = 1`.
         chunk_size: Positions whose logits are computed at once, a positive
-            integer.
+            integer. Under `keras.distribution` these are positions of the
+            global batch, split along its data-parallel axis (each device
+            computes `chunk_size / shards` of them).
         training: Whether to compute the gradients (in the same pass as the
             values). `False` (evaluation, metrics) computes values only, and
             `loss` then has no gradient.
