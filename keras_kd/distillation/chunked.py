@@ -364,6 +364,36 @@ def _cap(logits, soft_cap):
     return ops.tanh(logits / soft_cap) * soft_cap
 
 
+def _row_layout(size):
+    """The mesh axis along which the current `keras.distribution` splits a
+    batch (its `get_data_layout`), to split the rows of each chunk along:
+    `(mesh, axis)`, or `None` without a distribution, or when `size` rows
+    do not split evenly over that axis."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return None
+    layout = distribution.get_data_layout((size,))
+    axis = layout.axes[0] if layout is not None and layout.axes else None
+    mesh = getattr(layout, "device_mesh", None)
+    if axis is None or mesh is None:
+        return None
+    shards = mesh.shape[list(mesh.axis_names).index(axis)]
+    if shards <= 1 or size % shards:
+        return None
+    return mesh, axis
+
+
+def _constrain(x, row_layout):
+    """`x` with its first axis split along the data-parallel axis
+    (`keras.distribution.distribute_tensor`: a sharding constraint in a
+    jitted step), the other axes whole on each device."""
+    if row_layout is None:
+        return x
+    mesh, axis = row_layout
+    layout = keras.distribution.TensorLayout([axis] + [None] * (len(x.shape) - 1), mesh)
+    return keras.distribution.distribute_tensor(x, layout)
+
+
 def chunked_distillation_loss(
     student_hidden,
     student_head,
@@ -433,7 +463,9 @@ def chunked_distillation_loss(
         temperature: Softmax temperature of the divergence, a positive float
             or scalar tensor. The cross-entropy is at `T = 1`.
         chunk_size: Positions whose logits are computed at once, a positive
-            integer.
+            integer. Under `keras.distribution` these are positions of the
+            global batch, split along its data-parallel axis (each device
+            computes `chunk_size / shards` of them).
         training: Whether to compute the gradients (in the same pass as the
             values). `False` (evaluation, metrics) computes values only, and
             `loss` then has no gradient.
@@ -528,7 +560,14 @@ def chunked_distillation_loss(
     vocab = student_head.vocabulary_size
 
     # Rows are padded to whole chunks with weight 0: every chunk has one
-    # static shape, so the loop runs as one `while` on both backends.
+    # static shape, so the loop runs as one `while` on both backends. The
+    # padded rows are laid out `(size, num_chunks, ...)`: chunk `i` is the
+    # rows `i, i + num_chunks, i + 2 num_chunks, ...` (`[:, i]`), so its
+    # positions come from the whole batch. Under `keras.distribution` the
+    # first axis is split along the data-parallel axis like the batch: each
+    # device computes the logits of its own share of every chunk (slicing
+    # consecutive rows of a batch-split array would make every device
+    # compute every position, on states gathered from all of them).
     n = student_hidden.shape[0]
     if n is None:
         n = ops.shape(student_hidden)[0]
@@ -539,10 +578,15 @@ def chunked_distillation_loss(
         size = max(min(chunk_size, n), 1)
         padding = -n % size
         num_chunks = (n + padding) // size
+    row_layout = _row_layout(size)
 
     def pad(x):
         widths = [[0, padding]] + [[0, 0]] * (len(x.shape) - 1)
-        return ops.pad(x, widths)
+        rows = ops.reshape(ops.pad(x, widths), (size, -1) + tuple(x.shape[1:]))
+        return _constrain(rows, row_layout)
+
+    def unpad(rows):
+        return ops.reshape(rows, (-1,) + tuple(rows.shape[2:]))[:n]
 
     if top_k:
         teacher_rows = tuple(pad(t) for t in teacher_tensors)
@@ -554,11 +598,12 @@ def chunked_distillation_loss(
 
     def start(i, rank):
         # One integer dtype for all: JAX with x64 refuses int32 and int64.
-        first = ops.cast(i * size, "int32")
-        return [first] + [ops.zeros((), "int32")] * (rank - 1)
+        zero = ops.zeros((), "int32")
+        return [zero, ops.cast(i, "int32")] + [zero] * (rank - 2)
 
     def chunk(x, i):
-        return ops.slice(x, start(i, len(x.shape)), [size] + list(x.shape[1:]))
+        piece = ops.slice(x, start(i, len(x.shape)), [size, 1] + list(x.shape[2:]))
+        return _constrain(ops.reshape(piece, (size,) + tuple(x.shape[2:])), row_layout)
 
     def chunk_terms(i, hidden_rows, kernel, bias, with_gradients):
         """Values of chunk `i`, and the loss's gradient w.r.t. its logits."""
@@ -624,14 +669,14 @@ def chunked_distillation_loss(
 
     def write(buffers, i, values):
         return tuple(
-            ops.slice_update(b, start(i, len(b.shape)), v)
+            ops.slice_update(b, start(i, len(b.shape)), ops.expand_dims(v, 1))
             for b, v in zip(buffers, values)
         )
 
     def run(hidden, kernel, bias_, with_gradients):
         """One loop over the chunks: loss, per-position values, gradients."""
         hidden_rows = pad(hidden)
-        zeros = ops.zeros_like(ops.cast(hidden_rows[:, 0], precision))
+        zeros = _constrain(ops.zeros_like(ops.cast(hidden_rows[..., 0], precision)), row_layout)
         # Loop state as a flat tuple: `None` is not a loop variable on every
         # backend, so the absent gradients are simply not carried.
         # `gate` is 0, computed from the previous chunk's last result: TF's
@@ -640,7 +685,7 @@ def chunked_distillation_loss(
         buffers = (zeros,) * (3 if top_k or student_only else 4)
         init = [ops.zeros((), precision), buffers, ops.zeros((), "int32")]
         if with_gradients:
-            init += [ops.zeros_like(hidden_rows), ops.zeros_like(kernel)]
+            init += [_constrain(ops.zeros_like(hidden_rows), row_layout), ops.zeros_like(kernel)]
             if bias_ is not None:
                 init.append(ops.zeros_like(bias_))
 
@@ -671,8 +716,8 @@ def chunked_distillation_loss(
             return tuple(carry_out)
 
         result = ops.fori_loop(0, num_chunks, body, tuple(init))
-        values = tuple(ops.stop_gradient(v[:n]) for v in result[1])
-        gradients = () if not with_gradients else (result[3][:n],) + tuple(result[4:])
+        values = tuple(ops.stop_gradient(unpad(v)) for v in result[1])
+        gradients = () if not with_gradients else (unpad(result[3]),) + tuple(result[4:])
         return (result[0],) + values, gradients
 
     def forward_and_gradients(hidden, kernel, *maybe_bias):
