@@ -170,6 +170,13 @@ def main():
         return
     pythons = {"tensorflow": args.tf_python, "jax": args.jax_python}
     results, notes = [], []
+
+    def save():
+        # After every child: a long run stopped early keeps what it measured.
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+
     start_load = os.getloadavg()[0]
     if "e1" in args.workloads:
         for round_index in range(args.rounds):
@@ -179,6 +186,7 @@ def main():
                           flush=True)
                     results.append(run_child(pythons[backend], backend,
                                              ["e1", config, "--epochs", str(args.epochs)]))
+                    save()
         notes.append(f"\ne1: ms per training step, median of {args.rounds} round(s) of "
                      f"child processes, each the median of {args.epochs} timed epochs after a "
                      "warm-up; batch 64, 8,000 digits.")
@@ -189,6 +197,7 @@ def main():
                              ["lm", "--lm-steps", str(args.lm_steps),
                               "--lm-rounds", str(args.lm_rounds)])
             results.extend(rows)
+            save()
             load = rows[0]["load"]
             notes.append(f"lm {backend}: rounds (ms per step) " + "; ".join(
                 f"{row['config']} {', '.join(f'{v:.1f}' for v in row['rounds'])}"
@@ -199,9 +208,6 @@ def main():
     notes.append(f"1-minute load: {start_load:.1f} at the start, "
                  f"{os.getloadavg()[0]:.1f} at the end.")
     report(results, args.backends, args.workloads, notes)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
