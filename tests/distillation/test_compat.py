@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_mlp
+from conftest import tensorflow_only
 
 from keras_kd.distillation import compat
 
 
+@tensorflow_only("TF op determinism is a TensorFlow setting")
 def test_model_supports_jit_follows_layers_and_determinism(library_defaults):
     model = make_mlp([4])
     assert compat.model_supports_jit(model) is True
@@ -75,6 +77,7 @@ def test_producing_layer_of_a_functional_output():
     assert compat.producing_layer(model.outputs[0]) is layer
 
 
+@tensorflow_only("tf.distribute strategies")
 def test_model_strategy_is_none_outside_a_strategy_and_set_inside():
     assert compat.model_strategy(make_mlp([4])) is None
     with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
@@ -100,6 +103,7 @@ def test_seed_generator_states_of_random_layers():
     assert len(states) == 1 and "seed_generator_state" in states[0].path
 
 
+@tensorflow_only("the TF trainer's hook; JAX's are pinned below")
 def test_maybe_symbolic_build_is_the_keras_hook_the_distiller_overrides(tiny_data, monkeypatch):
     """The Distiller overrides Keras' private `_maybe_symbolic_build` (the
     multi-worker fix): a rename or new signature in Keras fails here."""
