@@ -150,8 +150,13 @@ def _pipeline(dataset, steps, batched=False):
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def build_configurations(vocabulary, x, y, weight, cache_root, jit_compile, top_ks):
-    """`({name: (model, dataset)}, {k: cache info})`, compiled, not yet run."""
+def build_configurations(vocabulary, x, y, weight, cache_root, jit_compile, top_ks,
+                         variants=True):
+    """`({name: (model, dataset)}, {k: cache info})`, compiled, not yet run.
+
+    `variants=False` leaves out the first k's "paired per example" and
+    "cache in memory" configurations (benchmarks/backends.py).
+    """
     import keras
     import numpy as np
     import tensorflow as tf
@@ -205,7 +210,7 @@ def build_configurations(vocabulary, x, y, weight, cache_root, jit_compile, top_
             lambda e, t: (e[0], keras_kd.targets(e[1], teacher_top_k=t), e[2])), steps,
             batched=True)
         configurations[f"keras_kd top-{k}"] = (distiller(), data)
-        if k == top_ks[0]:
+        if variants and k == top_ks[0]:
             # Paired per example (unbatched, then batched): the pipeline an
             # example-level shuffle needs.
             zipped = tf.data.Dataset.zip(examples, top_k.top_k_dataset(path, teacher=teacher))

@@ -93,6 +93,47 @@ def test_commands_print_no_tensorflow_log_lines(demo_run):
     assert "+ transfer set" in completed.stdout
 
 
+def test_demo_runs_on_jax(tmp_path):
+    """`KERAS_BACKEND=jax keras-kd demo` at the smallest settings, in a fresh
+    process: the same table, quiet, a student above chance whose saved
+    file predicts (in this process, on this process's backend) the
+    accuracy the run reported."""
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed in this Python (pip install jax[cpu])")
+    output = tmp_path / "demo"
+    completed = subprocess.run(
+        [sys.executable, "-c", "import keras_kd_cli, sys; sys.exit(keras_kd_cli.main())",
+         *DEMO, "--output", str(output)], capture_output=True, text=True, timeout=900,
+        env={**USER_ENVIRONMENT, "KERAS_BACKEND": "jax"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for noise in TENSORFLOW_NOISE:
+        assert noise not in completed.stdout + completed.stderr, completed.stderr[-3000:]
+    assert "+ transfer set" in completed.stdout
+    results = json.loads((output / "results.json").read_text())
+    scenarios = results["scenarios"]
+    assert [(r["labels"], r["unlabelled"]) for r in scenarios] == [(40, 0), (40, 360), (400, 0)]
+    # Chance is 0.10 on ten digit classes.
+    assert scenarios[0]["teacher"] > 0.2
+    assert all(row["distilled"] > 0.2 and row["scratch"] > 0.2 for row in scenarios)
+
+    import keras
+
+    from keras_kd.data import datasets
+    from keras_kd.studies import few_labels
+
+    student = keras.models.load_model(output / "student.keras")
+    assert student.count_params() == 20_490
+    _, (x_test, y_test) = datasets.load_preprocessed(limit=400)
+    accuracy = few_labels.top1_accuracy(student, x_test, y_test)
+    # On another backend float32 rounding may flip a digit or two of 2,000.
+    same_backend = keras.backend.backend() == "jax"
+    assert accuracy == pytest.approx(
+        scenarios[1]["distilled"], abs=1e-9 if same_backend else 2.5 / len(y_test))
+
+
 @pytest.mark.parametrize("arguments", [["--help"], ["demo", "--help"], ["distill", "--help"]])
 def test_help_answers_without_importing_tensorflow(arguments):
     code = (

@@ -4,12 +4,15 @@ name, instead of deep inside a training run."""
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import make_mlp
+from conftest import tensorflow_only
 
 from keras_kd.distillation import compat
 
 
+@tensorflow_only("TF op determinism is a TensorFlow setting")
 def test_model_supports_jit_follows_layers_and_determinism(library_defaults):
     model = make_mlp([4])
     assert compat.model_supports_jit(model) is True
@@ -74,6 +77,7 @@ def test_producing_layer_of_a_functional_output():
     assert compat.producing_layer(model.outputs[0]) is layer
 
 
+@tensorflow_only("tf.distribute strategies")
 def test_model_strategy_is_none_outside_a_strategy_and_set_inside():
     assert compat.model_strategy(make_mlp([4])) is None
     with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
@@ -99,6 +103,7 @@ def test_seed_generator_states_of_random_layers():
     assert len(states) == 1 and "seed_generator_state" in states[0].path
 
 
+@tensorflow_only("the TF trainer's hook; JAX's are pinned below")
 def test_maybe_symbolic_build_is_the_keras_hook_the_distiller_overrides(tiny_data, monkeypatch):
     """The Distiller overrides Keras' private `_maybe_symbolic_build` (the
     multi-worker fix): a rename or new signature in Keras fails here."""
@@ -127,3 +132,95 @@ def test_maybe_symbolic_build_is_the_keras_hook_the_distiller_overrides(tiny_dat
     distiller.fit(x[:8], y[:8], batch_size=8, verbose=0)
     assert calls  # Keras' fit still calls the hook.
     assert compat.symbolic_build_arguments(distiller, None, "batch") == (None, "batch")
+
+
+jax_only = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason=f"Keras' JAX trainer internals ({keras.backend.backend()} backend)")
+
+
+@jax_only
+def test_jax_get_state_is_the_keras_hook_the_jax_steps_override(tiny_data, monkeypatch):
+    """`JAXSteps` overrides Keras' private `_get_jax_state` and reads its
+    `purge_model_variables` keyword (`compat.JAX_GET_STATE`): a rename, a new
+    keyword or `fit` no longer purging through it fails here, by name."""
+    import inspect
+
+    from keras.src.backend.jax.trainer import JAXTrainer
+
+    from keras_kd import Distiller
+    from keras_kd.distillation.backend.jax import JAXSteps
+
+    hook = getattr(JAXTrainer, compat.JAX_GET_STATE, None)
+    assert hook is not None, f"keras JAXTrainer has no {compat.JAX_GET_STATE}"
+    parameters = set(inspect.signature(hook).parameters)
+    assert {"trainable_variables", "non_trainable_variables", "optimizer_variables",
+            "metrics_variables", "purge_model_variables"} <= parameters, parameters
+    assert compat.JAX_GET_STATE in vars(JAXSteps)  # The Distiller's JAX steps.
+    assert issubclass(Distiller, JAXSteps)
+    assert callable(getattr(JAXSteps, "_variables_restored"))
+
+    calls = []
+    original = getattr(JAXTrainer, compat.JAX_GET_STATE)
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("purge_model_variables"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(JAXTrainer, compat.JAX_GET_STATE, spy)
+    x, y = tiny_data
+    distiller = Distiller(student=make_mlp([4]), teacher=make_mlp([8]))
+    distiller.compile()
+    distiller.fit(x[:8], y[:8], batch_size=8, verbose=0)
+    # Keras' fit empties the variables through the hook the steps override.
+    assert True in calls, calls
+
+
+@jax_only
+def test_stored_value_is_none_while_keras_jax_trainer_holds_the_state():
+    """`compat.stored_value` / `restore_value` read and write
+    `variable._value`, which Keras' JAX trainer empties (`None`) while its
+    state holds the values; the Distiller's `_variables_restored` gives them
+    back after a loop that failed before its first write-back."""
+    model = make_mlp([4])
+    model.compile("sgd", "mse")
+    before = [v.numpy() for v in model.trainable_variables]
+    values = [compat.stored_value(v) for v in model.trainable_variables]
+    assert all(value is not None for value in values)
+    (state,) = getattr(model, compat.JAX_GET_STATE)(
+        trainable_variables=True, purge_model_variables=True)
+    assert len(state) == len(before)
+    assert all(compat.stored_value(v) is None for v in model.trainable_variables)
+    for variable, value in zip(model.trainable_variables, values):
+        compat.restore_value(variable, value)
+    for variable, expected in zip(model.trainable_variables, before):
+        np.testing.assert_array_equal(variable.numpy(), expected)
+
+
+@jax_only
+def test_a_step_refused_while_tracing_leaves_the_distillers_variables_usable(tiny_data):
+    """Keras' JAX `fit` purges the variables and writes them back only after
+    a step: a step refused while it is traced (here a subclass hook's
+    error) would leave them `None` without `_variables_restored` (the reason
+    for the three internals)."""
+    from keras_kd import Distiller
+
+    class Refusing(Distiller):
+        refuse = True
+
+        def compute_distillation_loss(self, *args, **kwargs):
+            if self.refuse:
+                raise ValueError("refused")
+            return super().compute_distillation_loss(*args, **kwargs)
+
+    x, y = tiny_data
+    distiller = Refusing(student=make_mlp([4]), teacher=make_mlp([8]))
+    distiller.compile()
+    weights = [v.numpy() for v in distiller.student.trainable_variables]
+    with pytest.raises(ValueError, match="refused"):
+        distiller.fit(x[:8], y[:8], batch_size=8, verbose=0)
+    assert [v.path for v in distiller.variables if compat.stored_value(v) is None] == []
+    for variable, expected in zip(distiller.student.trainable_variables, weights):
+        np.testing.assert_array_equal(variable.numpy(), expected)
+    distiller.refuse = False
+    distiller.fit(x[:8], y[:8], batch_size=8, verbose=0)  # Still trains.
