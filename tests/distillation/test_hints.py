@@ -99,9 +99,10 @@ def test_each_method_has_finite_gradients(method):
     f_t = np.maximum(rng.normal(size=(6, 4, 4, 3) if method == "fitnet" else (6, 2, 2, 5)), 0.0)
     f_s[1] = 0.0  # A sample whose feature is all zero (dead ReLUs).
     hint = hints.FeatureHint("a", "b", method=method)
-    value, (g_s, g_t), _ = value_and_gradients(
-        lambda s, t: (hint.loss(s, t), None), [f_s, f_t])
-    assert np.all(np.isfinite(g_s)) and np.all(np.isfinite(g_t)), method
+    # The student's side (the teacher's features take no gradient).
+    value, (g_s,), _ = value_and_gradients(
+        lambda s: (hint.loss(s, np.float32(f_t)), None), [f_s])
+    assert np.all(np.isfinite(g_s)), method
     assert np.any(g_s != 0.0)
     np.testing.assert_allclose(float(value), REFERENCES[method](f_s, f_t), rtol=2e-4, atol=1e-7)
 
