@@ -179,3 +179,14 @@ def restore_value(variable, value):
     """Gives an emptied variable its value back, as Keras' JAX trainer's
     state sync would."""
     variable._value = value
+
+
+def value_lost(variable):
+    """True when a variable has neither a value nor an initializer to make
+    one: Keras' JAX trainer emptied it and the step that held its value
+    failed (the donated value is deleted)."""
+    value = variable._value
+    if value is None:
+        return getattr(variable, "_initializer", None) is None
+    is_deleted = getattr(value, "is_deleted", None)
+    return bool(is_deleted is not None and is_deleted())

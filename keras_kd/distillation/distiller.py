@@ -683,6 +683,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         return not integer and rank >= 2 and np.shape(labels)[-1] != 1
 
     def _check_x(self, x):
+        self._check_state_usable()
         # A subclass with its own `student_inputs` feeds the student
         # something else than `x`: nothing to compare.
         if type(self).student_inputs is Distiller.student_inputs:

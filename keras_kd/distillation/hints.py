@@ -28,6 +28,7 @@ connector.
 import keras
 from keras import ops
 
+from keras_kd.distillation.logit_methods import sqrt_zero_gradient_at_zero
 from keras_kd.distillation.outputs import select_output
 from keras_kd.distillation.outputs import symbolic_outputs
 
@@ -142,8 +143,11 @@ def _flat(feature):
 
 
 def _l2_normalize(x, axis=-1, eps=1e-12):
-    # torch.nn.functional.normalize: x / max(||x||, eps).
-    return x / ops.maximum(ops.sqrt(ops.sum(x * x, axis=axis, keepdims=True)), eps)
+    # torch.nn.functional.normalize: x / max(||x||, eps), written as
+    # x / sqrt(max(||x||**2, eps**2)) (the same value): the square root never
+    # sees 0, whose infinite derivative times max's zero is NaN on JAX (the
+    # zero vectors of RKD's differences of a sample with itself).
+    return x / ops.sqrt(ops.maximum(ops.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
 def fitnet_loss(student_feature, teacher_feature):
@@ -216,7 +220,10 @@ def pkt_loss(student_feature, teacher_feature, eps=1e-7):
     """Probabilistic knowledge transfer: KL of cosine-similarity kernels."""
     def kernel(feature):
         flat = _flat(feature)
-        flat = flat / (ops.sqrt(ops.sum(flat * flat, axis=1, keepdims=True)) + eps)
+        # The square root's gradient is 0, not NaN, at a zero row (a sample
+        # whose ReLUs are all off) on JAX too.
+        flat = flat / (sqrt_zero_gradient_at_zero(ops.sum(flat * flat, axis=1, keepdims=True))
+                       + eps)
         similarity = (ops.matmul(flat, ops.transpose(flat)) + 1.0) / 2.0
         return similarity / ops.sum(similarity, axis=1, keepdims=True)
 

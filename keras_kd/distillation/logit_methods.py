@@ -196,8 +196,8 @@ class DIST(DistillationLoss):
 
     @staticmethod
     def _pearson(a, b, axis, eps=1e-8):
-        a = a - ops.mean(a, axis=axis, keepdims=True)
-        b = b - ops.mean(b, axis=axis, keepdims=True)
+        a = a - _mean(a, axis=axis, keepdims=True)
+        b = b - _mean(b, axis=axis, keepdims=True)
         norms = sqrt_zero_gradient_at_zero(ops.sum(a * a, axis=axis)) * sqrt_zero_gradient_at_zero(
             ops.sum(b * b, axis=axis))
         return ops.sum(a * b, axis=axis) / (norms + eps)
@@ -210,12 +210,20 @@ class DIST(DistillationLoss):
         y_s = ops.softmax(ops.reshape(student_logits, (-1, classes)) / temperature, axis=-1)
         y_t = ops.softmax(ops.reshape(teacher_logits, (-1, classes)) / temperature, axis=-1)
         inter = 1.0 - self._pearson(y_s, y_t, axis=1)
-        intra = 1.0 - ops.mean(self._pearson(y_s, y_t, axis=0))
+        intra = 1.0 - _mean(self._pearson(y_s, y_t, axis=0), axis=0)
         values = temperature**2 * (self.beta * inter + self.gamma * intra)
         return ops.reshape(values, leading)
 
     def get_config(self):
         return {**super().get_config(), "beta": self.beta, "gamma": self.gamma}
+
+
+def _mean(x, axis, keepdims=False):
+    # `ops.mean` in `x`'s dtype: Keras' JAX `mean` computes float64 in
+    # float32 (`result_type(x.dtype, "float32")`), which `precision=
+    # "float64"` must not.
+    count = ops.cast(ops.shape(x)[axis], x.dtype)
+    return ops.sum(x, axis=axis, keepdims=keepdims) / count
 
 
 def sqrt_zero_gradient_at_zero(x):

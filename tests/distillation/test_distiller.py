@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_mlp
+from conftest import numpy
+from conftest import tensorflow_only
 
 import keras_kd
 from keras_kd import Distiller
+
+
+# JAX refuses a tf.distribute strategy (tests/distillation/test_backends.py);
+# its keras.distribution counterparts are tests/distribution.
+mirrored_strategy_only = tensorflow_only("a tf.distribute strategy")
 
 
 def softmax64(z):
@@ -60,7 +67,7 @@ def test_predict_and_call_give_student_outputs(tiny_data):
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        distiller(x).numpy(), distiller.student(x).numpy(), rtol=1e-6
+        numpy(distiller(x)), numpy(distiller.student(x)), rtol=1e-6
     )
 
 
@@ -236,6 +243,7 @@ def test_reported_losses_are_epoch_means(tiny_data):
     )
 
 
+@mirrored_strategy_only
 @pytest.mark.parametrize("cached", [False, True])
 def test_mirrored_strategy_matches_one_device(cached):
     """Two replicas give the same update as one device at the same global
@@ -548,12 +556,12 @@ def test_mixed_precision_loss_matches_float32(tiny_data, policy):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_loss_on_low_precision_logits_is_computed_in_float32(dtype):
     rng = np.random.default_rng(13)
-    teacher = tf.cast(rng.normal(size=(32, 10)) * 5, dtype)
-    student = tf.cast(rng.normal(size=(32, 10)) * 5, dtype)
+    teacher = keras.ops.cast(rng.normal(size=(32, 10)) * 5, dtype)
+    student = keras.ops.cast(rng.normal(size=(32, 10)) * 5, dtype)
     distiller = make_distiller(temperature=20.0)
     value = float(distiller.compute_distillation_loss(teacher, student))
-    t64 = tf.cast(teacher, "float64").numpy()
-    s64 = tf.cast(student, "float64").numpy()
+    t64 = numpy(keras.ops.cast(teacher, "float64"))
+    s64 = numpy(keras.ops.cast(student, "float64"))
     log_t = np.log(softmax64(t64 / 20))
     log_s = np.log(softmax64(s64 / 20))
     expected = 400 * np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=1))
@@ -608,6 +616,8 @@ def test_steps_per_execution_gives_the_same_weights(tiny_data, cached, steps_per
     assert history == reference_history
 
 
+@tensorflow_only("tf.function's jit_compile rule, under op determinism and a MirroredStrategy "
+                 "(on JAX every step is jax.jit-compiled)")
 def test_xla_follows_keras_rule_and_trains_like_plain_tf():
     """`jit_compile="auto"` is Keras' rule (off on CPU-only machines, as for
     the student alone); `jit_compile=True` turns XLA on and trains to the
@@ -685,6 +695,7 @@ def test_unlabelled_samples_get_only_the_distillation_term(tiny_data, one_hot):
     np.testing.assert_allclose(logs["loss"], 0.5 * hard + 0.5 * soft, rtol=1e-5)
 
 
+@mirrored_strategy_only
 def test_mixed_labels_under_mirrored_strategy_match_one_device():
     """Replicas see different numbers of labelled samples; the hard term is
     still the mean over the global batch's labelled samples."""

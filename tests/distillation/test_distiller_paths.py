@@ -317,7 +317,9 @@ def test_dataset_of_unknown_rank_adds_no_error_of_ours(library_defaults, model_k
     )
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(optimizer=keras.optimizers.SGD(0.0))
-    if model_kind == "sequential":
+    # Keras' JAX trainer feeds the step NumPy batches of known shape: there
+    # the Sequential trains as the reshaping model does.
+    if model_kind == "sequential" and keras.backend.backend() == "tensorflow":
         with pytest.raises(ValueError, match="unknown rank") as error:
             distiller.fit(dataset, verbose=0)
         assert "Sequential" in str(error.value)

@@ -4,6 +4,8 @@ connectors that belong to the distiller, one student forward pass."""
 import keras
 import numpy as np
 import pytest
+from conftest import numpy
+from conftest import value_and_gradients
 
 import keras_kd
 from keras_kd.distillation import hints
@@ -86,6 +88,25 @@ def test_each_method_equals_its_reference(method):
     assert hint.weight == hints.DEFAULT_WEIGHTS[method]
 
 
+@pytest.mark.parametrize("method", sorted(REFERENCES))
+def test_each_method_has_finite_gradients(method):
+    """RKD's angles normalise each sample's difference with itself, a zero
+    vector: its gradient was NaN on JAX (the square root's infinite
+    derivative at 0, times the zero of `max(norm, eps)`), and an SGD step,
+    even at learning rate 0, made the student's weights NaN."""
+    rng = np.random.default_rng(1)
+    f_s = np.maximum(rng.normal(size=(6, 4, 4, 3)), 0.0)
+    f_t = np.maximum(rng.normal(size=(6, 4, 4, 3) if method == "fitnet" else (6, 2, 2, 5)), 0.0)
+    f_s[1] = 0.0  # A sample whose feature is all zero (dead ReLUs).
+    hint = hints.FeatureHint("a", "b", method=method)
+    # The student's side (the teacher's features take no gradient).
+    value, (g_s,), _ = value_and_gradients(
+        lambda s: (hint.loss(s, np.float32(f_t)), None), [f_s])
+    assert np.all(np.isfinite(g_s)), method
+    assert np.any(g_s != 0.0)
+    np.testing.assert_allclose(float(value), REFERENCES[method](f_s, f_t), rtol=2e-4, atol=1e-7)
+
+
 @keras.saving.register_keras_serializable(package="keras_kd_tests")
 class Counting(keras.layers.Layer):
     calls = 0
@@ -129,7 +150,7 @@ def test_fitnet_connector_belongs_to_the_distiller(tmp_path, images):
     # The hint's value, with the connector in training mode (batch statistics).
     s_feat = keras.Model(student.input, student.get_layer("s_conv").output)(x)
     t_feat = keras.Model(teacher.input, teacher.get_layer("t_conv2").output)(x)
-    expected = 100 * np.mean((connector(s_feat, training=True).numpy() - t_feat.numpy()) ** 2)
+    expected = 100 * np.mean((numpy(connector(s_feat, training=True)) - numpy(t_feat)) ** 2)
     calls = Counting.calls
     logs = distiller.train_on_batch(x, y, return_dict=True)
     assert Counting.calls == calls + 1  # One student forward pass for logits and features.
@@ -173,10 +194,10 @@ def test_several_hints_each_logged(images):
     distiller.compile(optimizer=keras.optimizers.SGD(0.0))
     assert distiller.connectors == []  # Relational methods need none.
     logs = distiller.train_on_batch(x, y, return_dict=True)
-    s_feat = keras.Model(student.input, student.get_layer("s_conv").output)(x).numpy()
+    s_feat = numpy(keras.Model(student.input, student.get_layer("s_conv").output)(x))
     for method in methods:
         t_layer = "t_conv1" if method == "attention" else "t_conv2"
-        t_feat = keras.Model(teacher.input, teacher.get_layer(t_layer).output)(x).numpy()
+        t_feat = numpy(keras.Model(teacher.input, teacher.get_layer(t_layer).output)(x))
         expected = hints.DEFAULT_WEIGHTS[method] * REFERENCES[method](
             np.float64(s_feat), np.float64(t_feat))
         np.testing.assert_allclose(logs[f"{method}_loss"], expected, rtol=2e-3, atol=1e-6)
@@ -278,8 +299,8 @@ def test_fitnet_connector_variants_equal_a_numpy_forward_pass(images, variant):
     (connector,) = distiller.connectors
     first, norm = connector.layers[0], connector.layers[1]
     assert isinstance(norm, keras.layers.BatchNormalization)
-    s = np.float64(keras.Model(student.input, student.get_layer("s").output)(x).numpy())
-    t = np.float64(keras.Model(teacher.input, teacher.get_layer("t").output)(x).numpy())
+    s = np.float64(numpy(keras.Model(student.input, student.get_layer("s").output)(x)))
+    t = np.float64(numpy(keras.Model(teacher.input, teacher.get_layer("t").output)(x)))
     kernel, bias = (np.float64(w.numpy()) for w in (first.kernel, first.bias))
     if variant == "dense":
         assert isinstance(first, keras.layers.Dense) and first.units == 5
@@ -315,8 +336,8 @@ def test_features_of_equal_shape_need_no_connector(images):
                                    hints=[keras_kd.FeatureHint("s", "t")])
     distiller.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
     assert distiller.connectors == []
-    s = keras.Model(student.input, student.get_layer("s").output)(x).numpy()
-    t = keras.Model(teacher.input, teacher.get_layer("t").output)(x).numpy()
+    s = numpy(keras.Model(student.input, student.get_layer("s").output)(x))
+    t = numpy(keras.Model(teacher.input, teacher.get_layer("t").output)(x))
     logs = distiller.train_on_batch(x, y, return_dict=True)
     np.testing.assert_allclose(logs["fitnet_loss"],
                                100.0 * np.mean((np.float64(s) - t) ** 2), rtol=1e-5)
@@ -336,8 +357,8 @@ def test_hint_terms_are_not_weighted_by_sample_weight(images, method):
     weights[:8] = 0.0
     plain = distiller.train_on_batch(x, y, return_dict=True)
     weighted = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
-    s = np.float64(keras.Model(student.input, student.get_layer("s").output)(x).numpy())
-    t = np.float64(keras.Model(teacher.input, teacher.get_layer("t").output)(x).numpy())
+    s = np.float64(numpy(keras.Model(student.input, student.get_layer("s").output)(x)))
+    t = np.float64(numpy(keras.Model(teacher.input, teacher.get_layer("t").output)(x)))
     expected = hints.DEFAULT_WEIGHTS[method] * REFERENCES[method](s, t)
     name = f"{method}_loss"
     np.testing.assert_allclose([plain[name], weighted[name]], [expected] * 2, rtol=1e-4)
@@ -400,7 +421,7 @@ def test_student_inputs_hook_gives_the_student_its_own_view():
     distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.4, temperature=2.0,
                       run_eagerly=True)
     logs = distiller.train_on_batch(x, y, return_dict=True)
-    s, t = student(x["student"]).numpy(), teacher(x["teacher"]).numpy()
+    s, t = numpy(student(x["student"])), numpy(teacher(x["teacher"]))
     hard = -np.mean(np.log(softmax64(s))[np.arange(16), y])
     np.testing.assert_allclose(logs["student_loss"], hard, rtol=1e-5)
     np.testing.assert_allclose(logs["distillation_loss"], kd64(t, s, 2.0), rtol=1e-5)
@@ -428,13 +449,13 @@ def test_student_features_hook_serves_a_subclassed_student(images):
     distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0,
                       run_eagerly=True)
     logs = distiller.train_on_batch(x, y, return_dict=True)
-    s_logits, s_hidden = (np.float64(v.numpy()) for v in student.with_features(x))
-    t_hidden = keras.Model(teacher.input, teacher.get_layer("t_hidden").output)(x).numpy()
+    s_logits, s_hidden = (np.float64(numpy(v)) for v in student.with_features(x))
+    t_hidden = numpy(keras.Model(teacher.input, teacher.get_layer("t_hidden").output)(x))
     np.testing.assert_allclose(
         logs["similarity_loss"], 3000.0 * sp_reference(s_hidden, np.float64(t_hidden)),
         rtol=1e-4)
     np.testing.assert_allclose(
-        logs["distillation_loss"], kd64(teacher(x).numpy(), s_logits, 2.0), rtol=1e-5)
+        logs["distillation_loss"], kd64(numpy(teacher(x)), s_logits, 2.0), rtol=1e-5)
 
 
 def test_teacher_features_hook_serves_a_subclassed_teacher(images):
@@ -459,10 +480,10 @@ def test_teacher_features_hook_serves_a_subclassed_teacher(images):
     distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0,
                       run_eagerly=True)
     logs = distiller.train_on_batch(x, y, return_dict=True)
-    t_logits, t_hidden = (np.float64(v.numpy()) for v in teacher.with_features(x))
-    s_hidden = keras.Model(student.input, student.get_layer("s_hidden").output)(x).numpy()
+    t_logits, t_hidden = (np.float64(numpy(v)) for v in teacher.with_features(x))
+    s_hidden = numpy(keras.Model(student.input, student.get_layer("s_hidden").output)(x))
     np.testing.assert_allclose(
         logs["pkt_loss"], 30000.0 * pkt_reference(np.float64(s_hidden), t_hidden),
         rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
-        logs["distillation_loss"], kd64(t_logits, student(x).numpy(), 2.0), rtol=1e-5)
+        logs["distillation_loss"], kd64(t_logits, numpy(student(x)), 2.0), rtol=1e-5)

@@ -34,6 +34,10 @@ class CommonSteps:
             metrics.build(batch.labels, logits)
         return {}
 
+    def _check_state_usable(self):
+        """Called before `fit` / `evaluate` / `predict` read the variables;
+        the JAX steps refuse variables a failed step consumed."""
+
     def _run_if(self, predicate, fn, skipped):
         """`fn()` where `predicate` holds, else `skipped` (zeros that stand
         in for its result). `fn` may write the models' variables (a

@@ -117,6 +117,7 @@ class JAXSteps(CommonSteps):
             return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
+        self._check_state_usable()
         with self._variables_restored():
             return super().predict(*args, **kwargs)
 
@@ -131,6 +132,25 @@ class JAXSteps(CommonSteps):
                     if value is not None:
                         held.setdefault(id(variable), (variable, value))
         return super()._get_jax_state(*args, **kwargs)
+
+    def _check_state_usable(self):
+        """Refuses to run on variables whose values a failed step consumed
+        (Keras' JAX trainer donates the state to the compiled step: an error
+        raised while the step ran, such as a run-time check of the losses,
+        deletes it, the teacher's weights included)."""
+        if getattr(self, "_held_values", None) is not None:
+            return  # Inside a loop (fit's evaluate): Keras holds the values.
+        lost = [v.path for v in self._state_variables() if compat.value_lost(v)]
+        if lost:
+            raise RuntimeError(
+                f"The Distiller's variables hold no values ({len(lost)} of them, e.g. "
+                f"{lost[0]!r}): on the JAX backend Keras' trainer donates the model's "
+                "state to the compiled step, and an earlier step that raised while it "
+                "ran consumed it (the teacher's and the student's weights). Rebuild the "
+                "models or reload their weights (a saved `.keras` file, a checkpoint or "
+                "`BackupAndRestore`) and a new Distiller; on `KERAS_BACKEND=tensorflow` "
+                "a failed step leaves the models as they were."
+            )
 
     def _state_variables(self):
         optimizer = getattr(self, "optimizer", None)
