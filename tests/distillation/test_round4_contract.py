@@ -545,3 +545,17 @@ def test_an_unreduced_loss_is_refused_at_compile_by_name():
             from_logits=True, reduction="none"))
     with pytest.raises(ValueError, match=r"`distillation_loss_fn` has reduction='none'"):
         distiller.compile(distillation_loss_fn=keras.losses.KLDivergence(reduction="none"))
+
+
+def test_a_top_k_cache_of_an_ensemble_is_refused_naming_the_alternative(tmp_path):
+    """Failed before: a list of teachers was refused with "`teacher` must be
+    a `keras.Model` or a list of them. Received: [...] of type list", which
+    contradicts itself. A top-k cache holds one teacher; the error says so
+    and names the two ways an ensemble keeps its mixture."""
+    keras.utils.set_random_seed(3)
+    teachers = [make_mlp([5], name="a"), make_mlp([5], name="b")]
+    x = np.zeros((4, 6), "float32")
+    with pytest.raises(ValueError, match=r"one `keras.Model`.*a list of 2 teachers.*"
+                                         r"compute_teacher_logits\(teachers, x\)"):
+        top_k.write_top_k_cache(teachers, x, tmp_path / "cache", 2)
+    assert not (tmp_path / "cache").exists()
