@@ -4,6 +4,7 @@ connectors that belong to the distiller, one student forward pass."""
 import keras
 import numpy as np
 import pytest
+from conftest import tensorflow_only
 
 import keras_kd
 from keras_kd.distillation import hints
@@ -504,6 +505,7 @@ def _hinted_fit(strategy, method, reduction):
     return [w.numpy() for w in distiller.trainable_weights], history
 
 
+@tensorflow_only("tf.distribute replicas (JAX's keras.distribution arrays are global)")
 @pytest.mark.parametrize("method, reduction", [
     ("fitnet", "sum_over_batch_size"), ("similarity", "sum"), ("rkd", "sum_over_batch_size")])
 def test_hints_under_two_replicas_give_one_devices_update(method, reduction):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_mlp
+from conftest import tensorflow_only
 
 import keras_kd
 from keras_kd import Distiller
@@ -113,6 +114,7 @@ def _logs(strategy, reduction, cached):
     return {key: value[0] for key, value in fit.items()}, evaluated
 
 
+@tensorflow_only("tf.distribute replicas")
 @pytest.mark.parametrize("reduction, cached", [
     ("sum_over_batch_size", False), ("sum", True), ("mean_with_sample_weight", False)])
 def test_replicas_log_one_devices_losses_for_an_uneven_last_batch(mirrored, reduction, cached):
