@@ -143,8 +143,10 @@ def _flat(feature):
 
 
 def _l2_normalize(x, axis=-1, eps=1e-12):
-    # torch.nn.functional.normalize: x / max(||x||, eps).
-    return x / ops.maximum(ops.sqrt(ops.sum(x * x, axis=axis, keepdims=True)), eps)
+    # torch.nn.functional.normalize: x / max(||x||, eps), as sqrt(max(||x||**2,
+    # eps**2)): the same value, but no sqrt'(0) = inf in the gradient of a zero
+    # vector (RKD's angles have them on the diagonal: NaN gradients on JAX).
+    return x / ops.sqrt(ops.maximum(ops.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
 def fitnet_loss(student_feature, teacher_feature):
@@ -198,8 +200,10 @@ def _normalised_distances(e):
     distances = _pairwise_distances(e)
     positive = ops.cast(distances > 0, distances.dtype)
     # Divided by the mean positive distance; a batch of one sample has none
-    # (no relation to match): zeros, not 0 / 0 = NaN.
-    return ops.divide_no_nan(distances * ops.sum(positive), ops.sum(distances))
+    # (no relation to match): zeros, not 0 / 0 = NaN. A safe denominator,
+    # not `divide_no_nan`, whose gradient is NaN there on JAX.
+    mean = ops.sum(distances) / ops.maximum(ops.sum(positive), 1.0)
+    return distances / ops.where(mean > 0, mean, 1.0)
 
 
 def _angles(e):

@@ -543,8 +543,13 @@ def test_rkd_of_a_one_sample_batch_is_zero_not_nan():
         lambda s: (hints.rkd_loss(s, teacher.astype("float32")), None), [student])
     assert float(value) == 0.0
     np.testing.assert_array_equal(gradients[0], np.zeros_like(student))
-    # Two samples or more: mdistiller's value, as before.
+    # Two samples or more: mdistiller's value, as before, with a finite
+    # gradient (before, NaN on JAX for every batch: the angles' zero
+    # differences on the diagonal went through sqrt'(0) in the normalisation).
     s, t = rng.normal(size=(4, 5)), rng.normal(size=(4, 7))
+    _, gradients, _ = value_and_gradients(
+        lambda a: (hints.rkd_loss(a, t.astype("float32")), None), [s])
+    assert np.isfinite(gradients[0]).all() and np.abs(gradients[0]).max() > 0
     np.testing.assert_allclose(
         float(hints.rkd_loss(s.astype("float32"), t.astype("float32"))),
         rkd_reference(s, t), rtol=1e-4)
