@@ -31,6 +31,7 @@ from keras import ops
 from keras_kd.distillation.logit_methods import sqrt_zero_gradient_at_zero
 from keras_kd.distillation.outputs import select_output
 from keras_kd.distillation.outputs import symbolic_outputs
+from keras_kd.distillation.reduction import gather_batch
 
 DEFAULT_WEIGHTS = {
     "fitnet": 100.0, "attention": 1000.0, "similarity": 3000.0, "rkd": 1.0, "pkt": 30000.0,
@@ -200,7 +201,11 @@ def _pairwise_distances(e, eps=1e-12):
 def _normalised_distances(e):
     distances = _pairwise_distances(e)
     positive = ops.cast(distances > 0, distances.dtype)
-    return distances / (ops.sum(distances) / ops.sum(positive))
+    # Divided by the mean positive distance; a batch of one sample has none
+    # (no relation to match): zeros, not 0 / 0 = NaN. A safe denominator,
+    # not `divide_no_nan`, whose gradient is NaN there on JAX.
+    mean = ops.sum(distances) / ops.maximum(ops.sum(positive), 1.0)
+    return distances / ops.where(mean > 0, mean, 1.0)
 
 
 def _angles(e):
@@ -333,15 +338,23 @@ class FeatureHints:
         return bool(self.hints)
 
     def losses(self, student_features, teacher_features):
-        """The weighted hint terms, one float32 scalar per hint."""
+        """The weighted hint terms, one float32 scalar per hint.
+
+        Each term is over the global batch: under `tf.distribute` the
+        features of every replica are gathered first (`reduction.
+        gather_batch`), so relations within the batch and means over it are
+        one device's, also for a last batch split unevenly (or a replica
+        left empty). The connectors' BatchNorm still normalises each
+        replica's share, as Keras' own BatchNorm does under replicas.
+        """
         losses = []
         for index, hint in enumerate(self.hints):
             feature = student_features[index]
             if index in self._connector_of:
                 feature = self.connectors[self._connector_of[index]](feature, training=True)
-            losses.append(
-                hint.weight * hint.loss(feature, ops.stop_gradient(teacher_features[index]))
-            )
+            teacher_feature = ops.stop_gradient(teacher_features[index])
+            losses.append(hint.weight * hint.loss(
+                gather_batch(feature), gather_batch(teacher_feature)))
         return losses
 
     def trainable_weights(self):

@@ -31,6 +31,7 @@ from keras_kd.distillation.chunked import LinearHead
 from keras_kd.distillation.chunked_objective import chunked_objective
 from keras_kd.distillation.batch import UNLABELLED
 from keras_kd.distillation.reduction import broadcast_weights
+from keras_kd.distillation.reduction import global_mean
 from keras_kd.distillation.terms import DistillationTerm
 from keras_kd.distillation.terms import combine_masks
 from keras_kd.distillation.top_k_loss import CACHE_TEMPERATURE_KEY
@@ -242,14 +243,18 @@ def update_metrics(distiller, batch, outputs, terms):
         The step's logs (`Model.metrics` results); an evaluation's
         (`terms.distillation_loss is None`) without the training terms.
     """
-    batch_size = ops.shape(outputs.student_logits)[0]
+    # Each replica's terms are its share of the global batch's values (their
+    # mean over replicas is the global value, `keras_kd.reduction`), so every
+    # replica weighs them by the same global batch size over N: with a last
+    # batch split unevenly (or one replica empty) the logs are one device's.
+    batch_size = global_mean(ops.cast(ops.shape(outputs.student_logits)[0], "float32"))
     compat.loss_tracker(distiller).update_state(terms.loss, sample_weight=batch_size)
     distiller.student_loss_tracker.update_state(terms.student_loss, sample_weight=batch_size)
     training = terms.distillation_loss is not None
     if training:
         distiller.distillation_loss_tracker.update_state(
             terms.distillation_loss,
-            sample_weight=ops.cast(batch_size, "float32") * terms.distillation_computed)
+            sample_weight=batch_size * terms.distillation_computed)
         for tracker, value in zip(distiller.hint_trackers, terms.hint_losses):
             tracker.update_state(value, sample_weight=batch_size)
     if terms.chunk_metrics is not None:

@@ -48,6 +48,21 @@ def global_mean(value):
     return context.all_reduce("sum", value) / context.num_replicas_in_sync
 
 
+def gather_batch(value):
+    """`value`'s batch axis gathered over the replicas of a strategy.
+
+    A term that compares samples of a batch with each other (the
+    relational feature hints) needs the global batch, not a replica's
+    share: every replica gets the whole batch (gradients flow back to each
+    replica's own rows), so the term is one device's. Without replicas
+    (one device, or JAX's global arrays), `value` itself.
+    """
+    context = _replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_gather(value, axis=0)
+
+
 def _replica_context():
     """The `tf.distribute` replica context, or `None` off TensorFlow: on
     JAX, arrays are global (see the module docstring), so nothing divides."""

@@ -626,9 +626,10 @@ def write_top_k_cache(
         The cache, opened by `read_top_k_cache` (a `TopKCache`).
 
     Raises:
-        ValueError: for invalid arguments, empty inputs or a teacher output
-            that is not `(batch, ..., vocab)` logits; with `chunk_size`, for
-            a teacher whose head cannot be identified.
+        ValueError: for invalid arguments, a list of teachers (an
+            ensemble), empty inputs or a teacher output that is not
+            `(batch, ..., vocab)` logits; with `chunk_size`, for a teacher
+            whose head cannot be identified.
         CacheError: if `path` holds another cache and `rebuild` is `False`.
 
     Example:
@@ -662,6 +663,14 @@ def write_top_k_cache(
             f"shard_tokens={shard_tokens!r}. Use e.g. {DEFAULT_SHARD_TOKENS}."
         )
     path = os.fspath(path)
+    if isinstance(teacher, (list, tuple)):
+        raise ValueError(
+            "`teacher` must be one `keras.Model`: a top-k cache holds one "
+            "teacher's top k, and an ensemble is mixed at the Distiller's "
+            f"temperature from its members' full logits. Received: a list of "
+            f"{len(teacher)} teachers. Distil the ensemble online, or cache it "
+            "with `compute_teacher_logits(teachers, x)`."
+        )
     teacher_outputs = teacher_module.resolve_teacher_outputs(
         teacher_outputs, [teacher], output, where="write_top_k_cache", keyword="output")
     head = None

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import numpy
+from conftest import tensorflow_only
 from conftest import value_and_gradients
 
 import keras_kd
@@ -487,3 +488,87 @@ def test_teacher_features_hook_serves_a_subclassed_teacher(images):
         rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
         logs["distillation_loss"], kd64(t_logits, numpy(student(x)), 2.0), rtol=1e-5)
+
+
+# Hints under `tf.distribute` (issue 25, "hints ... tf.distribute"): the
+# terms are over the global batch, as on one device.
+
+
+def _mlp(hidden, name):
+    model = keras.Sequential([keras.Input((6,))], name=name)
+    model.add(keras.layers.Dense(hidden, activation="relu", name=f"{name}_hidden"))
+    model.add(keras.layers.Dense(4, name=f"{name}_logits"))
+    return model
+
+
+def _hinted_fit(strategy, method, reduction):
+    """The distiller's trainable weights and logs after one epoch of 9
+    samples in batches of 8 (the last batch, one sample, leaves one of two
+    replicas empty)."""
+    import contextlib
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 6)).astype("float32")
+    y = rng.integers(0, 4, size=(9,))
+    weights = rng.uniform(0.5, 2.0, size=(9,)).astype("float32")
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        keras.utils.set_random_seed(11)
+        # Equal widths: no FitNets connector, whose BatchNorm normalises
+        # each replica's share (as Keras' own BatchNorm does).
+        teacher, student = _mlp(8, "teacher"), _mlp(8, "student")
+        distiller = keras_kd.Distiller(student=student, teacher=teacher, hints=[
+            keras_kd.FeatureHint("student_hidden", "teacher_hidden", method=method, weight=1.0)])
+        distiller.compile(keras.optimizers.SGD(0.1), alpha=0.5, temperature=2.0,
+                          student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+                              from_logits=True, reduction=reduction))
+        history = distiller.fit(x, y, sample_weight=weights, batch_size=8, shuffle=False,
+                                verbose=0).history
+    return [numpy(w) for w in distiller.trainable_weights], history
+
+
+@tensorflow_only("tf.distribute replicas (JAX's keras.distribution arrays are global)")
+@pytest.mark.parametrize("method, reduction", [
+    ("fitnet", "sum_over_batch_size"), ("similarity", "sum"), ("rkd", "sum_over_batch_size")])
+def test_hints_under_two_replicas_give_one_devices_update(method, reduction):
+    """Failed before: each replica computed the hint on its own share of the
+    batch (a relational hint's relations within half a batch: 52% off one
+    device's weights for "similarity" even at an even split), a mean over
+    a replica's share was then averaged over replicas (FitNets 7.6% off
+    with a last batch of one sample), and an empty replica's mean was NaN
+    (the logged loss NaN). The features are now gathered over the replicas
+    (`reduction.gather_batch`): one device's weights and logs."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+    one, one_logs = _hinted_fit(None, method, reduction)
+    two, two_logs = _hinted_fit(strategy, method, reduction)
+    for a, b in zip(two, one):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("loss", "student_loss", "distillation_loss", f"{method}_loss"):
+        assert np.isfinite(two_logs[key][0])
+        np.testing.assert_allclose(two_logs[key], one_logs[key], rtol=1e-5)
+
+
+def test_rkd_of_a_one_sample_batch_is_zero_not_nan():
+    """Failed before: a batch of one sample (a last partial batch) has no
+    pairwise distance, and dividing the distances by their mean (0 / 0)
+    made the RKD term and the step's loss NaN (mdistiller's `td[td > 0].
+    mean()` is NaN there too), which `StopOnNonFiniteLoss` stops on. No
+    relation to match is a term of 0 with a zero gradient."""
+    rng = np.random.default_rng(2)
+    student, teacher = rng.normal(size=(1, 5)), rng.normal(size=(1, 7))
+    value, gradients, _ = value_and_gradients(
+        lambda s: (hints.rkd_loss(s, teacher.astype("float32")), None), [student])
+    assert float(value) == 0.0
+    np.testing.assert_array_equal(gradients[0], np.zeros_like(student))
+    # Two samples or more: mdistiller's value, as before, with a finite
+    # gradient (before, NaN on JAX for every batch: the angles' zero
+    # differences on the diagonal went through sqrt'(0) in the normalisation).
+    s, t = rng.normal(size=(4, 5)), rng.normal(size=(4, 7))
+    _, gradients, _ = value_and_gradients(
+        lambda a: (hints.rkd_loss(a, t.astype("float32")), None), [s])
+    assert np.isfinite(gradients[0]).all() and np.abs(gradients[0]).max() > 0
+    np.testing.assert_allclose(
+        float(hints.rkd_loss(s.astype("float32"), t.astype("float32"))),
+        rkd_reference(s, t), rtol=1e-4)

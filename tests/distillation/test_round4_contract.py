@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_mlp
+from conftest import tensorflow_only
 
 import keras_kd
 from keras_kd import Distiller
@@ -91,6 +92,44 @@ def test_replicas_give_one_devices_update_for_every_reduction(mirrored, reductio
     hard_only = _one_step(mirrored, reduction, 1.0)
     for a, b, start in zip(keras_student, hard_only, initial):
         np.testing.assert_allclose(b - start, a - start, rtol=1e-4, atol=1e-7)
+
+
+def _logs(strategy, reduction, cached):
+    """`fit`'s and `evaluate`'s logs for 11 samples in batches of 4: the
+    last batch (3 samples) splits 2 + 1 over two replicas."""
+    x, y, weights = _data(11, seed=3)
+    with strategy.scope():
+        keras.utils.set_random_seed(11)
+        teacher, student = make_mlp([8], name="teacher"), make_mlp([4], name="student")
+        model = Distiller(student=student, teacher=teacher)
+        model.compile(keras.optimizers.SGD(0.1), alpha=0.5, temperature=2.0,
+                      student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True, reduction=reduction))
+    targets = keras_kd.targets(y, teacher_logits=cache_module.compute_teacher_logits(
+        teacher, x)) if cached else y
+    fit = model.fit(x, targets, sample_weight=weights, batch_size=4, shuffle=False,
+                    verbose=0).history
+    evaluated = model.evaluate(x, y, sample_weight=weights, batch_size=4, verbose=0,
+                               return_dict=True)
+    return {key: value[0] for key, value in fit.items()}, evaluated
+
+
+@tensorflow_only("tf.distribute replicas")
+@pytest.mark.parametrize("reduction, cached", [
+    ("sum_over_batch_size", False), ("sum", True), ("mean_with_sample_weight", False)])
+def test_replicas_log_one_devices_losses_for_an_uneven_last_batch(mirrored, reduction, cached):
+    """Failed before: each replica's loss (its share of the global value)
+    was weighed in the trackers by its own batch size, so a last batch split
+    2 + 1 logged other losses than one device (0.988 against 0.961 for the
+    epoch's loss; Keras' own student logs the one-device value). Every
+    replica now weighs its share by the global batch size over N."""
+    one_fit, one_evaluate = _logs(tf.distribute.get_strategy(), reduction, cached)
+    two_fit, two_evaluate = _logs(mirrored, reduction, cached)
+    assert set(two_fit) == {"loss", "student_loss", "distillation_loss"}
+    for key in two_fit:
+        assert two_fit[key] == pytest.approx(one_fit[key], rel=1e-5), key
+    for key in one_evaluate:
+        assert two_evaluate[key] == pytest.approx(one_evaluate[key], rel=1e-5), key
 
 
 # Row 2: teacher metrics of an ensemble.
@@ -508,3 +547,17 @@ def test_an_unreduced_loss_is_refused_at_compile_by_name():
             from_logits=True, reduction="none"))
     with pytest.raises(ValueError, match=r"`distillation_loss_fn` has reduction='none'"):
         distiller.compile(distillation_loss_fn=keras.losses.KLDivergence(reduction="none"))
+
+
+def test_a_top_k_cache_of_an_ensemble_is_refused_naming_the_alternative(tmp_path):
+    """Failed before: a list of teachers was refused with "`teacher` must be
+    a `keras.Model` or a list of them. Received: [...] of type list", which
+    contradicts itself. A top-k cache holds one teacher; the error says so
+    and names the two ways an ensemble keeps its mixture."""
+    keras.utils.set_random_seed(3)
+    teachers = [make_mlp([5], name="a"), make_mlp([5], name="b")]
+    x = np.zeros((4, 6), "float32")
+    with pytest.raises(ValueError, match=r"one `keras.Model`.*a list of 2 teachers.*"
+                                         r"compute_teacher_logits\(teachers, x\)"):
+        top_k.write_top_k_cache(teachers, x, tmp_path / "cache", 2)
+    assert not (tmp_path / "cache").exists()
