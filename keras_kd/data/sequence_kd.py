@@ -486,6 +486,8 @@ class OnPolicyBatches(keras.utils.PyDataset):
     Raises:
         TypeError: if `student` is not a KerasHub CausalLM or `source` not
             batches.
+        RuntimeError: on the JAX backend (during `fit`, Keras' JAX trainer holds the weights in its compiled state: the input
+            pipeline cannot generate with them).
         ValueError: for a bad `lmbda`, `prompt_length` or `seed`, an endless
             source, and (when read) batches not in the CausalLM format.
 
@@ -503,6 +505,19 @@ class OnPolicyBatches(keras.utils.PyDataset):
 
     def __init__(self, source, student, lmbda, prompt_length, sampler=None, seed=0,
                  stop_token_ids=None, max_queue_size=10):
+        if keras.backend.backend() == "jax":
+            # Keras' JAX `fit` keeps the weights in its compiled state and
+            # empties the variables for the epoch (and donates that state to
+            # each step): a generation in the input pipeline has no current
+            # weights to read.
+            raise RuntimeError(
+                "OnPolicyBatches generates with the student's current weights inside "
+                "`fit`'s input pipeline, which the JAX backend does not allow: during "
+                "`fit` Keras keeps the weights in its compiled step's state, not in "
+                "the variables. Use KERAS_BACKEND=tensorflow for "
+                "on-policy distillation, or distil off-policy from teacher-generated "
+                "sequences (`keras_kd.data.sequence_kd.teacher_transfer_set`)."
+            )
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         _check_generator(student, "student")
         self.student = student

@@ -139,6 +139,21 @@ def test_a_tf_distribute_scope_is_refused_with_the_alternative_named():
             distiller.evaluate(x, y, verbose=0)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax",
+                    reason="the refusal of on-policy batches is JAX's")
+def test_on_policy_batches_are_refused_on_jax_with_the_alternatives_named():
+    """On JAX, `fit` holds the weights in its compiled state and empties the
+    variables, so `OnPolicyBatches` could not generate with the student
+    during `fit` (before: "'NoneType' object is not callable" at the first
+    on-policy batch). Refused at construction, naming the TensorFlow
+    backend and the off-policy alternative."""
+    from keras_kd.data.sequence_kd import OnPolicyBatches
+
+    with pytest.raises(RuntimeError, match=r"JAX backend.*KERAS_BACKEND=tensorflow.*"
+                                           r"teacher_transfer_set"):
+        OnPolicyBatches([], student=None, lmbda=0.5, prompt_length=2)
+
+
 class _NoXLA(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
