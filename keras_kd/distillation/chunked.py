@@ -669,7 +669,9 @@ def chunked_distillation_loss(
 
     def write(buffers, i, values):
         return tuple(
-            ops.slice_update(b, start(i, len(b.shape)), ops.expand_dims(v, 1))
+            # (Under mixed precision a chunk's values come in the compute
+            # dtype; the buffers keep theirs.)
+            ops.slice_update(b, start(i, len(b.shape)), ops.cast(ops.expand_dims(v, 1), b.dtype))
             for b, v in zip(buffers, values)
         )
 
@@ -702,15 +704,17 @@ def chunked_distillation_loss(
                 grad_rows, grad_kernel = carry[3], carry[4]
                 if student_head.transposed:
                     grad_hidden = ops.matmul(d_logits, kernel)
-                    grad_kernel = grad_kernel + ops.einsum("nv,nh->vh", d_logits, chunk_hidden)
+                    grad_kernel = grad_kernel + ops.cast(
+                        ops.einsum("nv,nh->vh", d_logits, chunk_hidden), grad_kernel.dtype)
                 else:
                     grad_hidden = ops.einsum("nv,hv->nh", d_logits, kernel)
-                    grad_kernel = grad_kernel + ops.einsum("nh,nv->hv", chunk_hidden, d_logits)
+                    grad_kernel = grad_kernel + ops.cast(
+                        ops.einsum("nh,nv->hv", chunk_hidden, d_logits), grad_kernel.dtype)
                 (grad_rows,) = write((grad_rows,), i, (grad_hidden,))
                 carry_out += [grad_rows, grad_kernel]
                 last = grad_kernel[0, 0]
                 if bias_ is not None:
-                    carry_out.append(carry[5] + ops.sum(d_logits, axis=0))
+                    carry_out.append(carry[5] + ops.cast(ops.sum(d_logits, axis=0), carry[5].dtype))
             # Never true (not even for NaN), but not known before `last` is.
             carry_out[2] = ops.cast(ops.greater(last, float("inf")), "int32")
             return tuple(carry_out)

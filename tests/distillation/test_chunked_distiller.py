@@ -356,3 +356,39 @@ def test_top_k_cache_refusals_on_the_chunked_path():
     distiller.compile(distillation_loss_fn="reverse_kl", chunk_size=4)
     with pytest.raises(ValueError, match="cannot read.*TopKKLDivergence"):
         distiller.train_on_batch(tokens, y)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_as_the_dense_path(policy):
+    """Failed before (read-only review): under a mixed policy a chunk's
+    values and gradients came in the compute dtype and the float32 buffers
+    refused them (TF: XlaDynamicUpdateSlice "float32 does not match
+    bfloat16"; JAX: dynamic_update_slice "same dtypes"). Now the same loss
+    and update as the dense path, to the compute dtype's precision."""
+    vocab, length = 37, 6
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, vocab, (4, length)).astype("int32")
+    labels = rng.integers(0, vocab, (4, length)).astype("int32")
+
+    def model(width, name, seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((length,), dtype="int32")
+        x = keras.layers.Embedding(vocab, width, dtype=policy)(inputs)
+        x = keras.layers.Dense(width, activation="tanh", dtype=policy)(x)
+        return keras.Model(inputs, keras.layers.Dense(vocab, name="lm_head", dtype=policy)(x),
+                           name=name)
+
+    def fit(chunk_size):
+        student, teacher = model(8, "s", 1), model(12, "t", 2)
+        distiller = Distiller(student=student, teacher=teacher)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.5), alpha=0.3, temperature=2.0,
+                          chunk_size=chunk_size, distillation_loss_fn="generalized_jsd")
+        loss = distiller.fit(tokens, labels, batch_size=2, shuffle=False, verbose=0).history["loss"][0]
+        return loss, [np.asarray(keras.ops.cast(v, "float32")) for v in student.trainable_variables]
+
+    dense_loss, dense_weights = fit(None)
+    chunked_loss, chunked_weights = fit(3)
+    assert np.isfinite(chunked_loss)
+    np.testing.assert_allclose(chunked_loss, dense_loss, rtol=2e-3)
+    for chunked, dense in zip(chunked_weights, dense_weights):
+        np.testing.assert_allclose(chunked, dense, atol=2e-3)
