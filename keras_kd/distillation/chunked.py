@@ -735,7 +735,13 @@ def chunked_distillation_loss(
                 upstream = kwargs["upstream"]
             while isinstance(upstream, (tuple, list)):
                 upstream = upstream[0]
-            return tuple(g * ops.cast(upstream, g.dtype) for g in gradients)
+            input_gradients = tuple(g * ops.cast(upstream, g.dtype) for g in gradients)
+            # Eager TF passes the variables the forward read (a scheduled
+            # temperature or alpha) and wants their gradients too: none.
+            variables = kwargs.get("variables")
+            if variables is not None:
+                return input_gradients, [None] * len(variables)
+            return input_gradients
 
         return outputs, grad
 

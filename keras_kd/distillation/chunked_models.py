@@ -61,7 +61,8 @@ def model_head(model, head=None, argument="student_head"):
     ```python
     hidden, layer = model_head(keras_hub.models.GPT2CausalLM(backbone))
     states = hidden(batch_inputs, False)
-    logits = LinearHead.from_layer(layer).logits(states.reshape(-1, states.shape[-1]))
+    flat = keras.ops.reshape(states, (-1, states.shape[-1]))
+    logits = LinearHead.from_layer(layer).logits(flat)  # == model(batch_inputs), flattened
     ```
     """
     if head is None and _is_causal_lm(model):

@@ -441,6 +441,12 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             "student_loss_fn": student_loss_fn,
             "distillation_loss_fn": distillation_loss_fn,
         }
+        if chunk_size is None and (student_head is not None or teacher_head is not None):
+            raise ValueError(
+                "`student_head` / `teacher_head` name the heads the chunked path reads, so "
+                f"they need `chunk_size`. Received: student_head={student_head!r}, "
+                f"teacher_head={teacher_head!r}, chunk_size=None. Pass e.g. chunk_size=1024, "
+                "or drop the head names.")
         self._chunk_config = {
             "chunk_size": chunk_size, "student_head": student_head, "teacher_head": teacher_head}
         object.__setattr__(self, "chunked", None if chunk_size is None else chunked_setup(

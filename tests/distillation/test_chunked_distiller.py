@@ -150,6 +150,15 @@ def test_bad_chunk_size(chunk_size):
         Distiller(student=student, teacher=teacher).compile(chunk_size=chunk_size)
 
 
+@pytest.mark.parametrize("heads", [{"student_head": "lm_head"}, {"teacher_head": "lm_head"}])
+def test_head_names_without_chunk_size_refused(heads):
+    """Accepted silently before (read-only review), where write_top_k_cache
+    refuses `teacher_head` without `chunk_size`."""
+    student, teacher = _functional_pair()
+    with pytest.raises(ValueError, match=r"need `chunk_size`.*chunk_size=None.*chunk_size=1024"):
+        Distiller(student=student, teacher=teacher).compile(**heads)
+
+
 def test_vocabularies_differ():
     from keras_kd.distillation.chunked import LinearHead
     from keras_kd.distillation.distiller import check_head_vocabularies
@@ -392,3 +401,37 @@ def test_mixed_precision_trains_as_the_dense_path(policy):
     np.testing.assert_allclose(chunked_loss, dense_loss, rtol=2e-3)
     for chunked, dense in zip(chunked_weights, dense_weights):
         np.testing.assert_allclose(chunked, dense, atol=2e-3)
+
+
+def test_run_eagerly_trains_as_the_dense_path():
+    """Failed before on TensorFlow (read-only review): eager
+    `tf.custom_gradient` hands the gradient function the variables the
+    forward read (the Distiller's temperature) and wants their gradients:
+    "too many values to unpack (expected 2)". Now the dense path's loss and
+    update."""
+    vocab, length = 37, 6
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, vocab, (4, length)).astype("int32")
+    labels = rng.integers(0, vocab, (4, length)).astype("int32")
+
+    def model(width, name, seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((length,), dtype="int32")
+        x = keras.layers.Embedding(vocab, width)(inputs)
+        x = keras.layers.Dense(width, activation="tanh")(x)
+        return keras.Model(inputs, keras.layers.Dense(vocab, name="lm_head")(x), name=name)
+
+    def fit(chunk_size):
+        student, teacher = model(8, "s", 1), model(12, "t", 2)
+        distiller = Distiller(student=student, teacher=teacher)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.5), alpha=0.3, temperature=2.0,
+                          chunk_size=chunk_size, distillation_loss_fn="generalized_jsd",
+                          run_eagerly=True)
+        loss = distiller.fit(tokens, labels, batch_size=2, shuffle=False, verbose=0).history["loss"][0]
+        return loss, [np.asarray(v) for v in student.trainable_variables]
+
+    dense_loss, dense_weights = fit(None)
+    chunked_loss, chunked_weights = fit(3)
+    np.testing.assert_allclose(chunked_loss, dense_loss, rtol=1e-5)
+    for chunked, dense in zip(chunked_weights, dense_weights):
+        np.testing.assert_allclose(chunked, dense, rtol=1e-5, atol=1e-6)
