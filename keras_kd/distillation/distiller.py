@@ -568,8 +568,15 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
 
     def get_metrics_result(self):
         # As Keras', but label metrics that a fit on unlabelled data left
-        # unbuilt have nothing to report yet, rather than an error.
-        return objective.metric_results(self.metrics)
+        # unbuilt have nothing to report yet, rather than an error. An
+        # evaluation has no training terms: the keys must be its steps' logs,
+        # or Keras reports the last step's logs instead (under replicas the
+        # mean of each replica's own metric results).
+        results = objective.metric_results(self.metrics)
+        if getattr(self, "_evaluating", False):
+            for tracker in [self.distillation_loss_tracker] + self.hint_trackers:
+                results.pop(tracker.name, None)
+        return results
 
     def _trained_variables(self):
         """The student's trainable weights and those of the hint connectors."""
@@ -665,7 +672,12 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         self._check_x(x)
         self._retrace_while_metrics_unbuilt()
         _replicate_sample_weights(y, kwargs)
-        return super().evaluate(x, y, *args, **kwargs)
+        evaluating = getattr(self, "_evaluating", False)  # (fit's validation nests here)
+        object.__setattr__(self, "_evaluating", True)
+        try:
+            return super().evaluate(x, y, *args, **kwargs)
+        finally:
+            object.__setattr__(self, "_evaluating", evaluating)
 
     def _retrace_while_metrics_unbuilt(self):
         # Label metrics are built in the first traced step that has labels.
