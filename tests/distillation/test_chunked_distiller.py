@@ -367,13 +367,9 @@ def test_top_k_cache_refusals_on_the_chunked_path():
         distiller.train_on_batch(tokens, y)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains_as_the_dense_path(policy):
-    """Failed before (read-only review): under a mixed policy a chunk's
-    values and gradients came in the compute dtype and the float32 buffers
-    refused them (TF: XlaDynamicUpdateSlice "float32 does not match
-    bfloat16"; JAX: dynamic_update_slice "same dtypes"). Now the same loss
-    and update as the dense path, to the compute dtype's precision."""
+def _one_epoch(chunk_size, policy=None, **compile_kwargs):
+    """Loss and student weights (as float32) after one epoch of a tiny
+    Functional pair, dense (`chunk_size=None`) or chunked."""
     vocab, length = 37, 6
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, vocab, (4, length)).astype("int32")
@@ -387,16 +383,24 @@ def test_mixed_precision_trains_as_the_dense_path(policy):
         return keras.Model(inputs, keras.layers.Dense(vocab, name="lm_head", dtype=policy)(x),
                            name=name)
 
-    def fit(chunk_size):
-        student, teacher = model(8, "s", 1), model(12, "t", 2)
-        distiller = Distiller(student=student, teacher=teacher)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.5), alpha=0.3, temperature=2.0,
-                          chunk_size=chunk_size, distillation_loss_fn="generalized_jsd")
-        loss = distiller.fit(tokens, labels, batch_size=2, shuffle=False, verbose=0).history["loss"][0]
-        return loss, [np.asarray(keras.ops.cast(v, "float32")) for v in student.trainable_variables]
+    student, teacher = model(8, "s", 1), model(12, "t", 2)
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.5), alpha=0.3, temperature=2.0,
+                      chunk_size=chunk_size, distillation_loss_fn="generalized_jsd",
+                      **compile_kwargs)
+    loss = distiller.fit(tokens, labels, batch_size=2, shuffle=False, verbose=0).history["loss"][0]
+    return loss, [np.asarray(keras.ops.cast(v, "float32")) for v in student.trainable_variables]
 
-    dense_loss, dense_weights = fit(None)
-    chunked_loss, chunked_weights = fit(3)
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_as_the_dense_path(policy):
+    """Failed before (read-only review): under a mixed policy a chunk's
+    values and gradients came in the compute dtype and the float32 buffers
+    refused them (TF: XlaDynamicUpdateSlice "float32 does not match
+    bfloat16"; JAX: dynamic_update_slice "same dtypes"). Now the same loss
+    and update as the dense path, to the compute dtype's precision."""
+    dense_loss, dense_weights = _one_epoch(None, policy)
+    chunked_loss, chunked_weights = _one_epoch(3, policy)
     assert np.isfinite(chunked_loss)
     np.testing.assert_allclose(chunked_loss, dense_loss, rtol=2e-3)
     for chunked, dense in zip(chunked_weights, dense_weights):
@@ -409,29 +413,8 @@ def test_run_eagerly_trains_as_the_dense_path():
     forward read (the Distiller's temperature) and wants their gradients:
     "too many values to unpack (expected 2)". Now the dense path's loss and
     update."""
-    vocab, length = 37, 6
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(1, vocab, (4, length)).astype("int32")
-    labels = rng.integers(0, vocab, (4, length)).astype("int32")
-
-    def model(width, name, seed):
-        keras.utils.set_random_seed(seed)
-        inputs = keras.Input((length,), dtype="int32")
-        x = keras.layers.Embedding(vocab, width)(inputs)
-        x = keras.layers.Dense(width, activation="tanh")(x)
-        return keras.Model(inputs, keras.layers.Dense(vocab, name="lm_head")(x), name=name)
-
-    def fit(chunk_size):
-        student, teacher = model(8, "s", 1), model(12, "t", 2)
-        distiller = Distiller(student=student, teacher=teacher)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.5), alpha=0.3, temperature=2.0,
-                          chunk_size=chunk_size, distillation_loss_fn="generalized_jsd",
-                          run_eagerly=True)
-        loss = distiller.fit(tokens, labels, batch_size=2, shuffle=False, verbose=0).history["loss"][0]
-        return loss, [np.asarray(v) for v in student.trainable_variables]
-
-    dense_loss, dense_weights = fit(None)
-    chunked_loss, chunked_weights = fit(3)
+    dense_loss, dense_weights = _one_epoch(None, run_eagerly=True)
+    chunked_loss, chunked_weights = _one_epoch(3, run_eagerly=True)
     np.testing.assert_allclose(chunked_loss, dense_loss, rtol=1e-5)
     for chunked, dense in zip(chunked_weights, dense_weights):
         np.testing.assert_allclose(chunked, dense, rtol=1e-5, atol=1e-6)
