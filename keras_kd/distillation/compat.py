@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 from keras.src import backend as _keras_backend
 from keras.src.trainers.trainer import model_supports_jit as _supports_jit
+from keras.src.utils.python_utils import pythonify_logs as _pythonify_logs
 from tensorflow.python.framework import config as _tf_config
 
 
@@ -72,6 +73,14 @@ def reducible_logs(logs):
         name: tf.reshape(value, (1,)) if len(value.shape) == 0 else value
         for name, value in logs.items()
     }
+
+
+def python_logs(logs):
+    """Logs with Python floats for scalars, as `Model.get_metrics_result`
+    returns them on Keras 3.12 (whose `evaluate` returns that dict as it
+    is; later versions convert in `evaluate` instead, so converting here
+    changes nothing there). Call outside traced steps only."""
+    return _pythonify_logs(logs)
 
 
 def first_local_batch(strategy, iterator):

@@ -576,7 +576,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         if getattr(self, "_evaluating", False):
             for tracker in [self.distillation_loss_tracker] + self.hint_trackers:
                 results.pop(tracker.name, None)
-        return results
+        return compat.python_logs(results)
 
     def _trained_variables(self):
         """The student's trainable weights and those of the hint connectors."""

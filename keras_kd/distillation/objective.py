@@ -175,13 +175,16 @@ def _chunked_terms(distiller, batch, outputs, alpha, training=True):
         teacher_top_k=teacher_top_k,
     )
     chunk_metrics = (result.correct, result.labelled)
+    # The terms come in the divergence's `precision`; the loss the optimizer
+    # and the trackers see is float32, as on the dense path.
+    student_loss = ops.cast(result.student_loss, "float32")
     if not training:  # `evaluation_terms`: `student.evaluate`'s loss.
-        return Terms(result.student_loss + regularization_loss(distiller.student),
-                     result.student_loss, chunk_metrics=chunk_metrics)
-    loss = result.loss + regularization_loss(distiller.student)
+        return Terms(student_loss + regularization_loss(distiller.student),
+                     student_loss, chunk_metrics=chunk_metrics)
+    loss = ops.cast(result.loss, "float32") + regularization_loss(distiller.student)
     computed = ops.cast(alpha < 1.0, "float32") if outputs.teacher_may_skip else 1.0
-    return Terms(loss, result.student_loss, result.distillation_loss, (), computed,
-                 chunk_metrics)
+    return Terms(loss, student_loss, ops.cast(result.distillation_loss, "float32"), (),
+                 computed, chunk_metrics)
 
 
 def evaluation_forward(distiller, batch):

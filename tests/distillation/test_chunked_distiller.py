@@ -320,13 +320,43 @@ def test_top_k_cache_matches_dense(tail, temperature, reduction, ignore_class):
     (dense_logs, dense_eval, dense_weights), (logs, evaluated, weights) = (
         results["dense"], results["chunked"])
     assert set(logs) == set(dense_logs) and float(dense_logs["distillation_loss"][0]) > 0.0
+    # Two float32 epochs summed in other orders: 2.3e-5 apart on TF 2.20
+    # (renormalize, sum). The float64 test below holds the paths to 1e-7.
     for key in dense_logs:
-        np.testing.assert_allclose(logs[key], dense_logs[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(logs[key], dense_logs[key], rtol=1e-4, atol=1e-6, err_msg=key)
     for key in dense_eval:
-        np.testing.assert_allclose(evaluated[key], dense_eval[key], rtol=1e-5, atol=1e-6,
+        np.testing.assert_allclose(evaluated[key], dense_eval[key], rtol=1e-4, atol=1e-6,
                                    err_msg=key)
     for got, want in zip(weights, dense_weights):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_top_k_cache_matches_dense_in_float64():
+    """With float64 weights and arithmetic (`precision="float64"`) the
+    chunked path trains as the dense one within 1e-7. Failed before:
+    the chunked terms came in the divergence's precision and their sum with
+    the float32 regularisation loss raised a TypeError."""
+    from keras_kd import TopKKLDivergence
+
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # (Keras keeps the first one it made.)
+    try:
+        results = [_fit_top_k(_functional_pair, chunk_size, "sum",
+                              TopKKLDivergence(tail="renormalize", precision="float64",
+                                               dtype="float64"), 3.0, 3)
+                   for chunk_size in (None, 5)]
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+    (dense_logs, _, dense_weights), (logs, _, weights) = results
+    assert dense_weights[0].dtype == np.float64
+    # The logs pass through float32 trackers.
+    np.testing.assert_allclose(logs["distillation_loss"], dense_logs["distillation_loss"],
+                               rtol=1e-6)
+    # 2.3e-8 apart: the paths round alpha (0.3) to float32 in other places.
+    for got, want in zip(weights, dense_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
 
 
 def test_top_k_cache_with_keras_mask_matches_dense():

@@ -30,6 +30,14 @@ def test_op_determinism_can_be_turned_off_and_on():
     assert compat.is_op_determinism_enabled()
 
 
+def test_python_logs_gives_floats_for_scalar_logs():
+    """Keras 3.12's `evaluate(return_dict=True)` returns what
+    `get_metrics_result` returns: tensors unless converted here."""
+    logs = compat.python_logs({"loss": keras.ops.convert_to_tensor(1.5), "accuracy": 0.25})
+    assert logs == {"loss": 1.5, "accuracy": 0.25}
+    assert all(type(value) is float for value in logs.values())
+
+
 def test_loss_tracker_is_the_mean_behind_logged_loss():
     model = make_mlp([4])
     model.compile("sgd", "mse")
