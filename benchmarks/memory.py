@@ -35,30 +35,21 @@ Usage:
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
+
+from processes import peak_rss_gib
+from processes import run_child
+from processes import volunteer_for_oom_killer
 
 FULL = [(v, n) for v in (32768, 131072, 262144) for n in (2048, 4096, 8192)]
 QUICK = [(32768, 2048)]  # dense peaks 2.3 (KL) and 5.6 GiB (GJSD) on TF
 DIVERGENCES = ("forward_kl", "generalized_jsd")
 
 
-def rss_gib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def child(args):
     """Runs one configuration; prints one JSON line."""
-    try:
-        # A dense run past the machine's RAM should be the one the kernel's
-        # OOM killer picks, not a neighbouring job.
-        with open("/proc/self/oom_score_adj", "w") as file:
-            file.write("1000")
-    except OSError:
-        pass
+    volunteer_for_oom_killer()
     import keras
     import numpy as np
     from keras import ops
@@ -148,7 +139,7 @@ def child(args):
     else:
         raise SystemExit(f"no step for the {backend} backend")
     del student_hidden, teacher_hidden, kernel, teacher_kernel
-    baseline = rss_gib()
+    baseline = peak_rss_gib()
     times, value = [], None
     for _ in range(args.repeats + 1):
         start = time.perf_counter()
@@ -158,7 +149,7 @@ def child(args):
         json.dumps(
             {
                 "baseline_gib": baseline,
-                "peak_gib": rss_gib(),
+                "peak_gib": peak_rss_gib(),
                 "seconds": statistics.median(times[1:]),
                 "check": value,
             }
@@ -167,20 +158,11 @@ def child(args):
 
 
 def run_config(args, method, vocab, positions, divergence):
-    command = [
-        sys.executable, os.path.abspath(__file__), "--child",
-        "--method", method, "--vocab", str(vocab), "--positions", str(positions),
-        "--divergence", divergence, "--hidden", str(args.hidden),
-        "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats),
-        "--step", args.step,
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        tail = (result.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": f"exit {result.returncode}: {tail[:90]}"}
-    return json.loads(lines[-1])
+    return run_child(__file__, [
+        "--method", method, "--vocab", vocab, "--positions", positions,
+        "--divergence", divergence, "--hidden", args.hidden,
+        "--chunk-size", args.chunk_size, "--repeats", args.repeats, "--step", args.step,
+    ])
 
 
 def parse_configs(text):

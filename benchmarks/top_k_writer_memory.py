@@ -29,39 +29,20 @@ Usage:
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
-
-def rss_gib():
-    """The process's peak RSS so far, GiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def current_rss_gib():
-    """The process's RSS now (`VmRSS`), GiB: building the teacher may peak
-    above it (initialisers' temporaries), which the peak would hide."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return rss_gib()
+from processes import current_rss_gib
+from processes import peak_rss_gib
+from processes import run_child
+from processes import volunteer_for_oom_killer
 
 
 def child(args):
     """Runs one configuration; prints one JSON line."""
-    try:
-        # A dense run past the machine's RAM should be the one the kernel's
-        # OOM killer picks, not a neighbouring job.
-        with open("/proc/self/oom_score_adj", "w") as file:
-            file.write("1000")
-    except OSError:
-        pass
+    volunteer_for_oom_killer()
     import keras
     import numpy as np
 
@@ -78,7 +59,7 @@ def child(args):
     tokens = rng.integers(0, args.vocab, (args.batches * args.batch, args.time)).astype("int32")
     chunked = {} if args.method == "dense" else {"chunk_size": args.chunk_size}
     directory = tempfile.mkdtemp(prefix="top_k_writer_memory-")
-    baseline, built_peak = current_rss_gib(), rss_gib()
+    baseline, built_peak = current_rss_gib(), peak_rss_gib()
     times = []
     try:
         for repeat in range(args.repeats):
@@ -94,24 +75,16 @@ def child(args):
         }
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    print(json.dumps({"baseline_gib": baseline, "built_peak_gib": built_peak, "peak_gib": rss_gib(),
+    print(json.dumps({"baseline_gib": baseline, "built_peak_gib": built_peak, "peak_gib": peak_rss_gib(),
                       "seconds": statistics.median(times), "check": check}))
 
 
 def run_config(args, method):
-    command = [
-        sys.executable, os.path.abspath(__file__), "--child", "--method", method,
-        "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--batch", str(args.batch),
-        "--time", str(args.time), "--batches", str(args.batches),
-        "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats),
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        tail = (result.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": f"exit {result.returncode}: {tail[:90]}"}
-    return json.loads(lines[-1])
+    return run_child(__file__, [
+        "--method", method, "--vocab", args.vocab, "--hidden", args.hidden,
+        "--batch", args.batch, "--time", args.time, "--batches", args.batches,
+        "--chunk-size", args.chunk_size, "--repeats", args.repeats,
+    ])
 
 
 def main():
