@@ -248,8 +248,8 @@ def _apply_log_level_to_absl(tf):
         return
 
 
-def import_commands(verbose=False):
-    """Imports `keras_kd.cli` (and TensorFlow), quietly unless `verbose`.
+def _import_quietly(module):
+    """Imports `module` (a name) and TensorFlow with descriptor 2 on /dev/null.
 
     TensorFlow's C++ log lines go to file descriptor 2: `TF_CPP_MIN_LOG_LEVEL`
     (set here unless the user chose one) hides those of its runtime, but the
@@ -258,19 +258,19 @@ def import_commands(verbose=False):
     /dev/null for the import only. Python errors still show: an exception
     raised by the import is printed after descriptor 2 is restored. TF 2.20's
     absl lines later on (Grappler's) ignore the variable too: the level is
-    handed to absl (`_apply_log_level_to_absl`).
+    handed to absl (`_apply_log_level_to_absl`). On every Keras backend
+    TensorFlow is imported (tf.data reads the datasets), so the same holds
+    on JAX.
     """
-    if verbose:
-        from keras_kd.cli import commands
+    import importlib
 
-        return commands
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved_stderr = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        from keras_kd.cli import commands
+        imported = importlib.import_module(module)
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # Device probing logs here too.
@@ -280,7 +280,48 @@ def import_commands(verbose=False):
         os.close(devnull)
     _apply_log_level_to_absl(tf)
     tf.get_logger().setLevel("ERROR")
-    return commands
+    return imported
+
+
+def import_commands(verbose=False):
+    """Imports `keras_kd.cli` (and TensorFlow), quietly unless `verbose`
+    (see `_import_quietly`)."""
+    if verbose:
+        from keras_kd.cli import commands
+
+        return commands
+    return _import_quietly("keras_kd.cli.commands")
+
+
+def _runs_as_module(orig_argv):
+    """Whether the interpreter's own arguments (`sys.orig_argv`) are
+    `python [options] -m keras_kd[.submodule] ...`."""
+    for index, argument in enumerate(orig_argv[1:], start=1):
+        if argument == "-m":
+            name = orig_argv[index + 1] if index + 1 < len(orig_argv) else ""
+        elif argument.startswith("-m"):
+            name = argument[2:]
+        elif argument.startswith("-") and argument not in ("-c", "-"):
+            continue  # An interpreter option (-X dev, -W ..., -u, ...).
+        else:
+            return False  # A script, -c code or stdin: not -m.
+        return name.split(".")[0] == "keras_kd"
+    return False
+
+
+def start_module_run():
+    """Called by `keras_kd/__init__.py` while `python -m keras_kd` starts.
+
+    Python imports the package (and with it TensorFlow) before it runs
+    `keras_kd/__main__.py`, so the command line's quiet import comes too late
+    there: this imports TensorFlow first, quietly unless the arguments hold
+    `--verbose` (then TensorFlow's lines show, as with the `keras-kd` script).
+    Anything else that imports keras_kd does nothing here.
+    """
+    if sys.argv[:1] != ["-m"] or not _runs_as_module(getattr(sys, "orig_argv", [])):
+        return
+    if "--verbose" not in sys.argv[1:]:
+        _import_quietly("tensorflow")
 
 
 def main(argv=None):

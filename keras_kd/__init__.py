@@ -5,6 +5,17 @@ core: Distiller, losses, teacher cache), `keras_kd.data`, `keras_kd.models`
 (the E1-E5 reference models), `keras_kd.studies` and `keras_kd.cli`.
 """
 
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"]:
+    # `python -m keras_kd`: Python imports this package (and TensorFlow)
+    # before __main__ runs; the command line's quiet import goes first.
+    import keras_kd_cli as _cli
+
+    _cli.start_module_run()
+    del _cli
+del _sys
+
 from keras_kd import _deprecated
 from keras_kd.distillation.batch import UNLABELLED as UNLABELLED
 from keras_kd.distillation.batch import targets as targets

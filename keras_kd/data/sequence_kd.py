@@ -36,6 +36,8 @@ swapped in for each `generate` call and swapped back after it.
 Only naming a sampler by string imports KerasHub.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -148,6 +150,32 @@ def _seed_sampler(sampler, seed):
         variable.assign(np.array([seed, 0], dtype=keras.backend.standardize_dtype(variable.dtype)))
 
 
+def _generation_context(model):
+    """The context `model.generate` runs in: on JAX with 64-bit types on
+    (`JAX_ENABLE_X64=1`), 64-bit types off.
+
+    KerasHub's `generate` fails on JAX under x64 ("index arguments to
+    dynamic_slice must be integers of the same type, got: int64, int32"):
+    its models' `generate_step` slices the prompt with
+    `ops.slice(prompt, [0, index - 1], ...)`, where the Python 0 becomes
+    int64 under x64 and `index` (from an int32 sum of the padding mask) is
+    int32, and `jax.lax.dynamic_slice` takes one integer type. The inputs
+    are int32 token ids, so with a float32 (or lower) model only those
+    Python scalars change type. A model with float64 weights is left as it
+    is (x64 off would compute it in float32)."""
+    if keras.backend.backend() != "jax":
+        return contextlib.nullcontext()
+    import jax
+
+    if not jax.config.jax_enable_x64 or any(
+        "64" in keras.backend.standardize_dtype(v.dtype)
+        for v in getattr(model, "weights", ())
+        if "float" in keras.backend.standardize_dtype(v.dtype)
+    ):
+        return contextlib.nullcontext()
+    return jax.enable_x64(False)
+
+
 class _Generator:
     """Runs `model.generate` with a sampler of its own.
 
@@ -170,10 +198,11 @@ class _Generator:
         model.sampler, model.generate_function = self.sampler, self._function
         try:
             _seed_sampler(self.sampler, seed)
-            outputs = model.generate(
-                {"token_ids": token_ids, "padding_mask": padding_mask},
-                stop_token_ids=self.stop_token_ids,
-            )
+            with _generation_context(model):
+                outputs = model.generate(
+                    {"token_ids": token_ids, "padding_mask": padding_mask},
+                    stop_token_ids=self.stop_token_ids,
+                )
             self._function = model.generate_function
         finally:
             model.sampler, model.generate_function = saved

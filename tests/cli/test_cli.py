@@ -93,6 +93,32 @@ def test_commands_print_no_tensorflow_log_lines(demo_run):
     assert "+ transfer set" in completed.stdout
 
 
+@pytest.mark.parametrize("entry", ["python -m keras_kd", "keras-kd"])
+def test_a_command_prints_no_log_lines_on_this_backend(entry, tmp_path):
+    """`evaluate` of a saved model (TensorFlow imported, tf.data read, the
+    backend's step run) in a fresh process on this process's Keras backend
+    (the JAX leg of .ci/run: KERAS_BACKEND=jax): no C++ log lines. Failed
+    before for `python -m keras_kd` on both backends: Python imports the
+    package, and with it TensorFlow, before `__main__` (CUDA probing lines)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    model.save(tmp_path / "model.keras")
+    start = (["-m", "keras_kd"] if entry.startswith("python") else
+             ["-c", "import keras_kd_cli, sys; sys.exit(keras_kd_cli.main())"])
+    completed = subprocess.run(
+        [sys.executable, *start, "evaluate", str(tmp_path / "model.keras"), "--source",
+         "sample", "--limit", "64"], capture_output=True, text=True, timeout=600,
+        env={**USER_ENVIRONMENT, "KERAS_BACKEND": keras.backend.backend()},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "accuracy" in completed.stdout
+    for noise in TENSORFLOW_NOISE:
+        assert noise not in completed.stdout + completed.stderr, completed.stderr[-3000:]
+
+
 def test_demo_runs_on_jax(tmp_path):
     """`KERAS_BACKEND=jax keras-kd demo` at the smallest settings, in a fresh
     process: the same table, quiet, a student above chance whose saved

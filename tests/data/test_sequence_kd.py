@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tensorflow_only
 
 import keras_kd
 from keras_kd.data import sequence_kd
@@ -157,8 +158,9 @@ def test_the_transfer_set_is_deterministic_given_the_seed(teacher, prompts, tran
     own_sampler = teacher.sampler
 
     def sampled(seed):
+        # One batch: each call traces `generate` anew, once per batch shape.
         dataset = sequence_kd.teacher_transfer_set(
-            teacher, prompts, LENGTH, batch_size=2, sampler="random", seed=seed)
+            teacher, prompts, LENGTH, batch_size=len(prompts), sampler="random", seed=seed)
         return _concatenate(dataset)[1]
 
     first, again, other = sampled(7), sampled(7), sampled(8)
@@ -169,6 +171,28 @@ def test_the_transfer_set_is_deterministic_given_the_seed(teacher, prompts, tran
         teacher, prompts, LENGTH, batch_size=3, seed=5))[1]
     np.testing.assert_array_equal(greedy, transfer[1][1])
     assert teacher.sampler is own_sampler
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's 64-bit mode")
+def test_the_transfer_set_is_generated_under_jax_x64_which_stays_on(teacher, prompts, transfer):
+    """With JAX_ENABLE_X64=1 (the float64 references' setting) KerasHub's
+    `generate` raised "index arguments to dynamic_slice must be integers of
+    the same type, got: int64, int32"; generation now runs with x64 off and
+    gives the tokens it gives without x64, and x64 is on again after it."""
+    import jax
+
+    with jax.enable_x64(True):
+        # Traced here (each call traces `generate`), in one batch.
+        dataset = sequence_kd.teacher_transfer_set(
+            teacher, prompts, LENGTH, batch_size=len(prompts))
+        _, y, _ = _concatenate(dataset)
+        assert jax.config.jax_enable_x64
+        assert keras.ops.convert_to_tensor(np.float64(1.0)).dtype == np.float64
+    with jax.enable_x64(False):
+        without = _concatenate(sequence_kd.teacher_transfer_set(
+            teacher, prompts, LENGTH, batch_size=len(prompts)))[1]
+    np.testing.assert_array_equal(y, without)
+    np.testing.assert_array_equal(y, transfer[1][1])
 
 
 class _NotCausalLM:
@@ -229,7 +253,16 @@ def test_transfer_set_errors(teacher, prompts, model, bad_prompts, max_length, k
 
 # The on-policy batches.
 
+# On JAX `OnPolicyBatches` refuses to be built (test_backends.py checks the
+# error): Keras' JAX `fit` keeps the weights in its compiled step's state, so
+# a generation inside fit's input pipeline has no current weights to read.
+on_policy = tensorflow_only(
+    "OnPolicyBatches generates with the student's weights inside fit's input pipeline; "
+    "Keras' JAX fit keeps them in its step state, so the class refuses JAX "
+    "(test_backends.py checks the error)")
 
+
+@on_policy
 @pytest.mark.parametrize("kind", ["dataset", "list"])
 def test_lmbda_0_gives_the_source_batches_unchanged(student, kind):
     source = _source() if kind == "dataset" else _as_list(_source())
@@ -244,6 +277,7 @@ def test_lmbda_0_gives_the_source_batches_unchanged(student, kind):
         assert not batches.is_on_policy(index)
 
 
+@on_policy
 @pytest.mark.parametrize("sampler", [None, "greedy"])
 def test_lmbda_1_gives_the_student_continuations_without_labels(student, sampler):
     source = _as_list(_source())
@@ -272,6 +306,7 @@ def test_lmbda_1_gives_the_student_continuations_without_labels(student, sampler
         np.testing.assert_array_equal(weight, expected)
 
 
+@on_policy
 def test_an_on_policy_batch_keeps_a_short_padded_prompt(student):
     # The source's last batch ends in padding: a row with 2 real tokens
     # keeps those 2 as its prompt and the student continues from there.
@@ -294,6 +329,7 @@ def test_an_on_policy_batch_keeps_a_short_padded_prompt(student):
     np.testing.assert_array_equal(got_weight[0], (positions >= PROMPT - 1) & last)
 
 
+@on_policy
 def test_the_choice_of_on_policy_batches_is_seeded(student):
     def pattern(seed, epochs=3, lmbda=0.3):
         batches = sequence_kd.OnPolicyBatches(
@@ -311,6 +347,7 @@ def test_the_choice_of_on_policy_batches_is_seeded(student):
     assert all(m or not f for f_row, m_row in zip(first, more) for f, m in zip(f_row, m_row))
 
 
+@on_policy
 def test_epochs_count_what_keras_begins_and_ends(student):
     batches = sequence_kd.OnPolicyBatches(_source(), student, lmbda=0.5, prompt_length=PROMPT)
     first, cached = batches[0], batches.source_batch(0)
@@ -324,6 +361,7 @@ def test_epochs_count_what_keras_begins_and_ends(student):
     assert draws == [batches.is_on_policy(i, epoch=1) for i in range(50)]
 
 
+@on_policy
 def test_random_sampling_is_reproducible_per_batch(student):
     batches = sequence_kd.OnPolicyBatches(
         _as_list(_source()), student, lmbda=1.0, prompt_length=PROMPT, sampler="random", seed=0)
@@ -335,6 +373,7 @@ def test_random_sampling_is_reproducible_per_batch(student):
     assert any((batches[i][0]["token_ids"] != first[i][0]["token_ids"]).any() for i in range(3))
 
 
+@on_policy
 def test_distiller_fit_on_on_policy_batches(teacher):
     student = tiny_gpt2(2)
     batches = sequence_kd.OnPolicyBatches(
@@ -351,6 +390,7 @@ def test_distiller_fit_on_on_policy_batches(teacher):
     assert batches.epoch == 1
 
 
+@on_policy
 @pytest.mark.parametrize(
     "source, kwargs, error, match",
     [
@@ -376,6 +416,7 @@ def test_on_policy_argument_errors(student, source, kwargs, error, match):
         sequence_kd.OnPolicyBatches(source, **arguments)
 
 
+@on_policy
 @pytest.mark.parametrize(
     "batch, prompt_length, match",
     [

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_mlp
+from conftest import numpy
 from conftest import tensorflow_only
+from conftest import value_and_gradients
 
 import keras_kd
 from keras_kd import Distiller
@@ -69,6 +71,8 @@ def _one_step(strategy, reduction, alpha, distil=True):
     return [w.numpy() for w in student.weights]
 
 
+@tensorflow_only("tf.distribute replicas (MirroredStrategy); on JAX the Distiller refuses a "
+                 "tf.distribute scope and keras.distribution is tested in tests/distribution")
 @pytest.mark.parametrize("reduction", ["sum", "sum_over_batch_size", "mean_with_sample_weight"])
 def test_replicas_give_one_devices_update_for_every_reduction(mirrored, reduction):
     """Row 1. Before round 4 the step divided every reduction by the number
@@ -288,7 +292,8 @@ def test_a_softmax_teacher_in_a_top_k_cache_with_k_vocab_is_the_online_loss(tmp_
     cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", k=VOCAB, batch_size=6,
                                     values_dtype="float32")
     assert cache.manifest["teacher_outputs"] == "probabilities"
-    element = next(iter(top_k.top_k_dataset(cache, batch_size=6)))
+    # As NumPy: Keras' JAX train_on_batch takes no tf.Tensor (fit reads tf.data).
+    element = numpy(next(iter(top_k.top_k_dataset(cache, batch_size=6))))
     online, s = _distillation_loss(teacher, tokens, labels)
     offline, _ = _distillation_loss(
         teacher, tokens, keras_kd.targets(labels, teacher_top_k=element))
@@ -344,22 +349,24 @@ def test_float16_cache_of_near_impossible_ids_is_finite_and_exact(tmp_path, tail
     dense.bias.assign(np.where(np.arange(VOCAB) % 3 == 0, -1e5, 0.0).astype("float32"))
     tokens = _tokens(4, seed=6)
     cache = top_k.write_top_k_cache(teacher, tokens, tmp_path / "cache", k=VOCAB, batch_size=4)
-    element = next(iter(top_k.top_k_dataset(cache, batch_size=4)))
-    stored = element["values"].numpy()
+    element = numpy(next(iter(top_k.top_k_dataset(cache, batch_size=4))))
+    stored = element["values"]
     assert stored.dtype == np.float16 and np.isfinite(stored).all() and stored.min() == -65504
-    keras.utils.set_random_seed(24)
-    student_logits = tf.Variable(np.random.default_rng(7).normal(size=(4, TIME, VOCAB)), dtype="float32")
-    with tf.GradientTape() as tape:
+    student_logits = np.random.default_rng(7).normal(size=(4, TIME, VOCAB)).astype("float32")
+
+    def kl_of(logits):
         kl = top_k.top_k_kl_divergence(
-            element["indices"], element["values"], element["log_normalizer"], student_logits,
+            element["indices"], element["values"], element["log_normalizer"], logits,
             temperature=1.0, tail=tail, cache_temperature=1.0)
-    gradient = tape.gradient(kl, student_logits).numpy()
-    assert np.isfinite(kl.numpy()).all() and np.isfinite(gradient).all()
+        return keras.ops.sum(kl), kl
+
+    _, (gradient,), kl = value_and_gradients(kl_of, [student_logits])
+    kl = numpy(kl)
+    assert np.isfinite(kl).all() and np.isfinite(gradient).all()
     # Within float16's rounding of the other logits (2**-11 relative) of
     # the float64 dense KL; the -1e5 ids have probability 0 in both.
     teacher_logits = teacher.predict(tokens, verbose=0)
-    np.testing.assert_allclose(kl.numpy(), kl64(teacher_logits, student_logits.numpy()),
-                               rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(kl, kl64(teacher_logits, student_logits), rtol=2e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("tail", ["bin", "renormalize"])
@@ -373,12 +380,15 @@ def test_bins_of_zero_teacher_probability_contribute_exactly_zero(tail):
     values = np.take_along_axis(teacher, indices, -1).astype("float32")
     finite = np.where(np.isfinite(teacher), teacher, -np.inf)
     log_normalizer = np.log(np.sum(np.exp(finite), -1)).astype("float32")
-    student = tf.Variable(rng.normal(size=(3, VOCAB)), dtype="float32")
-    with tf.GradientTape() as tape:
-        kl = top_k.top_k_kl_divergence(indices, values, log_normalizer, student, 1.0, tail=tail)
-    gradient = tape.gradient(kl, student).numpy()
+    student = rng.normal(size=(3, VOCAB)).astype("float32")
+
+    def kl_of(logits):
+        kl = top_k.top_k_kl_divergence(indices, values, log_normalizer, logits, 1.0, tail=tail)
+        return keras.ops.sum(kl), kl
+
+    _, (gradient,), kl = value_and_gradients(kl_of, [student])
     assert np.isfinite(gradient).all()
-    np.testing.assert_allclose(kl.numpy(), kl64(teacher, student.numpy()), rtol=1e-5)
+    np.testing.assert_allclose(numpy(kl), kl64(teacher, student), rtol=1e-5)
 
 
 # Row 6: a top-k cache of another vocabulary.
@@ -422,6 +432,8 @@ def _text_model(seed, units):
     return keras.Model(inputs, keras.layers.Dense(4)(hidden))
 
 
+@tensorflow_only("string inputs: Keras' JAX trainer takes no string arrays (JAX has no "
+                 "string dtype), so `student.fit` on this student fails on JAX too")
 def test_a_string_input_student_distils_as_student_fit_trains_it():
     """Row 7. Before round 4 the Distiller refused it ("`x` has dtype
     string; the student needs numeric inputs") although `student.fit` trains it.
@@ -507,7 +519,8 @@ def test_a_distiller_without_a_temperature_takes_the_caches(tmp_path, call):
         if call == "fit":
             losses[name] = distiller.fit(batches, verbose=0).history["distillation_loss"][0]
         else:
-            x, y = next(iter(batches))
+            # NumPy: Keras' JAX train_on_batch takes no tf.Tensor.
+            x, y = numpy(next(iter(batches)))
             losses[name] = distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"]
         if temperature is None:
             assert distiller.temperature == 3.0
