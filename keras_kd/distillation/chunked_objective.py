@@ -2,8 +2,9 @@
 
 `chunked_objective` is what a `Distiller` step computes from two models'
 logits (`alpha * student_loss + (1 - alpha) * distillation_loss`, reduced
-as `keras_kd.distillation.terms` reduces them, and the student's accuracy
-over real tokens), computed from the final hidden states and the heads by
+as `keras_kd.distillation.terms` reduces them, the student's accuracy
+over real tokens and the teacher metrics' values), computed from the final
+hidden states and the heads by
 `keras_kd.distillation.chunked.chunked_distillation_loss`, so no
 `(batch, time, vocab)` tensor ever exists. The masks follow
 `keras_kd.distillation.labels.label_masks`: `UNLABELLED` positions get only

@@ -7,7 +7,10 @@ follows its teacher.
 logits. During `fit` those are at hand; in `evaluate` they are opt-in,
 because they make `evaluate` run the teacher (which it otherwise does not).
 An ensemble's members are mixed at T = 1 for them (its predictive
-distribution), whatever the training temperature.
+distribution), whatever the training temperature. On the chunked path
+(`compile(chunk_size=...)`) they are computed chunk by chunk from both
+models' hidden states and heads (`TeacherMetric.per_sample` on one chunk of
+positions at a time), so they need no whole logits either.
 """
 
 import keras
