@@ -48,7 +48,8 @@ from keras_kd.distillation.top_k_loss import _sum_p_log_ratio
 
 ChunkedTerms = collections.namedtuple(
     "ChunkedTerms",
-    ["loss", "cross_entropy", "distillation", "correct", "teacher_cross_entropy"],
+    ["loss", "cross_entropy", "distillation", "correct", "teacher_cross_entropy",
+     "teacher_metrics"],
 )
 ChunkedTerms.__doc__ = """What `chunked_distillation_loss` returns.
 
@@ -61,8 +62,10 @@ Attributes:
     distillation: `(N,)` the divergence of each position, as the dense loss's
         `compute_per_sample` gives it (`T**2` included).
     correct: `(N,)` 1.0 where the student's argmax is the label, else 0.0.
-    teacher_cross_entropy: `(N,)` the teacher's cross-entropy on the labels,
-        for teacher metrics.
+    teacher_cross_entropy: `(N,)` the teacher's cross-entropy on the labels.
+    teacher_metrics: A tuple, for each of the `teacher_metrics` given, its
+        `(N,)` per-position values (`TeacherMetric.position_values` of each
+        chunk's logits at T = 1), in the metric's dtype; `()` without them.
 """
 
 
@@ -361,7 +364,18 @@ def _top_k_terms(indices, values, log_normalizer, student_logits, temperature, t
 def _cap(logits, soft_cap):
     if soft_cap is None:
         return logits
-    return ops.tanh(logits / soft_cap) * soft_cap
+    return _tanh(logits / soft_cap) * soft_cap
+
+
+def _tanh(x):
+    """`tanh`, in float64 for float64 `x`: Keras 3.15's JAX `ops.tanh`
+    returns float32 for float64 inputs (7e-8 relative error in float64
+    soft-capped logits); `tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|))`
+    keeps float64's precision."""
+    if keras.backend.standardize_dtype(x.dtype) != "float64":
+        return ops.tanh(x)
+    m = ops.expm1(-2.0 * ops.abs(x))
+    return ops.sign(x) * (-m / (2.0 + m))
 
 
 def _row_layout(size):
@@ -407,6 +421,8 @@ def chunked_distillation_loss(
     chunk_size=1024,
     training=True,
     teacher_top_k=None,
+    teacher_metrics=(),
+    with_divergence=True,
 ):
     """The student's cross-entropy and a divergence, from hidden states.
 
@@ -474,6 +490,16 @@ def chunked_distillation_loss(
             `top_k_dataset` gives them, `cache_temperature` and
             `vocab_size`. The divergence must be a `TopKKLDivergence`
             (`None` for `TopKKLDivergence()`).
+        teacher_metrics: `TeacherMetric`s (`keras_kd.TeacherKL`,
+            `TeacherAgreement`, or a subclass's `per_sample`), computed on
+            each chunk's `(chunk_size, vocab)` logits of both models at
+            T = 1 (after soft-capping); their per-position values come back
+            in `ChunkedTerms.teacher_metrics`, to be accumulated with
+            `TeacherMetric.update_values`. Need `teacher_hidden` and
+            `teacher_head` (a top-k cache holds only the teacher's top k).
+        with_divergence: `False` reads the teacher for `teacher_metrics`
+            (and `teacher_cross_entropy`) only: the divergence is not
+            computed (0), as for the Distiller's `evaluate`.
 
     Returns:
         A `ChunkedTerms` (its `teacher_cross_entropy` is `None` with
@@ -482,7 +508,8 @@ def chunked_distillation_loss(
 
     Raises:
         ValueError: for a bad `chunk_size`, a divergence without a chunked
-            form, or heads or states whose sizes disagree.
+            form, heads or states whose sizes disagree, or
+            `teacher_metrics` without a teacher's hidden states and head.
 
     Example:
 
@@ -506,6 +533,15 @@ def chunked_distillation_loss(
             "or neither for the student's loss alone). Received: "
             f"teacher_hidden={'None' if teacher_hidden is None else 'states'}, "
             f"teacher_head={teacher_head!r}.")
+    teacher_metrics = tuple(teacher_metrics)
+    if teacher_metrics and (top_k or student_only):
+        raise ValueError(
+            "`teacher_metrics` compare the teacher's whole distribution with the "
+            "student's, so they need `teacher_hidden` and `teacher_head`; "
+            + ("a top-k cache (`teacher_top_k`) holds only the teacher's top k logits"
+               if top_k else "none was given")
+            + f". Received: teacher_metrics={list(teacher_metrics)!r}. Pass the "
+            "teacher's hidden states and head, or drop the teacher metrics.")
     if student_only:
         loss = None
         precision = "float32"
@@ -641,7 +677,14 @@ def chunked_distillation_loss(
             teacher_picked = ops.take_along_axis(
                 ops.log_softmax(teacher_logits, axis=-1), safe_labels[:, None], axis=-1
             )[:, 0]
-            teacher_values = (ops.where(valid, -teacher_picked, 0.0),)
+            # The teacher metrics' values of the chunk, at T = 1.
+            teacher_values = (ops.where(valid, -teacher_picked, 0.0),) + tuple(
+                metric.position_values(teacher_logits, student_logits)
+                for metric in teacher_metrics
+            )
+        if not (student_only or top_k or with_divergence):  # The teacher for metrics only.
+            distillation, d_distillation = ops.zeros_like(cross_entropy), None
+        elif not (student_only or top_k):
             log_p = _softened_log_probabilities(teacher_logits, temperature)
             log_q = _softened_log_probabilities(student_logits, temperature)
             distillation = value_fn(log_p, log_q)
@@ -684,7 +727,10 @@ def chunked_distillation_loss(
         # `gate` is 0, computed from the previous chunk's last result: TF's
         # `while` runs up to 10 iterations at once when they do not depend
         # on each other, which would hold 10 chunks of logits.
-        buffers = (zeros,) * (3 if top_k or student_only else 4)
+        buffers = (zeros,) * (3 if top_k or student_only else 4) + tuple(
+            # Each teacher metric's values in its own dtype.
+            _constrain(ops.cast(zeros, metric.dtype), row_layout) for metric in teacher_metrics
+        )
         init = [ops.zeros((), precision), buffers, ops.zeros((), "int32")]
         if with_gradients:
             init += [_constrain(ops.zeros_like(hidden_rows), row_layout), ops.zeros_like(kernel)]
@@ -751,7 +797,9 @@ def chunked_distillation_loss(
         arguments = (student_hidden, kernel) + (() if bias is None else (bias,))
         outputs = ops.custom_gradient(forward_and_gradients)(*arguments)
     outputs = tuple(outputs)
-    return ChunkedTerms(*(outputs + (None,) * (5 - len(outputs))))
+    teacher_cross_entropy = None if top_k or student_only else outputs[4]
+    return ChunkedTerms(*outputs[:4], teacher_cross_entropy,
+                        outputs[len(outputs) - len(teacher_metrics):])
 
 
 def _check_top_k_temperature(loss, teacher_top_k, temperature, vocab):

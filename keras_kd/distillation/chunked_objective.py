@@ -2,8 +2,9 @@
 
 `chunked_objective` is what a `Distiller` step computes from two models'
 logits (`alpha * student_loss + (1 - alpha) * distillation_loss`, reduced
-as `keras_kd.distillation.terms` reduces them, and the student's accuracy
-over real tokens), computed from the final hidden states and the heads by
+as `keras_kd.distillation.terms` reduces them, the student's accuracy
+over real tokens and the teacher metrics' values), computed from the final
+hidden states and the heads by
 `keras_kd.distillation.chunked.chunked_distillation_loss`, so no
 `(batch, time, vocab)` tensor ever exists. The masks follow
 `keras_kd.distillation.labels.label_masks`: `UNLABELLED` positions get only
@@ -42,6 +43,8 @@ ChunkedObjective = collections.namedtuple(
         "metric_weights",
         "terms",
         "labelled",
+        "present",
+        "teacher_metrics",
     ],
 )
 ChunkedObjective.__doc__ = """What `chunked_objective` returns.
@@ -65,6 +68,14 @@ Attributes:
     terms: The `ChunkedTerms` per position, `(N,)` flat.
     labelled: `(batch, ...)` float32 1.0 at the labelled positions (the
         metric weights before sample weights).
+    present: `(batch, ...)` boolean mask of the positions both terms count
+        (not padding, not `ignore_class`), or `None` when all count: the
+        teacher metrics' mask, as on the dense path.
+    teacher_metrics: For each of the `teacher_metrics` given, its
+        `(batch, ...)` per-position values (computed chunk by chunk);
+        `metric.update_values(values, weights)`, `weights` the sample
+        weights times `present`, accumulates what `metric.update_state`
+        would on the whole logits.
 """
 
 
@@ -148,6 +159,8 @@ def chunked_objective(
     chunk_size=1024,
     training=True,
     teacher_top_k=None,
+    teacher_metrics=(),
+    with_divergence=True,
 ):
     """A Distiller step's loss and terms from hidden states, in chunks.
 
@@ -189,6 +202,13 @@ def chunked_objective(
         teacher_top_k: Optional top-k cache batch: `indices`, `values`
             `(batch, ..., k)`, `log_normalizer` `(batch, ...)`, and the
             `cache_temperature` / `vocab_size` `top_k_dataset` adds.
+        teacher_metrics: `TeacherMetric`s (`keras_kd.TeacherKL`,
+            `TeacherAgreement`, ...) to compute chunk by chunk from both
+            models' logits at T = 1; needs `teacher_hidden` and
+            `teacher_head`.
+        with_divergence: `False`: the teacher is read for
+            `teacher_metrics` only, the distillation loss is 0 (the
+            Distiller's `evaluate`).
 
     Returns:
         A `ChunkedObjective`.
@@ -261,6 +281,8 @@ def chunked_objective(
         chunk_size=chunk_size,
         training=training,
         teacher_top_k=top_k_rows,
+        teacher_metrics=teacher_metrics,
+        with_divergence=with_divergence,
     )
 
     def unflat(values):
@@ -291,4 +313,6 @@ def chunked_objective(
         metric_weights=metric_weights,
         terms=terms,
         labelled=ops.cast(labelled, "float32"),
+        present=present,
+        teacher_metrics=tuple(unflat(values) for values in terms.teacher_metrics),
     )

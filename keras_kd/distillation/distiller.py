@@ -389,8 +389,13 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 calling the distiller) returns the student's whole logits,
                 as Keras does. Needs a sparse cross-entropy student loss,
                 one teacher (online or a top-k cache; no ensemble, dense
-                logit cache, hints or `align_vocabulary`); of the metrics
-                only sparse accuracy, computed from the chunks' hits.
+                logit cache, hints or `align_vocabulary`); of the compiled
+                metrics only sparse accuracy, computed from the chunks'
+                hits. Teacher metrics (`TeacherKL`, `TeacherAgreement`, a
+                subclass's `per_sample`) are computed chunk by chunk from
+                the teacher's hidden states, in `fit` and (running the
+                teacher only for them) in `evaluate`; a top-k cache cannot
+                feed them, as on the dense path.
             student_head: With `chunk_size`, the name of the student's head
                 layer (default: a KerasHub CausalLM's token embedding, or
                 the model's last layer).
@@ -911,9 +916,18 @@ def chunked_setup(distiller, chunk_size, student_head, teacher_head, metrics, we
     given = [m for group in (metrics, weighted_metrics) if group is not None
              for m in (group if isinstance(group, (list, tuple)) else [group])]
     others = [m for m in given if not _is_accuracy(m)]
-    if others or distiller._teacher_metrics:
-        refused.append("metrics other than accuracy (they need whole logits): "
-                       + ", ".join(repr(m) for m in others + list(distiller._teacher_metrics)))
+    if others:
+        refused.append("compiled metrics other than accuracy (they need whole logits): "
+                       + ", ".join(repr(m) for m in others))
+    # Teacher metrics run chunk by chunk through `per_sample`; one that
+    # overrides `update_state` may need the whole logits.
+    whole = [m for m in distiller._teacher_metrics
+             if type(m).update_state is not TeacherMetric.update_state]
+    if whole:
+        refused.append(
+            "teacher metrics that override `update_state` (the chunked path calls "
+            "`per_sample` on one chunk of positions at a time; implement that "
+            "instead): " + ", ".join(repr(m) for m in whole))
     if distiller.teacher_outputs != "logits":
         refused.append(f"teacher_outputs={distiller.teacher_outputs!r}")
     if refused:

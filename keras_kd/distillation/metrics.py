@@ -7,7 +7,10 @@ follows its teacher.
 logits. During `fit` those are at hand; in `evaluate` they are opt-in,
 because they make `evaluate` run the teacher (which it otherwise does not).
 An ensemble's members are mixed at T = 1 for them (its predictive
-distribution), whatever the training temperature.
+distribution), whatever the training temperature. On the chunked path
+(`compile(chunk_size=...)`) they are computed chunk by chunk from both
+models' hidden states and heads (`TeacherMetric.per_sample` on one chunk of
+positions at a time), so they need no whole logits either.
 """
 
 import keras
@@ -85,13 +88,59 @@ class TeacherMetric(keras.metrics.Mean):
     """Base of the metrics a `Distiller` feeds with the teacher's logits.
 
     `update_state(teacher_logits, student_logits, sample_weight)`; a
-    subclass implements `per_sample(teacher_logits, student_logits)`.
+    subclass implements `per_sample(teacher_logits, student_logits)`: the
+    value of each position from its own row of logits (`(..., vocab)` in,
+    `(...)` out), in the metric's dtype. The weighted mean of those values
+    is the metric.
+
+    The Distiller's chunked path (`compile(chunk_size=...)`) never builds
+    whole logits: it calls `per_sample` on one chunk of `(chunk_size,
+    vocab)` rows at a time and accumulates the values with
+    `update_values`, which gives what `update_state` gives on the whole
+    logits for any `per_sample` that reads each position's row alone. A
+    subclass that overrides `update_state` is refused there (it may need
+    the whole logits).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> class TeacherTopProbability(TeacherMetric):
+    ...     def per_sample(self, teacher_logits, student_logits):
+    ...         top = ops.argmax(teacher_logits, axis=-1)
+    ...         student = ops.softmax(student_logits, axis=-1)
+    ...         return ops.take_along_axis(student, top[..., None], axis=-1)[..., 0]
+    >>> metric = TeacherTopProbability()
+    >>> metric.update_state(np.array([[2.0, 0.0]]), np.array([[0.0, 0.0]]))
+    >>> float(metric.result())
+    0.5
     """
 
     def update_state(self, teacher_logits, student_logits, sample_weight=None):
-        values = self.per_sample(
-            ops.cast(teacher_logits, "float32"), ops.cast(student_logits, "float32")
+        return self.update_values(
+            self.position_values(teacher_logits, student_logits), sample_weight)
+
+    def position_values(self, teacher_logits, student_logits):
+        """`per_sample` on logits cast to the metric's dtype.
+
+        Args:
+            teacher_logits: The teacher's logits at T = 1, `(..., vocab)`.
+            student_logits: The student's logits, `(..., vocab)`.
+
+        Returns:
+            The values `(...)`, in the metric's dtype.
+        """
+        return self.per_sample(
+            ops.cast(teacher_logits, self.dtype), ops.cast(student_logits, self.dtype)
         )
+
+    def update_values(self, values, sample_weight=None):
+        """Accumulates values `position_values` gave, as `update_state`.
+
+        Args:
+            values: `(batch, ...)` values of the positions.
+            sample_weight: Optional weights broadcastable to `values`.
+        """
         return super().update_state(values, sample_weight=sample_weight)
 
     def per_sample(self, teacher_logits, student_logits):

@@ -69,7 +69,9 @@ class Terms(NamedTuple):
     hint_losses: tuple = ()
     # 1.0, or 0.0 in a step that skipped the teacher (alpha == 1).
     distillation_computed: Any = 1.0
-    # The chunked path: `(correct, labelled)` per position, for accuracy.
+    # The chunked path: `(correct, labelled, present, teacher_values)` per
+    # position, for accuracy and the teacher metrics (`teacher_values`, one
+    # per teacher metric, `()` when the teacher was not read).
     chunk_metrics: Any = None
 
 
@@ -117,8 +119,30 @@ def _chunked_forward(distiller, batch, training):
     `student_logits`) and the teacher's (in `teacher`), or the batch's
     top-k cache dict there; no logits."""
     setup = distiller.chunked
-    cached = batch.teacher_outputs
-    if cached is not None and not isinstance(cached, dict):
+    _check_chunked_cache(distiller, batch.teacher_outputs)
+    student_hidden = setup.student.hidden(distiller.student_inputs(batch.inputs), training)
+    if batch.teacher_outputs is not None:
+        # A top-k cache: the teacher does not run; the term is always computed.
+        return Outputs(student_hidden,
+                       teacher=distiller.teacher_side.from_cache(batch.teacher_outputs))
+    # The teacher always runs (its term's weight is 0 at alpha == 1), but the
+    # term is logged as computed only while alpha < 1, as the dense path does.
+    may_skip = not distiller._teacher_metrics
+    return Outputs(student_hidden, teacher=_chunked_teacher_hidden(distiller, batch),
+                   teacher_may_skip=may_skip)
+
+
+def _chunked_teacher_hidden(distiller, batch):
+    return ops.stop_gradient(
+        distiller.chunked.teacher.hidden(distiller.teacher_inputs(batch.inputs), False))
+
+
+def _check_chunked_cache(distiller, cached):
+    """Refuses, on the chunked path, a batch's cached teacher outputs it
+    cannot read: dense logits, or a top-k cache with teacher metrics."""
+    if cached is None:
+        return
+    if not isinstance(cached, dict):
         raise ValueError(
             "The chunked path (`chunk_size`) distils from the teacher's hidden "
             "states or a top-k cache (`keras_kd.targets(labels, teacher_top_k="
@@ -127,16 +151,15 @@ def _chunked_forward(distiller, batch, training):
             "chunked path exists to avoid. Write a top-k cache "
             "(`write_top_k_cache`), let the teacher run online, or compile "
             "without `chunk_size` to train on these logits.")
-    student_hidden = setup.student.hidden(distiller.student_inputs(batch.inputs), training)
-    if cached is not None:
-        # A top-k cache: the teacher does not run; the term is always computed.
-        return Outputs(student_hidden, teacher=distiller.teacher_side.from_cache(cached))
-    teacher_hidden = ops.stop_gradient(
-        setup.teacher.hidden(distiller.teacher_inputs(batch.inputs), False))
-    # The teacher always runs (its term's weight is 0 at alpha == 1), but the
-    # term is logged as computed only while alpha < 1, as the dense path does.
-    may_skip = not distiller._teacher_metrics
-    return Outputs(student_hidden, teacher=teacher_hidden, teacher_may_skip=may_skip)
+    if distiller._teacher_metrics:
+        # As the dense path (`combined_teacher_logits`) refuses it.
+        names = ", ".join(repr(m.name) for m in distiller._teacher_metrics)
+        raise ValueError(
+            "A top-k teacher cache holds the teacher's top k logits only, and the "
+            f"teacher metrics ({names}) compare its whole distribution with the "
+            "student's: on the chunked path (`chunk_size`) as on the dense one they "
+            "need the teacher online. Let the teacher run (targets without "
+            "`teacher_top_k`), or drop the teacher metrics.")
 
 
 def _chunked_terms(distiller, batch, outputs, alpha, training=True):
@@ -157,6 +180,8 @@ def _chunked_terms(distiller, batch, outputs, alpha, training=True):
     elif outputs.teacher is not None:
         teacher_hidden = outputs.teacher
         teacher_head = LinearHead.from_layer(setup.teacher.layer)
+    # The teacher metrics, chunk by chunk, wherever the teacher's states are.
+    teacher_metrics = distiller._teacher_metrics if teacher_hidden is not None else ()
     result = chunked_objective(
         outputs.student_logits,
         LinearHead.from_layer(setup.student.layer),
@@ -173,8 +198,11 @@ def _chunked_terms(distiller, batch, outputs, alpha, training=True):
         chunk_size=setup.chunk_size,
         training=training,
         teacher_top_k=teacher_top_k,
+        teacher_metrics=teacher_metrics,
+        # `evaluate` reads the teacher for its metrics only.
+        with_divergence=training,
     )
-    chunk_metrics = (result.correct, result.labelled)
+    chunk_metrics = (result.correct, result.labelled, result.present, result.teacher_metrics)
     # The terms come in the divergence's `precision`; the loss the optimizer
     # and the trackers see is float32, as on the dense path.
     student_loss = ops.cast(result.student_loss, "float32")
@@ -189,11 +217,15 @@ def _chunked_terms(distiller, batch, outputs, alpha, training=True):
 
 def evaluation_forward(distiller, batch):
     """The student alone, and the teacher only for teacher metrics. On the
-    chunked path the student's final hidden states (teacher metrics are
-    refused there), no logits."""
+    chunked path the student's final hidden states (and the teacher's, for
+    teacher metrics), no logits."""
     if getattr(distiller, "chunked", None) is not None:
         inputs = distiller.student_inputs(batch.inputs)
-        return Outputs(distiller.chunked.student.hidden(inputs, False))
+        student_hidden = distiller.chunked.student.hidden(inputs, False)
+        if not distiller._teacher_metrics:
+            return Outputs(student_hidden)
+        _check_chunked_cache(distiller, batch.teacher_outputs)
+        return Outputs(student_hidden, teacher=_chunked_teacher_hidden(distiller, batch))
     student_logits = distiller.student_logits(batch.inputs, training=False)
     raw = None
     if distiller._teacher_metrics:  # Opt-in: only they make evaluate run the teacher.
@@ -261,7 +293,12 @@ def update_metrics(distiller, batch, outputs, terms):
         for tracker, value in zip(distiller.hint_trackers, terms.hint_losses):
             tracker.update_state(value, sample_weight=batch_size)
     if terms.chunk_metrics is not None:
-        _update_chunked_accuracy(distiller, batch, *terms.chunk_metrics)
+        correct, labelled, present, teacher_values = terms.chunk_metrics
+        _update_chunked_accuracy(distiller, batch, correct, labelled)
+        if teacher_values:
+            weights = _teacher_metric_weights(batch, present, ops.shape(correct))
+            for metric, values in zip(distiller._teacher_metrics, teacher_values):
+                metric.update_values(values, weights)
     else:
         _update_compiled_and_teacher_metrics(
             distiller, batch, outputs.student_logits, outputs.teacher)
@@ -305,13 +342,21 @@ def _update_compiled_and_teacher_metrics(distiller, batch, student_logits, raw_t
         # at the training temperature is another distribution.
         teacher_logits = combined_teacher_logits(
             distiller, raw_teacher, student_logits, "softmax", temperature=1.0)
-        weights = combine_masks(present)
-        weights = None if weights is None else ops.cast(weights, "float32")
-        if batch.sample_weight is not None:
-            sw = broadcast_weights(batch.sample_weight, ops.ones(ops.shape(student_logits)[:-1]))
-            weights = sw if weights is None else weights * sw
+        weights = _teacher_metric_weights(batch, present, ops.shape(student_logits)[:-1])
         for metric in distiller._teacher_metrics:
             metric.update_state(teacher_logits, student_logits, weights)
+
+
+def _teacher_metric_weights(batch, present, shape):
+    """The teacher metrics' weights of positions of `shape`: the sample
+    weights times `present` (padding and `ignore_class` left out; unlabelled
+    positions count), or `None` when all positions weigh 1."""
+    weights = combine_masks(present)
+    weights = None if weights is None else ops.cast(weights, "float32")
+    if batch.sample_weight is not None:
+        sw = broadcast_weights(batch.sample_weight, ops.ones(shape))
+        weights = sw if weights is None else weights * sw
+    return weights
 
 
 def metric_results(metrics):

@@ -592,3 +592,101 @@ def test_without_a_teacher_the_student_cross_entropy_alone(problem, chunk_size):
                                   problem["labels"], problem["weights"])
     for got, expected in zip(grads, numeric_gradients(alone, DIVERGENCES[0][2], True)):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+
+def _teacher_metric_run(problem, dtype, chunk_size, caps, training, with_divergence=True,
+                        metrics=True):
+    """`chunked_distillation_loss` with `teacher_metrics` (TeacherKL and
+    TeacherAgreement in `dtype`; none with `metrics=False`)."""
+    from keras_kd import TeacherAgreement
+    from keras_kd import TeacherKL
+
+    metrics = [TeacherKL(dtype=dtype), TeacherAgreement(dtype=dtype)] if metrics else ()
+
+    def fn(hidden, kernel, bias):
+        teacher = LinearHead(np.asarray(problem["teacher_kernel"], dtype),
+                             bias=np.asarray(problem["teacher_bias"], dtype), soft_cap=caps[1])
+        terms = chunked_distillation_loss(
+            hidden, LinearHead(kernel, bias, soft_cap=caps[0]),
+            np.asarray(problem["teacher_hidden"], dtype), teacher, problem["labels"],
+            np.asarray(problem["weights"], dtype),
+            distillation_weights=np.asarray(problem["distillation_weights"], dtype),
+            divergence=divergences.GeneralizedJSD(beta=0.5, precision=dtype),
+            temperature=TEMPERATURE, chunk_size=chunk_size, training=training,
+            teacher_metrics=metrics, with_divergence=with_divergence)
+        return terms.loss, terms
+
+    params = [problem["student_hidden"], problem["student_kernel"], problem["student_bias"]]
+    if not training:  # No gradient to take.
+        value, terms = fn(*(np.asarray(p, dtype) for p in params))
+        return float(value), None, terms
+    value, grads, terms = value_and_gradients(fn, params, dtype)
+    return float(value), grads, terms
+
+
+def _teacher_metrics64(problem, caps):
+    """Float64 `KL(softmax(t) || softmax(s))` at T = 1 and argmax agreement,
+    per position."""
+    s = cap64(problem["student_hidden"] @ problem["student_kernel"] + problem["student_bias"],
+              caps[0])
+    t = cap64(problem["teacher_hidden"] @ problem["teacher_kernel"] + problem["teacher_bias"],
+              caps[1])
+    log_p, log_q = log_softmax64(t), log_softmax64(s)
+    return np.sum(np.exp(log_p) * (log_p - log_q), -1), (t.argmax(-1) == s.argmax(-1)) * 1.0
+
+
+@pytest.mark.parametrize("chunk_size", [3, 16])
+@pytest.mark.parametrize("caps", [(None, None), (2.5, 4.0)])
+def test_teacher_metrics_per_position_match_float64_reference(problem, chunk_size, caps):
+    """`teacher_metrics`: each chunk's TeacherKL (T = 1, whatever the
+    divergence's temperature) and TeacherAgreement, per position, within
+    1e-12 of the float64 definitions in float64 (1e-5 in float32); the loss
+    and its gradients are those without the metrics; `with_divergence=False`
+    (evaluate) gives the same metric values and a divergence of 0."""
+    # A teacher near the student (its states and kernel plus one more
+    # column), so that they agree at some positions and not at others.
+    rng = np.random.default_rng(3)
+    problem = {
+        **problem,
+        "teacher_hidden": np.concatenate([problem["student_hidden"], rng.normal(size=(N, 1))], 1),
+        "teacher_kernel": np.concatenate(
+            [1.3 * problem["student_kernel"], 1.5 * rng.normal(size=(1, V))], 0),
+        "teacher_bias": problem["student_bias"],
+    }
+    kl, agreement = _teacher_metrics64(problem, caps)
+    assert 0.0 < agreement.mean() < 1.0 and kl.min() > 1e-3
+    for dtype, rtol in (("float64", 1e-12), ("float32", 1e-5)):
+        value, grads, terms = _teacher_metric_run(problem, dtype, chunk_size, caps, True)
+        got_kl, got_agreement = (np.asarray(v) for v in terms.teacher_metrics)
+        assert got_kl.dtype == np.dtype(dtype) and got_kl.shape == (N,)
+        np.testing.assert_allclose(got_kl, kl, rtol=rtol, atol=rtol * 1e-2)
+        np.testing.assert_array_equal(got_agreement, agreement)
+        bare_value, bare_grads, bare = _teacher_metric_run(problem, dtype, chunk_size, caps, True,
+                                                           metrics=False)
+        assert bare.teacher_metrics == ()
+        np.testing.assert_allclose(value, bare_value, rtol=rtol)
+        for got, want in zip(grads, bare_grads):
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-2)
+        _, _, evaluated = _teacher_metric_run(problem, dtype, chunk_size, caps, False,
+                                              with_divergence=False)
+        np.testing.assert_array_equal(np.asarray(evaluated.distillation), np.zeros(N))
+        np.testing.assert_allclose(np.asarray(evaluated.cross_entropy),
+                                   np.asarray(terms.cross_entropy), rtol=rtol)
+        for got, want in zip(evaluated.teacher_metrics, terms.teacher_metrics):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=rtol)
+
+
+def test_teacher_metrics_need_the_teacher_states(problem):
+    from keras_kd import TeacherKL
+
+    cache = {key: (value.astype("float32") if value.dtype == np.float64 else value)
+             for key, value in top_k_cache(problem).items()}
+    head = LinearHead(problem["student_kernel"].astype("float32"))
+    hidden = problem["student_hidden"].astype("float32")
+    with pytest.raises(ValueError, match="top-k cache.*top k logits.*teacher_metrics=.*TeacherKL"):
+        chunked_distillation_loss(hidden, head, None, None, problem["labels"], problem["weights"],
+                                  teacher_top_k=cache, teacher_metrics=[TeacherKL()])
+    with pytest.raises(ValueError, match="need `teacher_hidden` and `teacher_head`; none"):
+        chunked_distillation_loss(hidden, head, None, None, problem["labels"], problem["weights"],
+                                  teacher_metrics=[TeacherKL()])

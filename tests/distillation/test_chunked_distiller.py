@@ -448,3 +448,173 @@ def test_run_eagerly_trains_as_the_dense_path():
     np.testing.assert_allclose(chunked_loss, dense_loss, rtol=1e-5)
     for chunked, dense in zip(chunked_weights, dense_weights):
         np.testing.assert_allclose(chunked, dense, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Teacher metrics (`TeacherKL`, `TeacherAgreement`, a subclass's
+# `per_sample`) on the chunked path: computed chunk by chunk from both
+# models' hidden states, as the dense Distiller computes them on logits.
+
+METRIC_SAMPLES = 7  # In batches of 3: the last batch is partial.
+
+
+def _metric_pair(mask_zero=False):
+    """A student and a teacher of its architecture and weights with a
+    scaled, perturbed head: they agree at about half the positions (random
+    pairs at none), and their KL is far from 0."""
+    student = _functional(8, 1, "student", mask_zero)
+    teacher = _functional(8, 1, "teacher", mask_zero)
+    head = teacher.get_layer("lm_head")
+    noise = np.random.default_rng(9).normal(size=head.kernel.shape)
+    head.kernel.assign(3.0 * np.asarray(head.kernel) + 0.3 * noise.astype(head.kernel.dtype))
+    return student, teacher
+
+
+def _metric_data(ignore_class=None, per_sample=False):
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(1, VOCAB, (METRIC_SAMPLES, TIME)).astype("int32")
+    tokens[:2, -2:] = 0  # Padding ids: masked where the embedding masks zeros.
+    labels = rng.integers(0, VOCAB, tokens.shape).astype("int32")
+    labels[3, :2] = -1  # keras_kd.UNLABELLED: the teacher metrics count them.
+    if ignore_class is not None:
+        labels[4, 1:3] = ignore_class  # Counted by neither.
+    weights = rng.uniform(0.5, 2.0, tokens.shape).astype("float32")
+    weights[5, -3:] = 0.0
+    if per_sample:
+        weights = rng.uniform(0.5, 2.0, METRIC_SAMPLES).astype("float32")
+    return tokens, labels, weights
+
+
+def _teacher_top_probability():
+    """A user's `TeacherMetric`: the student's probability of the teacher's
+    top token (its `per_sample` reads each position's row alone)."""
+    from keras import ops
+
+    from keras_kd.distillation.metrics import TeacherMetric
+
+    class TeacherTopProbability(TeacherMetric):
+        def per_sample(self, teacher_logits, student_logits):
+            top = ops.argmax(teacher_logits, axis=-1)
+            student = ops.softmax(student_logits, axis=-1)
+            return ops.take_along_axis(student, top[..., None], axis=-1)[..., 0]
+
+    return TeacherTopProbability(name="teacher_top_probability")
+
+
+def _fit_with_teacher_metrics(chunk_size, mask_zero, ignore_class, alpha, per_sample,
+                              dtype="float32", epochs=2):
+    from keras_kd import GeneralizedJSD
+    from keras_kd import TeacherAgreement
+    from keras_kd import TeacherKL
+
+    student, teacher = _metric_pair(mask_zero)
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, ignore_class=ignore_class),
+        distillation_loss_fn=GeneralizedJSD(beta=0.5, precision=dtype),
+        alpha=alpha, temperature=2.0, chunk_size=chunk_size,
+        metrics=["accuracy", TeacherKL(dtype=dtype), TeacherAgreement(dtype=dtype),
+                 _teacher_top_probability()])
+    tokens, labels, weights = _metric_data(ignore_class, per_sample)
+    before = distiller.evaluate(tokens, labels, sample_weight=weights, batch_size=3, verbose=0,
+                                return_dict=True)
+    history = distiller.fit(tokens, labels, sample_weight=weights, batch_size=3, epochs=epochs,
+                            shuffle=False, verbose=0,
+                            validation_data=(tokens[:5], labels[:5], weights[:5]))
+    evaluated = distiller.evaluate(tokens, labels, sample_weight=weights, batch_size=3,
+                                   verbose=0, return_dict=True)
+    return before, history.history, evaluated
+
+
+TEACHER_METRIC_KEYS = {"teacher_kl", "teacher_agreement", "teacher_top_probability"}
+
+
+@pytest.mark.parametrize("mask_zero,ignore_class,alpha,per_sample", [
+    (False, None, 0.3, False),
+    (True, 3, 0.3, True),
+    (True, None, 1.0, False),  # alpha = 1: the teacher runs for the metrics alone.
+])
+def test_teacher_metrics_in_fit_and_evaluate_match_dense(mask_zero, ignore_class, alpha,
+                                                         per_sample):
+    """Every key of evaluate (before and after fit) and of fit's logs
+    (training and `val_`) equals the dense Distiller's within 1e-5, with
+    per-position or per-sample weights, a Keras mask, `ignore_class`,
+    `UNLABELLED` and a partial last batch. Failed before: the chunked path
+    refused teacher metrics."""
+    dense = _fit_with_teacher_metrics(None, mask_zero, ignore_class, alpha, per_sample)
+    chunked = _fit_with_teacher_metrics(5, mask_zero, ignore_class, alpha, per_sample)
+    assert 0.0 < dense[0]["teacher_agreement"] < 1.0 and dense[0]["teacher_kl"] > 0.1
+    assert TEACHER_METRIC_KEYS | {"val_" + key for key in TEACHER_METRIC_KEYS} <= set(dense[1])
+    for got, want in zip(chunked, dense):
+        assert set(got) == set(want) and TEACHER_METRIC_KEYS <= set(got)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_teacher_metrics_match_dense_in_float64():
+    """Float64 weights and arithmetic (`precision="float64"`, float64
+    metrics): the teacher metrics of evaluate (before and after an epoch)
+    and of fit equal the dense path's within 1e-7. (Not closer: the dense
+    path rounds the teacher's logits to float32, `Distiller.teacher_logits`,
+    and the weights the paths train differ by ~1e-8, rounding alpha to
+    float32 in other places; the chunked values are within 1e-12 of a
+    float64 NumPy reference, `test_chunked_evaluate.py`.)"""
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        dense = _fit_with_teacher_metrics(None, True, 3, 0.3, False, dtype="float64", epochs=1)
+        chunked = _fit_with_teacher_metrics(5, True, 3, 0.3, False, dtype="float64", epochs=1)
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+    (dense_before, dense_logs, dense_evaluated), (before, logs, evaluated) = dense, chunked
+    for key in TEACHER_METRIC_KEYS:
+        np.testing.assert_allclose(before[key], dense_before[key], rtol=1e-7, err_msg=key)
+        for name in (key, "val_" + key):
+            np.testing.assert_allclose(logs[name], dense_logs[name], rtol=1e-7, err_msg=name)
+        np.testing.assert_allclose(evaluated[key], dense_evaluated[key], rtol=1e-7, err_msg=key)
+
+
+def test_teacher_metric_overriding_update_state_refused():
+    """A `TeacherMetric` that overrides `update_state` may need the whole
+    logits: refused naming the chunked path and what to implement instead."""
+    from keras_kd.distillation.metrics import TeacherMetric
+
+    class WholeBatch(TeacherMetric):
+        def update_state(self, teacher_logits, student_logits, sample_weight=None):
+            return super().update_state(teacher_logits, student_logits, sample_weight)
+
+        def per_sample(self, teacher_logits, student_logits):
+            return teacher_logits[..., 0]
+
+    student, teacher = _functional_pair()
+    with pytest.raises(ValueError, match=(
+            r"chunked path \(chunk_size=4\).*teacher metrics that override `update_state`.*"
+            r"`per_sample`.*WholeBatch.*without `chunk_size`")):
+        Distiller(student=student, teacher=teacher).compile(metrics=[WholeBatch()], chunk_size=4)
+    # Keras' compiled metrics other than accuracy stay refused beside them.
+    from keras_kd import TeacherKL
+
+    with pytest.raises(ValueError, match="compiled metrics other than accuracy.*'mae'") as error:
+        Distiller(student=student, teacher=teacher).compile(
+            metrics=["accuracy", "mae", TeacherKL()], chunk_size=4)
+    assert "TeacherKL" not in str(error.value)
+
+
+def test_teacher_metrics_with_top_k_cache_refused_on_both_paths():
+    """A top-k cache holds the teacher's top k logits only: teacher metrics
+    are refused on it by both paths, in fit and in evaluate."""
+    from keras_kd import TeacherKL
+
+    student, teacher = _functional_pair()
+    tokens, labels, _ = _data()
+    y = _top_k_targets(teacher, tokens, labels)
+    for chunk_size in (None, 4):
+        distiller = Distiller(student=student, teacher=teacher)
+        distiller.compile(chunk_size=chunk_size, metrics=[TeacherKL()])
+        for step in (distiller.train_on_batch, distiller.test_on_batch):
+            with pytest.raises(ValueError, match="top-k teacher cache.*teacher metrics"):
+                step(tokens, y)

@@ -57,32 +57,35 @@ def _distiller(chunk_size, reduction, ignore_class, mask_zero=False, regularized
 
 
 class _HeadCalls:
-    """Counts the head layer's calls inside the evaluation step's forward
-    pass (`objective.evaluation_forward`): the whole-logit products of the
-    student. (Keras' symbolic build before the first step, a shape-only
-    trace, is not counted.)"""
+    """Counts the calls of `layer` (a head: the whole-logit products)
+    inside the evaluation step's functions in `objective` (by default its
+    forward pass, `evaluation_forward`). (Keras' symbolic build before the
+    first step, a shape-only trace, is not counted.)"""
 
-    def __init__(self, layer, monkeypatch):
+    def __init__(self, layer, monkeypatch, functions=("evaluation_forward",)):
         from keras_kd.distillation import objective
 
         self.count = 0
-        self.active = False
+        self.active = 0
         original = layer.call
-        forward = objective.evaluation_forward
 
         def call(inputs, *args, **kwargs):
-            self.count += self.active
+            self.count += self.active > 0
             return original(inputs, *args, **kwargs)
 
-        def evaluation_forward(*args, **kwargs):
-            self.active = True
-            try:
-                return forward(*args, **kwargs)
-            finally:
-                self.active = False
+        def counted(function):
+            def run(*args, **kwargs):
+                self.active += 1
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    self.active -= 1
+
+            return run
 
         layer.call = call
-        monkeypatch.setattr(objective, "evaluation_forward", evaluation_forward)
+        for name in functions:
+            monkeypatch.setattr(objective, name, counted(getattr(objective, name)))
 
 
 @pytest.mark.parametrize("reduction,ignore_class,mask_zero,weighted,unlabelled", [
@@ -168,3 +171,136 @@ def test_predict_still_gives_whole_logits():
     assert predicted.shape == (SAMPLES, TIME, VOCAB)
     np.testing.assert_allclose(predicted, np.asarray(distiller.student(tokens)), rtol=1e-5,
                                atol=1e-6)
+
+
+# The whole evaluation step: its forward pass, its terms and its metrics.
+EVALUATION_STEP = ("evaluation_forward", "evaluation_terms", "update_metrics")
+
+
+def _teacher_metric_references(distiller, tokens, labels, weights, ignore_class, mask_zero):
+    """Float64 NumPy `TeacherKL` (T = 1) and `TeacherAgreement` over the
+    whole set: the means of the per-position values weighted by the sample
+    weights times the present positions (not padding, not `ignore_class`;
+    unlabelled positions count), from both models' logits."""
+    s = np.asarray(distiller.student(tokens), "float64")
+    t = np.asarray(distiller.teacher(tokens), "float64")
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    log_p, log_q = log_softmax(t), log_softmax(s)
+    kl = np.maximum(np.sum(np.exp(log_p) * (log_p - log_q), -1), 0.0)
+    agreement = (t.argmax(-1) == s.argmax(-1)).astype("float64")
+    w = np.ones(tokens.shape) if weights is None else np.asarray(weights, "float64")
+    if mask_zero:
+        w = w * (tokens != 0)
+    if ignore_class is not None:
+        w = w * (labels != ignore_class)
+    return {"teacher_kl": np.sum(kl * w) / np.sum(w),
+            "teacher_agreement": np.sum(agreement * w) / np.sum(w)}
+
+
+def _near_teacher(mask_zero):
+    """The student's architecture and weights with a scaled, perturbed head:
+    the two agree at about half the positions (random pairs at none) and
+    their KL is far from 0."""
+    teacher = _model(8, 1, "teacher", mask_zero)
+    head = teacher.get_layer("lm_head")
+    noise = np.random.default_rng(9).normal(size=head.kernel.shape)
+    head.kernel.assign(3.0 * np.asarray(head.kernel) + 0.3 * noise.astype("float32"))
+    return teacher
+
+
+@pytest.mark.parametrize("ignore_class,mask_zero,weighted", [
+    (None, False, True),
+    (5, True, True),
+    (3, True, False),
+])
+def test_evaluate_teacher_metrics_match_dense_and_numpy(ignore_class, mask_zero, weighted,
+                                                        monkeypatch):
+    """`TeacherKL` and `TeacherAgreement` in a chunked `evaluate` (3
+    batches, the last partial): the dense Distiller's values within 1e-5
+    and a float64 NumPy reference's; no head is called in the whole step
+    (neither model's logits exist), and the teacher runs only for the
+    teacher metrics. Failed before: the chunked path refused teacher
+    metrics at compile."""
+    from keras_kd import TeacherAgreement
+    from keras_kd import TeacherKL
+
+    tokens, labels, weights = _data(ignore_class=ignore_class)
+    labels[10, 3:] = -1  # keras_kd.UNLABELLED: no accuracy, but teacher metrics.
+    sample_weight = weights if weighted else None
+    results, calls = {}, {}
+    for name, chunk_size in (("dense", None), ("chunked", 3), ("chunked_plain", 3)):
+        student = _model(8, 1, "student", mask_zero)
+        teacher = _near_teacher(mask_zero)
+        distiller = Distiller(student=student, teacher=teacher)
+        metrics = ["accuracy"]
+        if name != "chunked_plain":
+            metrics += [TeacherKL(), TeacherAgreement()]
+        distiller.compile(optimizer="sgd", alpha=0.3, temperature=2.0, chunk_size=chunk_size,
+                          student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+                              from_logits=True, ignore_class=ignore_class),
+                          metrics=metrics)
+        counters = [_HeadCalls(layer, monkeypatch, EVALUATION_STEP) for layer in (
+            student.get_layer("lm_head"), teacher.get_layer("lm_head"), teacher.layers[2])]
+        results[name] = distiller.evaluate(tokens, labels, sample_weight=sample_weight,
+                                           batch_size=BATCH, verbose=0, return_dict=True)
+        calls[name] = [c.count for c in counters]
+        monkeypatch.undo()
+        if name == "chunked":
+            reference = _teacher_metric_references(distiller, tokens, labels, sample_weight,
+                                                   ignore_class, mask_zero)
+    # Dense: both heads and the teacher run. Chunked: no head; the teacher's
+    # hidden layer only for the teacher metrics.
+    assert min(calls["dense"]) > 0
+    assert calls["chunked"][:2] == [0, 0] and calls["chunked"][2] > 0
+    assert calls["chunked_plain"] == [0, 0, 0]
+    dense, chunked = results["dense"], results["chunked"]
+    assert set(chunked) == set(dense) == {
+        "loss", "student_loss", "accuracy", "teacher_kl", "teacher_agreement"}
+    assert 0.0 < dense["teacher_agreement"] < 1.0 and dense["teacher_kl"] > 0.1
+    for key in dense:
+        np.testing.assert_allclose(chunked[key], dense[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    for key, value in reference.items():
+        np.testing.assert_allclose(chunked[key], value, rtol=1e-5, err_msg=key)
+    assert "teacher_kl" not in results["chunked_plain"]
+
+
+def test_evaluate_teacher_metrics_in_float64_match_numpy():
+    """Float64 models and arithmetic (`precision="float64"`, float64
+    metrics): the chunked `evaluate`'s TeacherKL and TeacherAgreement are
+    within 1e-12 of the float64 NumPy reference (the dense path's within
+    1e-7 only: it rounds the teacher's logits to float32)."""
+    from keras_kd import GeneralizedJSD
+    from keras_kd import TeacherAgreement
+    from keras_kd import TeacherKL
+
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        tokens, labels, weights = _data(ignore_class=5)
+        results = {}
+        for chunk_size in (None, 3):
+            student = _model(8, 1, "student", mask_zero=True)
+            distiller = Distiller(student=student, teacher=_near_teacher(True))
+            distiller.compile(
+                student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True, ignore_class=5),
+                distillation_loss_fn=GeneralizedJSD(beta=0.5, precision="float64"),
+                chunk_size=chunk_size,
+                metrics=[TeacherKL(dtype="float64"), TeacherAgreement(dtype="float64")])
+            assert student.get_layer("lm_head").kernel.dtype == "float64"
+            results[chunk_size] = distiller.evaluate(
+                tokens, labels, sample_weight=weights, batch_size=BATCH, verbose=0,
+                return_dict=True)
+        reference = _teacher_metric_references(distiller, tokens, labels, weights, 5, True)
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+    assert 0.0 < reference["teacher_agreement"] < 1.0
+    for key, value in reference.items():
+        np.testing.assert_allclose(results[3][key], value, rtol=1e-12, err_msg=key)
+        np.testing.assert_allclose(results[None][key], value, rtol=1e-7, err_msg=key)
