@@ -32,6 +32,7 @@ import keras
 from keras_kd import Distiller
 from keras_kd.data import datasets
 from keras_kd import models
+from keras_kd.models.builders import VGG16_CONFIG
 from keras_kd.studies import runs
 from keras_kd.distillation.cache import compute_teacher_logits
 
@@ -59,6 +60,9 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--resume", action="store_true", help="continue the teacher's run")
 parser.add_argument("--teacher-only", action="store_true",
                     help="train (or continue) the teacher, then stop: no students")
+parser.add_argument("--teacher-width", type=float, default=1.0,
+                    help="scale the VGG16 teacher's filters (64 ... 512) by this factor, e.g. 0.125 "
+                         "for a quick look on a CPU (default 1: the CIFAR VGG16)")
 parser.add_argument("--output", default="e4")
 args = parser.parse_args()
 ACCURACY = "sparse_categorical_accuracy"
@@ -88,10 +92,18 @@ def test_accuracy(model):
 # schedule reads the optimizer's step count, which the backup restores.
 runs.set_determinism(args.seed)
 teacher_dir = os.path.join(args.output, "teacher")
-runs.prepare_run_dir(teacher_dir, "e4-teacher", {"limit": args.limit, "seed": args.seed,
-                     "augment": not args.no_augment, "epochs": args.teacher_epochs},
+teacher_settings = {"limit": args.limit, "seed": args.seed, "augment": not args.no_augment,
+                    "epochs": args.teacher_epochs}
+if args.teacher_width != 1.0:  # (Not in the settings of full-width runs saved before it existed.)
+    teacher_settings["teacher_width"] = args.teacher_width
+runs.prepare_run_dir(teacher_dir, "e4-teacher", teacher_settings,
                      resume=args.resume or os.path.exists(os.path.join(teacher_dir, runs.RUN_FILE)))
-teacher = models.build_vgg16_teacher()
+if args.teacher_width == 1.0:
+    teacher = models.build_vgg16_teacher()
+else:  # The same 13 convolutions and 5 poolings, with fewer filters.
+    teacher = models.build_vgg(
+        [item if item == "M" else max(1, round(item * args.teacher_width))
+         for item in VGG16_CONFIG], name="vgg16")
 teacher.compile(keras.optimizers.SGD(step_schedule(args.teacher_epochs), momentum=0.9),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=[ACCURACY])
 runs.fit_resumable(

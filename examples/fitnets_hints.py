@@ -25,12 +25,15 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--teacher-epochs", type=int, default=4)
 parser.add_argument("--labels", type=int, default=240, help="labelled digits of the student")
 parser.add_argument("--steps", type=int, default=600, help="optimizer steps of the student")
+parser.add_argument("--limit", type=int, default=None,
+                    help="use the first N training digits, for the teacher and the labelled subset "
+                         "(default: all 8,000 of the bundled sample)")
 parser.add_argument("--method", default="fitnet",
                     choices=("fitnet", "attention", "similarity", "rkd", "pkt"))
 parser.add_argument("--output", default="fitnets_student.keras")
 args = parser.parse_args()
 
-(x_train, y_train), (x_test, y_test) = datasets.load_preprocessed()
+(x_train, y_train), (x_test, y_test) = datasets.load_preprocessed(limit=args.limit)
 
 # 1. A teacher on all labels.
 teacher = few_labels.train_teacher(x_train, y_train, epochs=args.teacher_epochs, seed=0)

@@ -27,11 +27,14 @@ parser.add_argument("--teachers", type=int, default=3)
 parser.add_argument("--teacher-epochs", type=int, default=3)
 parser.add_argument("--labels", type=int, default=240, help="labelled digits of the student")
 parser.add_argument("--steps", type=int, default=600, help="optimizer steps of the student")
+parser.add_argument("--limit", type=int, default=None,
+                    help="use the first N training digits, for the teachers and the labelled subset "
+                         "(default: all 8,000 of the bundled sample)")
 parser.add_argument("--ensemble", choices=("arithmetic", "geometric"), default="arithmetic")
 args = parser.parse_args()
 
 # 1. The bundled digits, scaled to [0, 1].
-(x_train, y_train), (x_test, y_test) = datasets.load_preprocessed()
+(x_train, y_train), (x_test, y_test) = datasets.load_preprocessed(limit=args.limit)
 
 # 2. Teachers from different seeds, each on all labels.
 teachers = []

@@ -6,8 +6,12 @@ library's default configuration (no op determinism) use the
 `library_defaults` fixture, which turns it off for the test and back on
 after it."""
 
+import contextlib
+import io
 import os
 import pickle
+import runpy
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -201,3 +205,46 @@ def write_cifar_python(directory, n_per_batch=4):
             pickle.dump(batch, f, protocol=2)
         expected[name] = (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)
     return directory, expected
+
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+
+
+def run_example(name, *arguments, cwd=None):
+    """`python examples/NAME ARGUMENTS` in this process; returns its printout.
+
+    As `__main__`, with its own argv, so the script runs as from the shell,
+    without a second TensorFlow import (5-10 s a process). What it changes
+    of the process is put back: argv, the working directory, TensorFlow's
+    logger level, op determinism (off while the example runs, as in a
+    user's process, unless the example turns it on), Keras' session and the
+    global seed set above.
+
+    An exception of the example propagates (its traceback is the failure);
+    `SystemExit` with a non-zero code fails the test."""
+    path = os.path.join(EXAMPLES, name)
+    argv, directory, log_level = sys.argv, os.getcwd(), tf.get_logger().level
+    printed = io.StringIO()
+    keras.backend.clear_session()  # Fresh layer names, as in a new process.
+    sys.argv = [path, *map(str, arguments)]
+    # A user's process has no op determinism unless the example turns it on
+    # (E4 does); its deterministic kernels are slower.
+    compat.disable_op_determinism()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(printed):
+            try:
+                runpy.run_path(path, run_name="__main__")
+            except SystemExit as stop:
+                assert stop.code in (None, 0), (stop.code, printed.getvalue()[-3000:])
+    finally:
+        sys.argv = argv
+        os.chdir(directory)
+        tf.get_logger().setLevel(log_level)
+        tf.config.experimental.enable_op_determinism()
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)  # As conftest.py leaves it.
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
+    return printed.getvalue()

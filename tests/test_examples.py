@@ -1,38 +1,28 @@
-"""End-to-end runs of every example with tiny settings, in subprocesses.
+"""End-to-end runs of every example with tiny settings.
 
 Each checks that the example finishes, writes its outputs, and that the
 values it reports are the models' own: accuracies and error counts equal a
 re-evaluation of the saved models in this process, tables equal their
 records, teachers are above chance where the data is learnable (the MNIST
-sample, CIFAR files whose classes are colours). One subprocess per example:
-they are scripts that parse arguments and set global seeds at import.
-Real-size figures are in the README.
+sample, CIFAR files whose classes are colours). Each example runs as
+`python examples/NAME ARGS` would (conftest.run_example: as `__main__`,
+with its own argv), in this process: a process per example cost its
+TensorFlow import, 5-10 s apiece. The multi-teacher example also runs in a
+subprocess under JAX. Real-size figures are in the README.
 """
 
 import json
 import os
+import pickle
 import subprocess
 import sys
-
-import pickle
 
 import keras
 import numpy as np
 import pytest
 
+from conftest import EXAMPLES, run_example
 from keras_kd.data import datasets
-
-EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
-
-
-def run_example(name, *arguments, cwd=None):
-    completed = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, name), *map(str, arguments)],
-        capture_output=True, text=True, cwd=cwd, timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return completed.stdout
 
 
 def sample_mnist_test():
@@ -149,8 +139,12 @@ def cifar_test(cifar_dir):
 def test_e4_cifar_vgg_with_resume(tmp_path):
     cifar_dir = tmp_path / "cifar"
     write_colour_cifar(str(cifar_dir), n_per_batch=16)
+    # The VGG16 teacher at an eighth of its filters (--teacher-width): the
+    # same 13 convolutions, run directory, schedule and resume, 64x fewer
+    # multiply-adds.
     arguments = ["--data-dir", cifar_dir, "--teacher-epochs", "1", "--student-epochs", "1",
-                 "--soft-losses", "cse", "mse", "--temperatures", "4", "--output", tmp_path]
+                 "--soft-losses", "cse", "mse", "--temperatures", "4", "--output", tmp_path,
+                 "--teacher-width", "0.125"]
     run_example("cifar10_vgg_distillation.py", *arguments)
     results = json.loads((tmp_path / "e4.json").read_text())["test_accuracy"]
     assert set(results) == {"teacher", "scratch", "cse/0.5/4", "mse/0.5/4"}
@@ -179,7 +173,7 @@ def test_e4_cifar_vgg_with_resume(tmp_path):
 
 def test_e5_frozen_backbone(tmp_path):
     cifar_dir = tmp_path / "cifar"
-    write_colour_cifar(str(cifar_dir), n_per_batch=32)  # 160 training, 32 test images.
+    write_colour_cifar(str(cifar_dir), n_per_batch=32)  # 64 of 160 training, 32 test images.
     # A tiny backbone of one's own (random, frozen) and a ResNet-10 student:
     # the example's path, at a fraction of MobileNetV2's and ResNet-34's cost
     # (build_frozen_backbone_teacher's doctest builds a keras.applications one).
@@ -187,15 +181,17 @@ def test_e5_frozen_backbone(tmp_path):
     backbone = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(10 / 255.0, -5.0),
                                  keras.layers.Conv2D(64, 3, activation="relu")])
     backbone.save(tmp_path / "backbone.keras")
-    stdout = run_example("frozen_backbone_teacher.py", "--data-dir", cifar_dir,
+    # 64 training images (--limit): one batch per epoch, so each student
+    # trains one step and the head one per epoch.
+    stdout = run_example("frozen_backbone_teacher.py", "--data-dir", cifar_dir, "--limit", 64,
                          "--backbone", tmp_path / "backbone.keras", "--student-blocks", 1, 1, 1, 1,
-                         "--head-epochs", "50", "--student-epochs", "1", "--output", tmp_path)
+                         "--head-epochs", "150", "--student-epochs", "1", "--output", tmp_path)
     results = json.loads((tmp_path / "e5.json").read_text())["test_accuracy"]
     assert set(results) == {"teacher", "student (scratch)", "student (distilled)"}
     # Counts of right answers on the 32 test images, 3.125 points apiece.
     assert all(v / 3.125 == pytest.approx(round(v / 3.125), abs=1e-4) for v in results.values())
-    # Only the head trained (150 steps), on colours a random backbone keeps
-    # apart: 69-78% in trials, chance is 10%.
+    # Only the head trained (150 steps on the 64 images), on colours a
+    # random backbone keeps apart; chance is 10%.
     assert results["teacher"] > 40.0
     assert f"{64 * 10 + 10:,} trainable (the head)" in stdout
     # The saved student is the distilled one, whose accuracy is reported.
@@ -205,7 +201,8 @@ def test_e5_frozen_backbone(tmp_path):
     predictions = np.argmax(student.predict(x_test.astype("float32"), batch_size=256, verbose=0), 1)
     assert results["student (distilled)"] == pytest.approx(100 * np.mean(predictions == y_test),
                                                            abs=1e-4)
-    assert f"| student (distilled) | {results['student (distilled)']:.2f} |" in stdout
+    for name, value in results.items():  # The table prints the JSON's values.
+        assert f"| {name} | {value:.2f} |" in stdout, name
 
 
 def test_soft_targets_few_labels(tmp_path):
@@ -262,20 +259,41 @@ def test_teacher_with_other_inputs(tmp_path):
     assert student.input_shape == (None, 784)
 
 
+def printed_percentage(stdout, start):
+    """The percentage on the printed line that starts with `start`."""
+    line = next(line for line in stdout.splitlines() if line.startswith(start))
+    return float(line.rsplit(":", 1)[1].split("%")[0])
+
+
 def test_multi_teacher():
+    # Teachers on 1,000 of the 8,000 digits (--limit), one epoch each.
     output = run_example("multi_teacher.py", "--teachers", "2", "--teacher-epochs", "1",
-                         "--labels", "60", "--steps", "10")
-    assert "teacher 1:" in output and "2-teacher arithmetic ensemble" in output
+                         "--limit", "1000", "--labels", "60", "--steps", "10")
+    assert "2-teacher arithmetic ensemble" in output
+    accuracies = [printed_percentage(output, start) for start in (
+        "teacher 0:", "teacher 1:", "ensemble (mean", "student from 60 labels + teacher 0",
+        "student from 60 labels + 2-teacher")]
+    # Each a count of right answers on the 2,000 test digits; the teachers
+    # and their ensemble far above chance (10%).
+    assert all(a / 0.05 == pytest.approx(round(a / 0.05), abs=1e-6) for a in accuracies)
+    assert min(accuracies[:3]) > 40.0
 
 
 def test_fitnets_hints(tmp_path):
-    output = run_example("fitnets_hints.py", "--teacher-epochs", "1", "--labels", "60",
-                         "--steps", "10", "--output", tmp_path / "student.keras")
+    output = run_example("fitnets_hints.py", "--teacher-epochs", "1", "--limit", "1000",
+                         "--labels", "60", "--steps", "10", "--output", tmp_path / "student.keras")
     assert "connector: Conv2D -> BatchNormalization -> ReLU" in output
-    import keras
 
     student = keras.models.load_model(tmp_path / "student.keras")
     assert student.count_params() == 20_490  # The student's own, no connector.
+    # The printed accuracy is the saved student's own on the test digits.
+    from keras_kd.studies import few_labels
+
+    _, (x_test, y_test) = datasets.load_preprocessed(limit=1)
+    accuracy = printed_percentage(output, "student with 60 labels + fitnet hint")
+    assert accuracy == pytest.approx(100 * few_labels.top1_accuracy(student, x_test, y_test),
+                                     abs=1e-6)
+    assert printed_percentage(output, "teacher:") > 40.0
 
 
 def test_multi_teacher_on_jax():

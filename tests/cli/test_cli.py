@@ -197,7 +197,16 @@ def test_unknown_command_is_an_error():
         cli.main(["distil-everything"])
 
 
-KERAS_KD = [sys.executable, "-m", "keras_kd"]
+def test_python_dash_m_keras_kd_is_the_command(monkeypatch, capsys):
+    """`python -m keras_kd` runs keras_kd_cli.main (here in this process: the
+    module is what `-m` runs, as `__main__`)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["keras_kd", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("keras_kd", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "usage: keras-kd" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +376,7 @@ sys.exit(keras_kd_cli.main(sys.argv[2:]))
 """
 
 
-def test_distill_killed_at_any_moment_resumes_to_the_same_weights(teacher_file, tmp_path):
+def test_distill_killed_at_any_moment_resumes_to_the_same_weights(teacher_file, tmp_path, capsys):
     """SIGKILLed before the first backup, then in the middle of a backup's
     write, the run resumes each time and ends with the uninterrupted weights.
     (tests/studies/test_runs.py stops runs at more moments, in-process.)"""
@@ -393,10 +402,12 @@ def test_distill_killed_at_any_moment_resumes_to_the_same_weights(teacher_file, 
             capture_output=True, text=True, timeout=600)
         assert completed.returncode == -signal.SIGKILL, (kill_at, completed.stderr[-3000:])
         assert not (interrupted / "model.keras").exists()
-    completed = subprocess.run(KERAS_KD + arguments(interrupted) + ["--resume"],
-                               capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "Resuming" in completed.stdout and "epoch 2 of 2" in completed.stdout
+    # The resume reads only the run directory: it runs in this process (a
+    # fresh one cost a TensorFlow import), like the reference.
+    capsys.readouterr()
+    assert cli.main(arguments(interrupted) + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "Resuming" in printed and "epoch 2 of 2" in printed
     whole = keras.models.load_model(tmp_path / "whole" / "model.keras").get_weights()
     resumed = keras.models.load_model(interrupted / "model.keras").get_weights()
     for expected, actual in zip(whole, resumed):
