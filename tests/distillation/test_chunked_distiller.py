@@ -17,7 +17,7 @@ def _functional(width, seed, name, mask_zero=False):
     # Unit-scale embeddings: the models disagree, so the divergence is far
     # from 0 (a tiny KL is float32 cancellation noise on either path).
     x = keras.layers.Embedding(VOCAB, width, mask_zero=mask_zero,
-                               embeddings_initializer=keras.initializers.RandomNormal(1.0))(tokens)
+                               embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))(tokens)
     x = keras.layers.Dense(width, activation="tanh")(x)
     logits = keras.layers.Dense(VOCAB, name="lm_head")(x)
     return keras.Model(tokens, logits, name=name)
