@@ -3,9 +3,10 @@
 ModelParallel with a KerasHub backbone's own layout map on a (2, 4) mesh: a
 tiny Llama and a tiny Gemma (final logit soft-capping) teacher and student
 give the unsharded chunked run's and the unsharded dense run's fit and
-evaluate losses, the token embeddings (the head, where tied) stay sharded
+evaluate losses and teacher metrics (TeacherKL, TeacherAgreement), the token embeddings (the head, where tied) stay sharded
 and no step gathers a whole head. DataParallel over 8 devices splits every
-chunk's positions over the devices and gives one device's losses."""
+chunk's positions over the devices and gives one device's losses and
+teacher metrics."""
 
 import contextlib
 import functools
@@ -23,6 +24,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 VOCAB = 64
 CHUNK = 16  # 48 positions a batch: 3 chunks.
+# fit's logs compared; evaluate's are compared key by key. The teacher
+# metrics come from the chunks on the chunked path, from whole logits on
+# the dense one.
+LOGGED = ("loss", "student_loss", "distillation_loss", "accuracy", "teacher_kl",
+          "teacher_agreement")
 
 
 def llama(seed, hidden_dim, intermediate_dim, tie):
@@ -108,7 +114,8 @@ def _run(kind, distribution, chunk_size, initial):
         distiller.compile(
             optimizer=keras.optimizers.SGD(0.5),
             student_loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            alpha=0.5, temperature=2.0, chunk_size=chunk_size, metrics=["accuracy"])
+            alpha=0.5, temperature=2.0, chunk_size=chunk_size,
+            metrics=["accuracy", keras_kd.TeacherKL(), keras_kd.TeacherAgreement()])
         assert (distiller.chunked is None) == (chunk_size is None)
         history = distiller.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=2,
                                 shuffle=False, verbose=0).history
@@ -162,7 +169,7 @@ def test_sharded_chunked_losses_are_the_unsharded_ones(runs):
     for name in ("dense", "chunked"):
         reference, reference_after, reference_weights, *_ = results[name]
         assert set(history) == set(reference)
-        for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
+        for key in LOGGED:
             np.testing.assert_allclose(history[key], reference[key], rtol=1e-5, atol=1e-7,
                                        err_msg=f"{kind} {name} {key}")
         assert set(after) == set(reference_after)
@@ -211,7 +218,7 @@ def test_data_parallel_splits_every_chunk_over_the_devices():
     history, after, weights, _, gathered, _ = _run("llama", distribution, CHUNK, initial)
     assert gathered == []
     one, one_after, one_weights, *_ = reference["chunked"]
-    for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
+    for key in LOGGED:
         np.testing.assert_allclose(history[key], one[key], rtol=1e-5, atol=1e-7, err_msg=key)
     for key in one_after:
         np.testing.assert_allclose(after[key], one_after[key], rtol=1e-5, atol=1e-7)
