@@ -16,8 +16,9 @@ def _functional(width, seed, name, mask_zero=False):
     tokens = keras.Input((TIME,), dtype="int32")
     # Unit-scale embeddings: the models disagree, so the divergence is far
     # from 0 (a tiny KL is float32 cancellation noise on either path).
-    x = keras.layers.Embedding(VOCAB, width, mask_zero=mask_zero,
-                               embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))(tokens)
+    x = keras.layers.Embedding(
+        VOCAB, width, mask_zero=mask_zero,
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))(tokens)
     x = keras.layers.Dense(width, activation="tanh")(x)
     logits = keras.layers.Dense(VOCAB, name="lm_head")(x)
     return keras.Model(tokens, logits, name=name)

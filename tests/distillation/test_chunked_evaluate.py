@@ -16,8 +16,9 @@ VOCAB, TIME, SAMPLES, BATCH = 41, 8, 20, 8  # The last batch is partial.
 def _model(width, seed, name, mask_zero=False, regularized=False):
     keras.utils.set_random_seed(seed)
     tokens = keras.Input((TIME,), dtype="int32")
-    x = keras.layers.Embedding(VOCAB, width, mask_zero=mask_zero,
-                               embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))(tokens)
+    x = keras.layers.Embedding(
+        VOCAB, width, mask_zero=mask_zero,
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))(tokens)
     x = keras.layers.Dense(width, activation="tanh")(x)
     regularizer = keras.regularizers.L2(0.01) if regularized else None
     logits = keras.layers.Dense(VOCAB, name="lm_head", kernel_regularizer=regularizer)(x)
