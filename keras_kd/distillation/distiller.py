@@ -345,8 +345,9 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 `ignore_class` names are left out too, unlike in
                 `student.evaluate`, whose metrics count them).
                 `keras_kd.TeacherAgreement` /
-                `TeacherKL` instances are fed the teacher's logits instead
-                (in `evaluate` they run the teacher).
+                `TeacherKL` instances (in either argument; they are always
+                weighted by the sample weights) are fed the teacher's
+                logits instead (in `evaluate` they run the teacher).
             student_loss_fn: Loss on the true labels, applied to the
                 student's logits. `None`: sparse categorical cross-entropy
                 on logits (categorical for dense labels, binary for one
@@ -418,14 +419,13 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             kwargs.pop(unsupported, None)
         self._check_backend_setup()
         alpha = validate_fraction(alpha, "alpha")
-        listed = list(metrics) if isinstance(metrics, (list, tuple)) else metrics
-        if isinstance(listed, list):
-            object.__setattr__(
-                self, "_teacher_metrics", tuple(m for m in listed if isinstance(m, TeacherMetric))
-            )
-            listed = [m for m in listed if not isinstance(m, TeacherMetric)] or None
-        else:
-            object.__setattr__(self, "_teacher_metrics", ())
+        # Teacher metrics are always weighted by the sample weights, so they
+        # are taken out of `metrics` and `weighted_metrics` alike.
+        teacher_metrics, listed = _split_teacher_metrics(metrics)
+        more, weighted = _split_teacher_metrics(kwargs.get("weighted_metrics"))
+        if "weighted_metrics" in kwargs:
+            kwargs["weighted_metrics"] = weighted
+        object.__setattr__(self, "_teacher_metrics", teacher_metrics + more)
         num_classes = outputs_module.static_num_classes(
             self.student, self.student_output, "student")
         self.student_loss_fn = labels_module.resolve_student_loss(student_loss_fn, num_classes)
@@ -900,6 +900,16 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
 
 
 ChunkedSetup = collections.namedtuple("ChunkedSetup", ["chunk_size", "student", "teacher"])
+
+
+def _split_teacher_metrics(metrics):
+    """`(teacher_metrics, the rest)` of a compile metrics argument: the
+    `TeacherMetric`s of a list (the rest `None` when none is left), or
+    `((), metrics)` for another structure (a dict per output)."""
+    if not isinstance(metrics, (list, tuple)):
+        return (), metrics
+    rest = [m for m in metrics if not isinstance(m, TeacherMetric)]
+    return tuple(m for m in metrics if isinstance(m, TeacherMetric)), rest or None
 
 
 def chunked_setup(distiller, chunk_size, student_head, teacher_head, metrics, weighted_metrics):

@@ -311,3 +311,32 @@ def test_evaluate_teacher_metrics_in_float64_match_numpy():
     for key, value in reference.items():
         np.testing.assert_allclose(results[3][key], value, rtol=float64_rtol, err_msg=key)
         np.testing.assert_allclose(results[None][key], value, rtol=1e-7, err_msg=key)
+
+
+def test_teacher_metrics_in_weighted_metrics_are_teacher_metrics():
+    """`TeacherKL` / `TeacherAgreement` given as `weighted_metrics=` are the
+    teacher metrics `metrics=` gives (they are always weighted by the sample
+    weights), dense and chunked. Failed before: the dense Distiller compiled
+    them as Keras metrics on the labels (a shape error in the first step),
+    and the chunked path refused them as "compiled metrics other than
+    accuracy"."""
+    from keras_kd import TeacherAgreement
+    from keras_kd import TeacherKL
+
+    tokens, labels, weights = _data()
+    results = {}
+    for chunk_size in (None, 3):
+        for argument in ("metrics", "weighted_metrics"):
+            distiller = Distiller(student=_model(8, 1, "student"), teacher=_near_teacher(False))
+            distiller.compile(optimizer="sgd", chunk_size=chunk_size,
+                              **{argument: [TeacherKL(), TeacherAgreement()]})
+            results[chunk_size, argument] = distiller.evaluate(
+                tokens, labels, sample_weight=weights, batch_size=BATCH, verbose=0,
+                return_dict=True)
+    reference = results[None, "metrics"]
+    assert reference["teacher_kl"] > 0.1 and 0.0 < reference["teacher_agreement"] < 1.0
+    for (chunk_size, argument), values in results.items():
+        assert set(values) == set(reference), (chunk_size, argument)
+        for key in reference:
+            np.testing.assert_allclose(values[key], reference[key], rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{chunk_size} {argument} {key}")
