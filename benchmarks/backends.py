@@ -33,6 +33,7 @@ keras.distillation, cached / student epoch (aim <= 1.15) and JAX / TF.
 
     python benchmarks/backends.py --jax-python /work/venv-jax/bin/python   # both, both
     python benchmarks/backends.py --workloads lm --lm-rounds 5 --jax-python ...
+    python benchmarks/backends.py --workloads lm --lm-variants --jax-python ...  # + cache in memory
     python benchmarks/backends.py --backends jax --workloads e1 --jax-python ...
 """
 
@@ -52,7 +53,10 @@ CONFIGS = {"e1": ("student", "keras", "online", "cached"),
 CACHED = {"e1": "cached", "lm": "top-k"}
 # sequence.py's configuration names, by this benchmark's.
 LM_NAMES = {"student": "student", "keras": "keras.distillation",
-            "online": "keras_kd online", "top-k": "keras_kd top-8"}
+            "online": "keras_kd online", "top-k": "keras_kd top-8",
+            # --lm-variants: the same top-8 cache read into memory first (the
+            # step without the cache's tf.data stream).
+            "top-k in memory": "keras_kd top-8, cache in memory"}
 
 
 def run_e1_worker(config, epochs):
@@ -70,9 +74,10 @@ def run_e1_worker(config, epochs):
     return result
 
 
-def run_lm_worker(steps, rounds):
+def run_lm_worker(steps, rounds, variants=False):
     """Every LM configuration on this process's backend, interleaved: one
-    result per configuration, with its seconds per round."""
+    result per configuration, with its seconds per round (`variants`: also
+    the top-8 cache held in memory)."""
     sys.path.insert(0, BENCHMARKS)
     import keras
     import sequence
@@ -81,8 +86,9 @@ def run_lm_worker(steps, rounds):
     vocabulary, x, y, weight = sequence.make_windows(steps * sequence.BATCH_SIZE)
     with tempfile.TemporaryDirectory() as cache_root:
         built, caches = sequence.build_configurations(
-            vocabulary, x, y, weight, cache_root, "default", (8,), variants=False)
-        configurations = {config: built[LM_NAMES[config]] for config in CONFIGS["lm"]}
+            vocabulary, x, y, weight, cache_root, "default", (8,), variants=variants)
+        names = CONFIGS["lm"] + (("top-k in memory",) if variants else ())
+        configurations = {config: built[LM_NAMES[config]] for config in names}
         warm = {}
         for config, (model, data) in configurations.items():
             start = time.perf_counter()
@@ -137,6 +143,11 @@ def report(results, backends, workloads, notes):
             print(f"| {workload} | {backend} | {m['student']:.2f} | {m['keras']:.2f} | "
                   f"{m['online']:.2f} | {cached:.2f} ({CACHED[workload]}) | "
                   f"{m['online'] / m['keras']:.2f} | {cached / m['student']:.2f} |")
+    for backend in backends:
+        key = ("lm", backend, "top-k in memory")
+        if key in medians:
+            print(f"lm {backend}: top-8 cache in memory {medians[key]:.2f} ms per step, "
+                  f"{medians[key] / medians['lm', backend, 'student']:.2f}x the student's")
     if set(backends) == {"tensorflow", "jax"}:
         for workload in workloads:
             print(f"\n{workload} JAX / TF: " + ", ".join(
@@ -159,12 +170,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="E1: rounds of child processes")
     parser.add_argument("--lm-steps", type=int, default=60, help="LM: steps of one epoch")
     parser.add_argument("--lm-rounds", type=int, default=5, help="LM: interleaved rounds")
+    parser.add_argument("--lm-variants", action="store_true",
+                        help="LM: also the top-8 cache read into memory (rounds in the notes)")
     parser.add_argument("--json", help="also write the raw measurements here")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         if args.worker[1] == "lm":
-            print(json.dumps(run_lm_worker(args.lm_steps, args.lm_rounds)))
+            print(json.dumps(run_lm_worker(args.lm_steps, args.lm_rounds, args.lm_variants)))
         else:
             print(json.dumps(run_e1_worker(args.worker[2], args.epochs)))
         return
@@ -195,7 +208,8 @@ def main():
             print(f"lm: {backend}, {args.lm_rounds} interleaved rounds ...", flush=True)
             rows = run_child(pythons[backend], backend,
                              ["lm", "--lm-steps", str(args.lm_steps),
-                              "--lm-rounds", str(args.lm_rounds)])
+                              "--lm-rounds", str(args.lm_rounds)]
+                             + (["--lm-variants"] if args.lm_variants else []))
             results.extend(rows)
             save()
             load = rows[0]["load"]
