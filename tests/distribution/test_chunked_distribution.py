@@ -5,9 +5,8 @@ tiny Llama and a tiny Gemma (final logit soft-capping) teacher and student
 give the unsharded chunked run's and the unsharded dense run's fit and
 evaluate losses and teacher metrics (TeacherKL, TeacherAgreement), the
 token embeddings (the head, where tied) stay sharded and no step gathers a
-whole head. DataParallel over 8 devices splits every
-chunk's positions over the devices and gives one device's losses and
-teacher metrics."""
+whole head. DataParallel over 8 devices splits every chunk's positions
+over the devices and gives one device's losses and teacher metrics."""
 
 import contextlib
 import functools
