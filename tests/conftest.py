@@ -42,6 +42,35 @@ tf.config.experimental.enable_op_determinism()
 keras.utils.set_random_seed(0)
 
 
+# The files that take longest (`--durations`, 2026-12-06: 40-155 s each of
+# the suite's ~900 worker-seconds) start first: `--dist loadfile` hands out
+# whole files in collection order, and one of them collected last (as
+# tests/test_examples.py is) kept one worker busy a minute after the other
+# had finished.
+SLOWEST_FILES = (
+    "tests/test_examples.py",
+    "tests/distillation/test_chunked_distiller.py",
+    "tests/cli/test_cli.py",
+    "tests/distillation/test_distiller_paths.py",
+    "tests/distillation/test_distiller.py",
+    "tests/distillation/test_round4_contract.py",
+    "tests/distillation/test_chunked_evaluate.py",
+    "tests/test_language_model_example.py",
+    "tests/distillation/test_distiller_contract.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Puts the `SLOWEST_FILES` first, each file's tests in their order."""
+    root = str(config.rootpath)
+
+    def rank(item):
+        path = os.path.relpath(str(item.path), root).replace(os.sep, "/")
+        return SLOWEST_FILES.index(path) if path in SLOWEST_FILES else len(SLOWEST_FILES)
+
+    items.sort(key=rank)  # Stable: the rest keep their collection order.
+
+
 def pytest_runtest_setup(item):
     """keras.distribution tests (tests/distribution) run on JAX with 8
     devices: Keras' TensorFlow distribution module is a prototype. (Here

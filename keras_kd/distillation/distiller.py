@@ -247,6 +247,10 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         # The temperature a top-k cache (tail="bin") ties this fit to.
         self._top_k_cache_temperature = None
         self._first_batch_error = None
+        # Whether this call's first batch was checked eagerly (a top-k
+        # cache's temperature and vocabulary): the JAX step then leaves out
+        # the run-time checks that stop it on the host every step.
+        self._step_checks_done_eagerly = False
         # Whether the user chose a temperature (compile or the setter); if
         # not, top-k batches (tail="bin") use the temperature they carry.
         self._temperature_given = False
@@ -633,15 +637,20 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         self._retrace_while_metrics_unbuilt()
         # Saved and restored: a callback may call fit again (nested).
         outer = (self._fitting_without_labels, self._top_k_cache_temperature,
-                 self._first_batch_error)
+                 self._first_batch_error, self._step_checks_done_eagerly)
         self._fitting_without_labels = without_labels
         self._first_batch_error = None
         try:
             if isinstance(x, tf.data.Dataset):
+                checked = x
                 if self._first_batch_needs_checks(x, y):
-                    x = self._checked_dataset(x)
+                    checked = self._checked_dataset(x)
+                # (A ragged or sparse dataset comes back as it was.)
+                self._step_checks_done_eagerly = checked is not x
+                x = checked
             else:
                 self._top_k_cache_temperature = self._check_first_batch(x, y)
+                self._step_checks_done_eagerly = _first_inputs_and_targets(x, y) is not None
             return super().fit(x, y, *args, **kwargs)
         except tf.errors.OpError as error:
             if self._first_batch_error is not None:
@@ -649,7 +658,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             raise
         finally:
             (self._fitting_without_labels, self._top_k_cache_temperature,
-             self._first_batch_error) = outer
+             self._first_batch_error, self._step_checks_done_eagerly) = outer
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, **kwargs):
         """As `keras.Model.train_on_batch`; `class_weight` applies to this
@@ -661,7 +670,12 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             raise ValueError(objective.no_labels_message(self.alpha))
         self._check_first_batch(x, y)
         self._retrace_while_metrics_unbuilt()
-        return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
+        outer = self._step_checks_done_eagerly
+        self._step_checks_done_eagerly = _first_inputs_and_targets(x, y) is not None
+        try:
+            return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
+        finally:
+            self._step_checks_done_eagerly = outer
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """The student's loss and metrics on labelled data, as

@@ -129,7 +129,8 @@ def _check_bin_temperature(temperature, cache_temperature):
     Either may be a number or a tensor (the cache's may come per example
     from `top_k_dataset`). Known values are checked now; symbolic ones by
     an assert in the graph, which XLA drops: the Distiller also checks
-    eagerly on the first batch (see `TopKKLDivergence`).
+    eagerly on the first batch (see `TopKKLDivergence`), and on JAX leaves
+    the assert (a host callback) out of a step whose call it checked so.
     """
     static_temperature = _static_values(temperature)
     static_cache = _static_values(cache_temperature)

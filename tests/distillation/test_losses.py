@@ -400,6 +400,42 @@ def _as_input(kind, batches):
     return tf.data.Dataset.from_tensor_slices((ragged, y)).batch(len(batches[0][0]))
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX step's host callbacks")
+def test_jax_step_leaves_its_checks_to_a_first_batch_checked_eagerly(monkeypatch):
+    # Arrays and a dense tf.data dataset have their first batch checked
+    # eagerly: their step runs without host callbacks (each stops the step
+    # on the host). A generator's is not: the step is traced again, with them.
+    import jax
+
+    import keras_kd
+    from keras_kd.distillation import top_k
+
+    traced = []
+    callback = jax.debug.callback
+    monkeypatch.setattr(jax.debug, "callback",
+                        lambda *args, **kwargs: (traced.append(args[0]),
+                                                 callback(*args, **kwargs))[1])
+    teacher, batches = _top_k_batches(cache_temperature=2.0)
+    distiller = keras_kd.Distiller(student=_lm(41), teacher=teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0)
+    dense = _as_input("ragged", batches).map(lambda x, y: (x.to_tensor(), y))
+    arrays = next(iter(dense.unbatch().batch(100).as_numpy_iterator()))
+    for name, data in [("tf.data", dense), ("arrays", arrays)]:
+        inputs = {"x": data} if name == "tf.data" else {"x": data[0], "y": data[1]}
+        history = distiller.fit(**inputs, batch_size=None if name == "tf.data" else 4,
+                                epochs=1, verbose=0).history
+        assert np.isfinite(history["distillation_loss"][0]), name
+        assert traced == [], name
+    # The eager check still refuses another temperature before any step.
+    distiller.temperature = 1.0
+    with pytest.raises(ValueError, match=re.escape(top_k.bin_temperature_message(2.0))):
+        distiller.fit(dense, epochs=1, verbose=0)
+    with pytest.raises(runtime_check_error(), match=re.escape(top_k.bin_temperature_message()[:50])):
+        distiller.fit(_as_input("generator", batches), steps_per_epoch=len(batches),
+                      epochs=1, verbose=0)
+    assert traced, "the generator's step was not traced with its checks"
+
+
 @pytest.mark.parametrize("kind", ["pydataset", "generator", "ragged"])
 def test_top_k_bin_refuses_another_temperature_in_the_step(kind):
     import keras_kd
