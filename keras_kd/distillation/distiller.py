@@ -645,8 +645,10 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 checked = x
                 if self._first_batch_needs_checks(x, y):
                     checked = self._checked_dataset(x)
-                # (A ragged or sparse dataset comes back as it was.)
-                self._step_checks_done_eagerly = checked is not x
+                # (A ragged or sparse dataset comes back as it was.) Without
+                # a top-k part the step has no run-time checks to leave out,
+                # nor a reason to be traced again.
+                self._step_checks_done_eagerly = checked is not x or not _may_carry_top_k(x, y)
                 x = checked
             else:
                 self._top_k_cache_temperature = self._check_first_batch(x, y)

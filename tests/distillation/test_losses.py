@@ -436,6 +436,24 @@ def test_jax_step_leaves_its_checks_to_a_first_batch_checked_eagerly(monkeypatch
     assert traced, "the generator's step was not traced with its checks"
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX step's retracing")
+def test_jax_step_is_not_traced_again_for_the_same_kind_of_input():
+    # The first fit checks its first batch eagerly (the teacher's logits
+    # might be probabilities), the second does not need to: neither has a
+    # top-k part, so both use one compiled step (a retrace cost a 3x slower
+    # first epoch in benchmarks/backends.py).
+    import keras_kd
+
+    tokens = np.random.default_rng(0).integers(0, _VOCAB, size=(8, _TIME)).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((tokens, np.roll(tokens, -1, 1))).batch(4)
+    distiller = keras_kd.Distiller(student=_lm(41), teacher=_lm(40))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.5, temperature=2.0)
+    distiller.fit(data, epochs=1, verbose=0)
+    step = distiller.train_function
+    distiller.fit(data, epochs=1, verbose=0)
+    assert distiller.train_function is step
+
+
 @pytest.mark.parametrize("kind", ["pydataset", "generator", "ragged"])
 def test_top_k_bin_refuses_another_temperature_in_the_step(kind):
     import keras_kd
