@@ -5,7 +5,9 @@ KERAS_BACKEND when it is imported; `--tf-python`, `--jax-python` name the
 Pythons), keras-kd beside `keras.distillation` on the same backend:
 
 E1, the CNN pair on the bundled MNIST sample, batch 64 (the configurations
-of `speed.py`), one child process per (round, backend, configuration):
+of `speed.py`), one child process per (round, backend, configuration), or
+with `--e1-interleaved` all four in one process per backend, `--rounds`
+interleaved one-epoch rounds after a warm-up epoch each, as the LM's:
 
   student   `student.fit` alone: the floor and the cached epoch's baseline
   keras     `keras.distillation.Distiller` on the same backend
@@ -35,6 +37,7 @@ keras.distillation, cached / student epoch (aim <= 1.15) and JAX / TF.
     python benchmarks/backends.py --workloads lm --lm-rounds 5 --jax-python ...
     python benchmarks/backends.py --workloads lm --lm-variants --jax-python ...  # + cache in memory
     python benchmarks/backends.py --backends jax --workloads e1 --jax-python ...
+    python benchmarks/backends.py --workloads e1 --e1-interleaved --rounds 5 --jax-python ...
 """
 
 import argparse
@@ -72,6 +75,68 @@ def run_e1_worker(config, epochs):
     result["workload"] = "e1"
     result["ms_per_step"] = 1000 * result["epoch_median"] / steps
     return result
+
+
+def run_e1_interleaved_worker(rounds):
+    """Every E1 configuration on this process's backend, interleaved as the
+    LM's are (`--e1-interleaved`): one result per configuration, with its
+    ms per step per round. One process holds all four, so the ratios do not
+    carry the spread between processes."""
+    sys.path.insert(0, BENCHMARKS)
+    import keras
+    import sequence
+    import speed
+    from keras import distillation
+    from pairs import build_pair
+    from pairs import load_sample
+
+    import keras_kd
+    from keras_kd.data import datasets
+    from keras_kd.distillation import cache
+
+    keras.utils.set_random_seed(0)
+    x, y = load_sample("e1")
+    teacher, _ = build_pair("e1")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    metrics = ["sparse_categorical_accuracy"]
+
+    def pipeline(teacher_logits=None):
+        return datasets.make_dataset(x, y, name=None, scaling=None, batch_size=speed.BATCH_SIZE,
+                                     shuffle=True, teacher_logits=teacher_logits)
+
+    configurations = {}
+    for config in CONFIGS["e1"]:
+        student = build_pair("e1")[1]
+        if config == "student":
+            model, data = student, pipeline()
+            model.compile(optimizer="adam", loss=loss, metrics=metrics)
+        elif config == "keras":
+            model = distillation.Distiller(
+                teacher=teacher, student=student,
+                distillation_losses=distillation.LogitsDistillation(
+                    temperature=3.0, loss=keras.losses.KLDivergence()),
+                student_loss_weight=0.1)
+            model.compile(optimizer="adam", loss=loss, metrics=metrics)
+            data = pipeline()
+        else:
+            model = keras_kd.Distiller(student=student, teacher=teacher)
+            model.compile(optimizer="adam", metrics=metrics, temperature=3.0)
+            data = pipeline(cache.compute_teacher_logits(teacher, x) if config == "cached" else None)
+        model.fit(data, epochs=1, verbose=0)  # Tracing.
+        configurations[config] = (model, data)
+    steps = math.ceil(len(y) / speed.BATCH_SIZE)
+    times = {config: [] for config in configurations}
+    loads = [os.getloadavg()[0]]
+    for round_number in range(rounds):
+        order = list(configurations)
+        for config in order if round_number % 2 == 0 else order[::-1]:
+            times[config].append(sequence.timed_fit(*configurations[config]))
+        loads.append(os.getloadavg()[0])
+    return [{"backend": keras.backend.backend(), "workload": "e1", "config": config,
+             "rounds": [1000 * s / steps for s in seconds],
+             "ms_per_step": 1000 * statistics.median(seconds) / steps,
+             "load": [min(loads), max(loads)]}
+            for config, seconds in times.items()]
 
 
 def run_lm_worker(steps, rounds, variants=False):
@@ -168,6 +233,9 @@ def main():
                         help="a Python with JAX (default: this one)")
     parser.add_argument("--epochs", type=int, default=2, help="E1: timed epochs after the warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="E1: rounds of child processes")
+    parser.add_argument("--e1-interleaved", action="store_true",
+                        help="E1: the four configurations in one process per backend, "
+                             "--rounds interleaved epochs (as the LM's)")
     parser.add_argument("--lm-steps", type=int, default=60, help="LM: steps of one epoch")
     parser.add_argument("--lm-rounds", type=int, default=5, help="LM: interleaved rounds")
     parser.add_argument("--lm-variants", action="store_true",
@@ -178,6 +246,8 @@ def main():
     if args.worker:
         if args.worker[1] == "lm":
             print(json.dumps(run_lm_worker(args.lm_steps, args.lm_rounds, args.lm_variants)))
+        elif args.worker[1] == "e1-interleaved":
+            print(json.dumps(run_e1_interleaved_worker(args.rounds)))
         else:
             print(json.dumps(run_e1_worker(args.worker[2], args.epochs)))
         return
@@ -191,7 +261,20 @@ def main():
                 json.dump(results, f, indent=2)
 
     start_load = os.getloadavg()[0]
-    if "e1" in args.workloads:
+    if "e1" in args.workloads and args.e1_interleaved:
+        for backend in args.backends:
+            print(f"e1: {backend}, {args.rounds} interleaved rounds ...", flush=True)
+            rows = run_child(pythons[backend], backend,
+                             ["e1-interleaved", "--rounds", str(args.rounds)])
+            results.extend(rows)
+            save()
+            load = rows[0]["load"]
+            notes.append(f"e1 {backend}: rounds (ms per step) " + "; ".join(
+                f"{row['config']} {', '.join(f'{v:.1f}' for v in row['rounds'])}"
+                for row in rows) + f"; load {load[0]:.1f}..{load[1]:.1f}")
+        notes.append(f"e1: ms per step, median of {args.rounds} interleaved rounds of one "
+                     "epoch (batch 64, 8,000 digits), in one process per backend.")
+    elif "e1" in args.workloads:
         for round_index in range(args.rounds):
             for config in CONFIGS["e1"]:
                 for backend in args.backends:

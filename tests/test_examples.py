@@ -185,12 +185,12 @@ def test_e5_frozen_backbone(tmp_path):
     # trains one step and the head one per epoch.
     stdout = run_example("frozen_backbone_teacher.py", "--data-dir", cifar_dir, "--limit", 64,
                          "--backbone", tmp_path / "backbone.keras", "--student-blocks", 1, 1, 1, 1,
-                         "--head-epochs", "150", "--student-epochs", "1", "--output", tmp_path)
+                         "--head-epochs", "60", "--student-epochs", "1", "--output", tmp_path)
     results = json.loads((tmp_path / "e5.json").read_text())["test_accuracy"]
     assert set(results) == {"teacher", "student (scratch)", "student (distilled)"}
     # Counts of right answers on the 32 test images, 3.125 points apiece.
     assert all(v / 3.125 == pytest.approx(round(v / 3.125), abs=1e-4) for v in results.values())
-    # Only the head trained (150 steps on the 64 images), on colours a
+    # Only the head trained (60 steps on the 64 images: 59% here, 38% after 30), on colours a
     # random backbone keeps apart; chance is 10%.
     assert results["teacher"] > 40.0
     assert f"{64 * 10 + 10:,} trainable (the head)" in stdout

@@ -809,7 +809,7 @@ def _check_top_k_temperature(loss, teacher_top_k, temperature, vocab):
     given a `cache_temperature` must agree with the batch's; the cache's
     `vocab_size` must be the head's. Values known now are checked now,
     symbolic ones by in-graph asserts (which XLA drops: the Distiller also
-    checks a call's first batch eagerly)."""
+    checks every batch it can eagerly: see `_check_bin_temperature`)."""
     cache_temperature = loss.batch_cache_temperature(teacher_top_k)
     dependencies = []
     if loss.tail == "bin":

@@ -246,7 +246,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         self._fitting_without_labels = False
         # The temperature a top-k cache (tail="bin") ties this fit to.
         self._top_k_cache_temperature = None
-        self._first_batch_error = None
+        self._input_check_error = None
         # Whether this call's first batch was checked eagerly (a top-k
         # cache's temperature and vocabulary): the JAX step then leaves out
         # the run-time checks that stop it on the host every step.
@@ -637,30 +637,28 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         self._retrace_while_metrics_unbuilt()
         # Saved and restored: a callback may call fit again (nested).
         outer = (self._fitting_without_labels, self._top_k_cache_temperature,
-                 self._first_batch_error, self._step_checks_done_eagerly)
+                 self._input_check_error, self._step_checks_done_eagerly)
         self._fitting_without_labels = without_labels
-        self._first_batch_error = None
+        self._input_check_error = None
         try:
             if isinstance(x, tf.data.Dataset):
                 checked = x
                 if self._first_batch_needs_checks(x, y):
                     checked = self._checked_dataset(x)
-                # (A ragged or sparse dataset comes back as it was.) Without
-                # a top-k part the step has no run-time checks to leave out,
-                # nor a reason to be traced again.
-                self._step_checks_done_eagerly = checked is not x or not _may_carry_top_k(x, y)
+                # (A ragged or sparse dataset comes back as it was.)
+                self._step_checks_done_eagerly = checked is not x
                 x = checked
             else:
                 self._top_k_cache_temperature = self._check_first_batch(x, y)
-                self._step_checks_done_eagerly = _first_inputs_and_targets(x, y) is not None
+                self._step_checks_done_eagerly = self._every_row_checked(x, y)
             return super().fit(x, y, *args, **kwargs)
         except tf.errors.OpError as error:
-            if self._first_batch_error is not None:
-                raise self._first_batch_error from error
+            if self._input_check_error is not None:
+                raise self._input_check_error from error
             raise
         finally:
             (self._fitting_without_labels, self._top_k_cache_temperature,
-             self._first_batch_error, self._step_checks_done_eagerly) = outer
+             self._input_check_error, self._step_checks_done_eagerly) = outer
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, **kwargs):
         """As `keras.Model.train_on_batch`; `class_weight` applies to this
@@ -673,7 +671,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         self._check_first_batch(x, y)
         self._retrace_while_metrics_unbuilt()
         outer = self._step_checks_done_eagerly
-        self._step_checks_done_eagerly = _first_inputs_and_targets(x, y) is not None
+        self._step_checks_done_eagerly = self._every_row_checked(x, y)
         try:
             return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
         finally:
@@ -757,7 +755,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         The checks run eagerly in the input pipeline (a `tf.py_function`,
         outside any XLA step, on the first batch only) on the batch `fit`
         itself reads; their error, if any, is kept in
-        `self._first_batch_error` for `fit` to raise.
+        `self._input_check_error` for `fit` to raise.
         """
         spec = dataset.element_spec
         leaves = tf.nest.flatten(spec)
@@ -767,6 +765,8 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             return dataset
 
         scope = self._input_pipeline_scope()
+        top_k_spec = _top_k_part(spec)
+        check_top_k = self._top_k_checks() if top_k_spec is not None else None
         # Once per call: every epoch's iterator starts at index 0 again, and
         # on JAX the values `scope` holds are gone after the first step
         # (Keras' JAX trainer donates them): a second epoch's check read
@@ -782,18 +782,32 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 with scope():
                     self._top_k_cache_temperature = self._first_batch_checks(inputs, targets)
             except Exception as error:  # Re-raised by `fit` as it is.
-                self._first_batch_error = error
+                self._input_check_error = error
                 raise
             checked_once.append(True)
+            return True
+
+        def check_later(*flat):
+            # Every later batch's cache: as the step's run-time checks would
+            # (which the JAX step then leaves out), without the models.
+            try:
+                check_top_k(tf.nest.pack_sequence_as(top_k_spec, [t.numpy() for t in flat]))
+            except Exception as error:  # Re-raised by `fit` as it is.
+                self._input_check_error = error
+                raise
             return True
 
         # enumerate() gives (index, element): the element arrives whole, as
         # a tuple, dict, namedtuple or tensor, and leaves as it came.
         def checked(index, element):
+            later = lambda: tf.constant(True)  # noqa: E731
+            if check_top_k is not None:
+                later = lambda: tf.py_function(  # noqa: E731
+                    check_later, tf.nest.flatten(_top_k_part(element)), Tout=tf.bool)
             ran = tf.cond(
                 index == 0,
                 lambda: tf.py_function(check, tf.nest.flatten(element), Tout=tf.bool),
-                lambda: tf.constant(True),
+                later,
             )
             with tf.control_dependencies([ran]):
                 return tf.nest.map_structure(tf.identity, element)
@@ -812,19 +826,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         """
         parsed = batch_module.parse_batch((inputs, targets))
         if isinstance(parsed.teacher_outputs, dict):  # A top-k cache.
-            top_k_module.check_cache_vocabulary(
-                parsed.teacher_outputs,
-                outputs_module.static_num_classes(self.student, self.student_output, "student"))
-            loss_fn = self.distillation_term.top_k_loss()
-            temperature = getattr(loss_fn, "temperature", None) or self.temperature
-            carried = top_k_module.carried_cache_temperature(parsed.teacher_outputs)
-            if self.distillation_term.follows_cache(loss_fn) and carried is not None:
-                # No temperature was chosen: the step uses the cache's, the
-                # only one tail="bin" can use (write_top_k_cache's default
-                # is 1, the Distiller's 3).
-                temperature = carried
-            return top_k_module.check_cache_temperature(
-                loss_fn, parsed.teacher_outputs, temperature)
+            return self._top_k_checks()(parsed.teacher_outputs)
         if self._checked_first_batch or self.teacher_outputs != "logits":
             return None
         self._checked_first_batch = True
@@ -843,6 +845,47 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
                 stacklevel=3,
             )
         return None
+
+    def _top_k_checks(self):
+        """`check(teacher_top_k)`: a top-k batch's checks, eagerly (the
+        cache's vocabulary against the student's; with `tail="bin"` its
+        temperature against the loss's), with the settings read now (on
+        JAX a running `fit` holds the variables' values). Returns the cache
+        temperature the call is tied to, or None."""
+        loss_fn = self.distillation_term.top_k_loss()
+        classes = outputs_module.static_num_classes(self.student, self.student_output, "student")
+        chosen = getattr(loss_fn, "temperature", None) or self.temperature
+        follows = self.distillation_term.follows_cache(loss_fn)
+
+        def check(teacher_top_k):
+            top_k_module.check_cache_vocabulary(teacher_top_k, classes)
+            temperature = chosen
+            carried = top_k_module.carried_cache_temperature(teacher_top_k)
+            if follows and carried is not None:
+                # No temperature was chosen: the step uses the cache's, the
+                # only one tail="bin" can use (write_top_k_cache's default
+                # is 1, the Distiller's 3).
+                temperature = carried
+            return top_k_module.check_cache_temperature(loss_fn, teacher_top_k, temperature)
+
+        return check
+
+    def _every_row_checked(self, x, y):
+        """Whether every row of `fit`'s arrays passes the top-k checks now
+        (the JAX step then leaves its run-time checks out). False for
+        datasets and generators, and for arrays of several caches (one
+        temperature per batch: the step checks each)."""
+        rows = _first_inputs_and_targets(x, y, size=None)
+        if rows is None:
+            return False
+        teacher_top_k = batch_module.parse_batch(rows).teacher_outputs
+        if not isinstance(teacher_top_k, dict):
+            return True
+        carried = teacher_top_k.get(top_k_module.CACHE_TEMPERATURE_KEY)
+        if carried is not None and np.unique(np.asarray(carried)).size > 1:
+            return False
+        self._top_k_checks()(teacher_top_k)
+        return True
 
     # Saving.
 
@@ -1061,6 +1104,16 @@ def _first_inputs_and_targets(x, y, size=64):
     except (TypeError, ValueError, IndexError):
         return None
     return inputs, targets
+
+
+def _top_k_part(element):
+    """The top-k dict of a dataset element (or its spec), or None; where
+    `batch.parse_batch` finds it."""
+    if not isinstance(element, tuple) or len(element) < 2 or not isinstance(element[1], dict):
+        return None
+    targets = element[1]
+    part = targets.get(batch_module.TEACHER_LOGITS_KEY, targets.get(batch_module.TEACHER_TOP_K_KEY))
+    return part if isinstance(part, dict) else None
 
 
 def _may_carry_top_k(x, y):

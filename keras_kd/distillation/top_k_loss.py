@@ -129,8 +129,10 @@ def _check_bin_temperature(temperature, cache_temperature):
     Either may be a number or a tensor (the cache's may come per example
     from `top_k_dataset`). Known values are checked now; symbolic ones by
     an assert in the graph, which XLA drops: the Distiller also checks
-    eagerly on the first batch (see `TopKKLDivergence`), and on JAX leaves
-    the assert (a host callback) out of a step whose call it checked so.
+    eagerly, the first batch and where it can every later one (a dataset's
+    in its input pipeline, arrays' rows before the first step), and on JAX
+    leaves the assert (a host callback) out of a step whose call it checks
+    so.
     """
     static_temperature = _static_values(temperature)
     static_cache = _static_values(cache_temperature)
@@ -298,7 +300,7 @@ def _check_vocabulary(vocab_size, student_logits):
             if size != classes:
                 raise ValueError(vocabulary_message(size, classes))
         return []
-    # The Distiller checks eagerly at the first batch; XLA drops this.
+    # The Distiller checks the batches eagerly where it can; XLA drops this.
     return runtime().assert_equal(
         vocab_size, ops.shape(student_logits)[-1],
         message=vocabulary_message("another", classes))
@@ -416,12 +418,13 @@ class TopKKLDivergence(DistillationLoss):
 
     The cache's temperature travels with the batches (`top_k_dataset` puts
     it in every element), so it need not be given; with `tail="bin"` the
-    Distiller's temperature must equal it. The Distiller checks on the
-    first batch of every `fit` (a `tf.data.Dataset`'s as it passes, arrays
-    before) and `train_on_batch`, and when its temperature is set during
+    Distiller's temperature must equal it. The Distiller checks every
+    batch of every `fit` (a `tf.data.Dataset`'s as they pass, arrays'
+    rows before) and `train_on_batch`, and its temperature when set during
     such a fit; those checks hold under XLA. Batches from a `PyDataset`, a
-    generator, or a dataset with ragged or sparse parts are checked only in
-    the step (an assert that XLA drops).
+    generator, or a dataset with ragged or sparse parts (and arrays of
+    several caches) are checked only in the step (an assert that XLA
+    drops on TensorFlow; a host callback on JAX).
 
     Args:
         tail: `"bin"` (default) or `"renormalize"`; see

@@ -400,58 +400,143 @@ def _as_input(kind, batches):
     return tf.data.Dataset.from_tensor_slices((ragged, y)).batch(len(batches[0][0]))
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX step's host callbacks")
-def test_jax_step_leaves_its_checks_to_a_first_batch_checked_eagerly(monkeypatch):
-    # Arrays and a dense tf.data dataset have their first batch checked
-    # eagerly: their step runs without host callbacks (each stops the step
-    # on the host). A generator's is not: the step is traced again, with them.
+def _trace_spy(monkeypatch):
+    """The run-time checks `jax.debug.callback` is given, as steps trace."""
     import jax
-
-    import keras_kd
-    from keras_kd.distillation import top_k
 
     traced = []
     callback = jax.debug.callback
     monkeypatch.setattr(jax.debug, "callback",
                         lambda *args, **kwargs: (traced.append(args[0]),
                                                  callback(*args, **kwargs))[1])
-    teacher, batches = _top_k_batches(cache_temperature=2.0)
+    return traced
+
+
+def _top_k_distiller(teacher, temperature=2.0):
+    import keras_kd
+
     distiller = keras_kd.Distiller(student=_lm(41), teacher=teacher)
-    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0)
-    dense = _as_input("ragged", batches).map(lambda x, y: (x.to_tensor(), y))
-    arrays = next(iter(dense.unbatch().batch(100).as_numpy_iterator()))
-    for name, data in [("tf.data", dense), ("arrays", arrays)]:
-        inputs = {"x": data} if name == "tf.data" else {"x": data[0], "y": data[1]}
-        history = distiller.fit(**inputs, batch_size=None if name == "tf.data" else 4,
-                                epochs=1, verbose=0).history
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=temperature)
+    return distiller
+
+
+def _dense_dataset(batches):
+    return _as_input("ragged", batches).map(lambda x, y: (x.to_tensor(), y))
+
+
+def _arrays(batches):
+    return next(iter(_dense_dataset(batches).unbatch().batch(1000).as_numpy_iterator()))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX step's host callbacks")
+def test_jax_step_leaves_its_checks_to_batches_checked_eagerly(monkeypatch):
+    # Arrays (every row) and a dense tf.data dataset (every batch, in the
+    # input pipeline) are checked eagerly: their step runs without host
+    # callbacks (each stops the step on the host). A generator's is not:
+    # the step is traced again, with them.
+    from keras_kd.distillation import top_k
+
+    traced = _trace_spy(monkeypatch)
+    teacher, batches = _top_k_batches(cache_temperature=2.0)
+    distiller = _top_k_distiller(teacher)
+    dense, (tokens, targets) = _dense_dataset(batches), _arrays(batches)
+    for name, inputs in [("tf.data", {"x": dense}),
+                         ("arrays", {"x": tokens, "y": targets, "batch_size": 4})]:
+        history = distiller.fit(**inputs, epochs=1, verbose=0).history
         assert np.isfinite(history["distillation_loss"][0]), name
         assert traced == [], name
     # The eager check still refuses another temperature before any step.
     distiller.temperature = 1.0
     with pytest.raises(ValueError, match=re.escape(top_k.bin_temperature_message(2.0))):
         distiller.fit(dense, epochs=1, verbose=0)
-    with pytest.raises(runtime_check_error(), match=re.escape(top_k.bin_temperature_message()[:50])):
+    # A generator's step has them, although the step of the arrays (another
+    # jit of the same bound method) is still held here.
+    held = distiller.train_function  # noqa: F841
+    with pytest.raises(runtime_check_error(), match="log-normaliser at the loss"):
         distiller.fit(_as_input("generator", batches), steps_per_epoch=len(batches),
                       epochs=1, verbose=0)
     assert traced, "the generator's step was not traced with its checks"
 
 
+@pytest.mark.parametrize("kind", ["tf.data", "arrays"])
+def test_a_later_batch_of_another_cache_is_refused(kind):
+    # The first batch of the right cache, then batches of another one: a
+    # dataset's later batches are checked in its input pipeline, arrays'
+    # rows before the first step (another vocabulary) or, several caches'
+    # temperatures, in the step. Failed on JAX before: the step had no
+    # checks and trained on.
+    from keras_kd.distillation import top_k
+
+    teacher, good = _top_k_batches(cache_temperature=2.0)
+    _, bad = _top_k_batches(cache_temperature=1.0)
+    distiller = _top_k_distiller(teacher)
+    if kind == "tf.data":
+        data = _dense_dataset(good).concatenate(_dense_dataset(bad))
+        with pytest.raises(ValueError, match=re.escape(top_k.bin_temperature_message(1.0))):
+            distiller.fit(data, epochs=1, verbose=0)
+        return
+    # (Past the 64 rows `fit` checks as its first batch.)
+    _, more = _top_k_batches(cache_temperature=2.0, batches=16)
+    tokens, targets = _arrays(more + bad)
+    with pytest.raises(runtime_check_error(), match="log-normaliser at the loss"):
+        distiller.fit(tokens, targets, batch_size=4, shuffle=False, epochs=1, verbose=0)
+    tokens, targets = _arrays(good + good)
+    targets["teacher_top_k"]["vocab_size"] = np.where(
+        np.arange(len(tokens)) < 4, _VOCAB, _VOCAB + 1).astype("int32")
+    with pytest.raises(ValueError, match=re.escape(top_k.vocabulary_message(_VOCAB + 1, _VOCAB))):
+        _top_k_distiller(_lm(40)).fit(tokens, targets, batch_size=4, epochs=1, verbose=0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX step's checks")
+@pytest.mark.parametrize("nested", ["train_on_batch", "fit"])
+def test_a_call_nested_in_fit_leaves_fit_its_own_step(nested):
+    # A callback's call on arrays traces a step without checks; the outer
+    # generator fit, whose later batches are of another cache, keeps its own.
+    from keras_kd.distillation import top_k
+
+    teacher, good = _top_k_batches(cache_temperature=2.0)
+    _, bad = _top_k_batches(cache_temperature=1.0, batches=3)
+    distiller = _top_k_distiller(teacher)
+
+    class Nested(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                if nested == "train_on_batch":
+                    self.model.train_on_batch(*good[0])
+                else:
+                    self.model.fit(*good[0], epochs=1, verbose=0)
+
+    with pytest.raises(runtime_check_error(), match="log-normaliser at the loss"):
+        distiller.fit((b for b in good[1:] + bad), steps_per_epoch=4, epochs=1, verbose=0,
+                      callbacks=[Nested()])
+
+
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX step's retracing")
-def test_jax_step_is_not_traced_again_for_the_same_kind_of_input():
-    # The first fit checks its first batch eagerly (the teacher's logits
-    # might be probabilities), the second does not need to: neither has a
-    # top-k part, so both use one compiled step (a retrace cost a 3x slower
-    # first epoch in benchmarks/backends.py).
+def test_jax_step_is_not_traced_again_without_a_top_k_part(monkeypatch):
+    # Arrays, a tf.data dataset and a generator in turn, none with a top-k
+    # part: one traced step for all (a retrace cost a 3x slower first epoch
+    # in benchmarks/backends.py).
+    import jax
+
     import keras_kd
+    from keras_kd.distillation.backend import jax as jax_steps
 
     tokens = np.random.default_rng(0).integers(0, _VOCAB, size=(8, _TIME)).astype("int32")
-    data = tf.data.Dataset.from_tensor_slices((tokens, np.roll(tokens, -1, 1))).batch(4)
+    labels = np.roll(tokens, -1, 1)
     distiller = keras_kd.Distiller(student=_lm(41), teacher=_lm(40))
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.5, temperature=2.0)
-    distiller.fit(data, epochs=1, verbose=0)
-    step = distiller.train_function
-    distiller.fit(data, epochs=1, verbose=0)
-    assert distiller.train_function is step
+    traces = []
+    train_step = jax_steps.JAXSteps.train_step
+    monkeypatch.setattr(jax_steps.JAXSteps, "train_step",
+                        lambda self, *args: (traces.append(1), train_step(self, *args))[1])
+    cleared = []
+    monkeypatch.setattr(jax, "clear_caches", lambda: cleared.append(1))
+    for data in [{"x": tokens, "y": labels, "batch_size": 4},
+                 {"x": tf.data.Dataset.from_tensor_slices((tokens, labels)).batch(4)},
+                 {"x": ((tokens[i:i + 4], labels[i:i + 4]) for i in (0, 4)), "steps_per_epoch": 2},
+                 {"x": tokens, "y": labels, "batch_size": 4}]:
+        distiller.fit(**data, epochs=1, verbose=0)
+    assert len(traces) == 1 and cleared == []
 
 
 @pytest.mark.parametrize("kind", ["pydataset", "generator", "ragged"])

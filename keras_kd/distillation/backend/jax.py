@@ -47,23 +47,29 @@ def _current(scope, variables, values):
 # runs, and the assert is a `jax.debug.callback` (which XLA keeps: the
 # step raises a `JaxRuntimeError` carrying the message). A callback stops
 # the step on the host every time (1.5-1.9x the student's own step for the
-# GPT-2 character LM on a top-8 cache): a Distiller step whose call had its
-# first batch checked eagerly leaves them out (`checks_left_to_first_batch`),
-# as TensorFlow's XLA drops its asserts.
+# GPT-2 character LM on a top-8 cache): a Distiller step whose call checks
+# every batch in its input pipeline instead leaves them out
+# (`checks_left_out`).
 
 _checks = threading.local()
 
 
 @contextlib.contextmanager
-def checks_left_to_first_batch(left=True):
-    """While tracing a step: leave the run-time checks out (`left`), the
-    Distiller having run them eagerly on this call's first batch."""
-    outer = getattr(_checks, "left_to_first_batch", False)
-    _checks.left_to_first_batch = bool(left)
+def checks_left_out(leave=True):
+    """While tracing a step: leave the run-time checks out (`leave`), the
+    Distiller running them eagerly on every batch of the call.
+
+    Yields:
+        A dict that records, once traced, whether the step `"left_out"` a
+        check and whether it `"kept"` one.
+    """
+    outer = (getattr(_checks, "leave", False), getattr(_checks, "record", None))
+    record = {"left_out": False, "kept": False}
+    _checks.leave, _checks.record = bool(leave), record
     try:
-        yield
+        yield record
     finally:
-        _checks.left_to_first_batch = outer
+        _checks.leave, _checks.record = outer
 
 
 def static_value(value):
@@ -79,8 +85,12 @@ def as_tensor(value):
 
 
 def _assert(check, x, y, message):
-    if getattr(_checks, "left_to_first_batch", False):
+    record = getattr(_checks, "record", None)
+    if getattr(_checks, "leave", False):
+        record["left_out"] = True
         return []
+    if record is not None:
+        record["kept"] = True
 
     def callback(x, y):
         x, y = np.asarray(x), np.broadcast_to(np.asarray(y), np.shape(x))
@@ -130,7 +140,7 @@ class JAXSteps(CommonSteps):
     def fit(self, *args, **kwargs):
         # A model built outside a strategy may still be fitted inside one.
         self._check_backend_setup()
-        with self._variables_restored():
+        with self._outer_step_kept(), self._variables_restored():
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
@@ -267,22 +277,49 @@ class JAXSteps(CommonSteps):
         return loss, (terms, outputs, mask, non_trainable)
 
     def make_train_function(self, force=False):
-        # A step traced for a call whose first batch was checked eagerly has
-        # no run-time checks: another call (a generator, a PyDataset, a
-        # ragged dataset) needs a step with them, and the other way round.
+        # The step traced last left the checks out, and this call's batches
+        # are not all checked eagerly: trace it again, with them (and the
+        # other way round, for speed). jit's cache is keyed on the bound
+        # `train_step` and the arguments, not on this choice: without a
+        # cleared cache a step still held somewhere would be reused.
         eager = bool(getattr(self, "_step_checks_done_eagerly", False))
-        if getattr(self, "_train_function_leaves_checks", None) != eager:
+        traced = getattr(self, "_train_step_checks", None)
+        if traced is not None and (traced["left_out"] and not eager
+                                   or traced["kept"] and eager):
+            jax.clear_caches()
             force = True
-        self._train_function_leaves_checks = eager
+        object.__setattr__(self, "_train_step_leaves_checks", eager)
         return super().make_train_function(force=force)
+
+    def train_on_batch(self, *args, **kwargs):
+        with self._outer_step_kept():
+            return super().train_on_batch(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _outer_step_kept(self):
+        """A call nested in `fit` (from a callback) may trace another step;
+        the outer `fit`, which reads `train_function` at every batch, gets
+        its own back."""
+        if getattr(self, "_held_values", None) is None:
+            yield
+            return
+        outer = (self.train_function, getattr(self, "_train_step_checks", None),
+                 getattr(self, "_train_step_leaves_checks", False))
+        try:
+            yield
+        finally:
+            self.train_function = outer[0]
+            object.__setattr__(self, "_train_step_checks", outer[1])
+            object.__setattr__(self, "_train_step_leaves_checks", outer[2])
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_variables, metrics_variables = state
         batch = batch_module.parse_batch(data)
         grad_fn = jax.value_and_grad(self._stateless_training_loss, argnums=0, has_aux=True)
-        with checks_left_to_first_batch(getattr(self, "_train_function_leaves_checks", False)):
+        with checks_left_out(getattr(self, "_train_step_leaves_checks", False)) as checks:
             (_, (terms, outputs, mask, non_trainable)), grads = grad_fn(
                 trainable, non_trainable, optimizer_variables, batch)
+        object.__setattr__(self, "_train_step_checks", checks)
         trainable, optimizer_variables = self.optimizer.stateless_apply(
             optimizer_variables, grads, trainable)
         logs, metrics_variables = self._stateless_metrics(
