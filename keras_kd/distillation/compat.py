@@ -199,3 +199,13 @@ def value_lost(variable):
         return getattr(variable, "_initializer", None) is None
     is_deleted = getattr(value, "is_deleted", None)
     return bool(is_deleted is not None and is_deleted())
+
+
+def shards_per_process(distribution):
+    """Whether `distribution` (a `keras.distribution.Distribution`, or
+    None) shards a `tf.data.Dataset` per process: Keras' multi-process
+    setting (`keras.distribution.initialize`) with `auto_shard_dataset`.
+    Keras finds the batch size to shard by in the dataset's graph, which a
+    `map` after the `batch` hides."""
+    return (distribution is not None and bool(getattr(distribution, "_is_multi_process", False))
+            and bool(getattr(distribution, "auto_shard_dataset", False)))

@@ -8,6 +8,7 @@ Keras reduces), `keras_kd.hints` (feature hints) and
 """
 
 import collections
+import contextlib
 import inspect
 import warnings
 
@@ -641,9 +642,14 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         self._fitting_without_labels = without_labels
         self._input_check_error = None
         try:
+            sharding = contextlib.nullcontext()
             if isinstance(x, tf.data.Dataset):
                 checked = x
                 if self._first_batch_needs_checks(x, y):
+                    x, sharding = _sharded_for_this_process(x)
+                    validation_data = kwargs.get("validation_data")
+                    if isinstance(validation_data, tf.data.Dataset):  # Not sharded by Keras now.
+                        kwargs["validation_data"] = _sharded_for_this_process(validation_data)[0]
                     checked = self._checked_dataset(x)
                 # (A ragged or sparse dataset comes back as it was.)
                 self._step_checks_done_eagerly = checked is not x
@@ -651,7 +657,8 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             else:
                 self._top_k_cache_temperature = self._check_first_batch(x, y)
                 self._step_checks_done_eagerly = self._every_row_checked(x, y)
-            return super().fit(x, y, *args, **kwargs)
+            with sharding:
+                return super().fit(x, y, *args, **kwargs)
         except tf.errors.OpError as error:
             if self._input_check_error is not None:
                 raise self._input_check_error from error
@@ -1104,6 +1111,27 @@ def _first_inputs_and_targets(x, y, size=64):
     except (TypeError, ValueError, IndexError):
         return None
     return inputs, targets
+
+
+def _sharded_for_this_process(dataset):
+    """`(dataset, context)`: under Keras' multi-process distribution, this
+    process's shard of `dataset`, taken as Keras would, and a context in
+    which Keras does not shard it again (the checks' `map` would hide the
+    batch size Keras shards by: "The batch size of the input dataset is
+    unknown"); else `dataset` as it is."""
+    distribution = keras.distribution.distribution()
+    if not compat.shards_per_process(distribution):
+        return dataset, contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def sharded_once():
+        distribution.auto_shard_dataset = False
+        try:
+            yield
+        finally:
+            distribution.auto_shard_dataset = True
+
+    return distribution.distribute_dataset(dataset), sharded_once()
 
 
 def _top_k_part(element):

@@ -232,3 +232,21 @@ def test_a_step_refused_while_tracing_leaves_the_distillers_variables_usable(tin
         np.testing.assert_array_equal(variable.numpy(), expected)
     distiller.refuse = False
     distiller.fit(x[:8], y[:8], batch_size=8, verbose=0)  # Still trains.
+
+
+def test_shards_per_process_reads_keras_multi_process_flag():
+    """`compat.shards_per_process` reads `Distribution._is_multi_process`
+    and `auto_shard_dataset` (one process here: False, and True when Keras
+    says it is multi-process), so a rename fails here, not in a multi-host
+    run (tests/distribution/test_multi_host.py runs two processes)."""
+    if keras.backend.backend() == "tensorflow":
+        pytest.skip("keras.distribution's DataParallel needs JAX devices here")
+    distribution = keras.distribution.DataParallel()
+    assert hasattr(distribution, "_is_multi_process")
+    assert distribution.auto_shard_dataset is True
+    assert compat.shards_per_process(None) is False
+    assert compat.shards_per_process(distribution) is False  # One process.
+    distribution._is_multi_process = True
+    assert compat.shards_per_process(distribution) is True
+    distribution.auto_shard_dataset = False
+    assert compat.shards_per_process(distribution) is False
