@@ -248,7 +248,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         # The temperature a top-k cache (tail="bin") ties this fit to.
         self._top_k_cache_temperature = None
         self._input_check_error = None
-        # Whether this call's first batch was checked eagerly (a top-k
+        # Whether every batch of this call is checked eagerly (a top-k
         # cache's temperature and vocabulary): the JAX step then leaves out
         # the run-time checks that stop it on the host every step.
         self._step_checks_done_eagerly = False
@@ -757,11 +757,12 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         return self.alpha < 1.0 or bool(self.feature_hints) or bool(self._teacher_metrics)
 
     def _checked_dataset(self, dataset):
-        """`dataset`, whose first batch runs `_first_batch_checks` as it passes.
+        """`dataset`, whose batches run the first-batch and top-k checks as they pass.
 
         The checks run eagerly in the input pipeline (a `tf.py_function`,
-        outside any XLA step, on the first batch only) on the batch `fit`
-        itself reads; their error, if any, is kept in
+        outside any XLA step) on the batches `fit` itself reads: all of
+        them on the first batch, a top-k part's (`_top_k_checks`) on every
+        later one; their error, if any, is kept in
         `self._input_check_error` for `fit` to raise.
         """
         spec = dataset.element_spec
