@@ -252,6 +252,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         # cache's temperature and vocabulary): the JAX step then leaves out
         # the run-time checks that stop it on the host every step.
         self._step_checks_done_eagerly = False
+        self._call_carries_top_k = False
         # Whether the user chose a temperature (compile or the setter); if
         # not, top-k batches (tail="bin") use the temperature they carry.
         self._temperature_given = False
@@ -638,7 +639,8 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         self._retrace_while_metrics_unbuilt()
         # Saved and restored: a callback may call fit again (nested).
         outer = (self._fitting_without_labels, self._top_k_cache_temperature,
-                 self._input_check_error, self._step_checks_done_eagerly)
+                 self._input_check_error, self._step_checks_done_eagerly,
+                 self._call_carries_top_k)
         self._fitting_without_labels = without_labels
         self._input_check_error = None
         try:
@@ -646,17 +648,19 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             if isinstance(x, tf.data.Dataset):
                 checked = x
                 if self._first_batch_needs_checks(x, y):
-                    x, sharding = _sharded_for_this_process(x)
-                    validation_data = kwargs.get("validation_data")
-                    if isinstance(validation_data, tf.data.Dataset):  # Not sharded by Keras now.
-                        kwargs["validation_data"] = _sharded_for_this_process(validation_data)[0]
-                    checked = self._checked_dataset(x)
-                # (A ragged or sparse dataset comes back as it was.)
+                    shard = _this_process_shard(x)
+                    checked = self._checked_dataset(shard)
+                    if checked is shard:  # Ragged or sparse: not wrapped, Keras shards it.
+                        checked = x
+                    elif shard is not x:
+                        sharding = _taken_as_sharded(checked)
                 self._step_checks_done_eagerly = checked is not x
+                self._call_carries_top_k = _may_carry_top_k(x, y)
                 x = checked
             else:
                 self._top_k_cache_temperature = self._check_first_batch(x, y)
                 self._step_checks_done_eagerly = self._every_row_checked(x, y)
+                self._call_carries_top_k = _may_carry_top_k(x, y)
             with sharding:
                 return super().fit(x, y, *args, **kwargs)
         except tf.errors.OpError as error:
@@ -665,7 +669,8 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             raise
         finally:
             (self._fitting_without_labels, self._top_k_cache_temperature,
-             self._input_check_error, self._step_checks_done_eagerly) = outer
+             self._input_check_error, self._step_checks_done_eagerly,
+             self._call_carries_top_k) = outer
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, **kwargs):
         """As `keras.Model.train_on_batch`; `class_weight` applies to this
@@ -677,12 +682,13 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             raise ValueError(objective.no_labels_message(self.alpha))
         self._check_first_batch(x, y)
         self._retrace_while_metrics_unbuilt()
-        outer = self._step_checks_done_eagerly
+        outer = (self._step_checks_done_eagerly, self._call_carries_top_k)
         self._step_checks_done_eagerly = self._every_row_checked(x, y)
+        self._call_carries_top_k = _may_carry_top_k(x, y)
         try:
             return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
         finally:
-            self._step_checks_done_eagerly = outer
+            self._step_checks_done_eagerly, self._call_carries_top_k = outer
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """The student's loss and metrics on labelled data, as
@@ -782,9 +788,14 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
         checked_once = []
 
         def check(*flat):
-            if checked_once:
-                return True
             element = tf.nest.pack_sequence_as(spec, list(flat))
+            if checked_once:
+                # A later epoch's first batch (its iterator starts at 0
+                # again, maybe on other examples): its cache, as any later
+                # batch's.
+                if check_top_k is not None:
+                    check_later(*tf.nest.flatten(_top_k_part(element)))
+                return True
             inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(element)
             try:
                 with scope():
@@ -799,7 +810,7 @@ class Distiller(steps_for_backend(keras.backend.backend()), keras.Model):
             # Every later batch's cache: as the step's run-time checks would
             # (which the JAX step then leaves out), without the models.
             try:
-                check_top_k(tf.nest.pack_sequence_as(top_k_spec, [t.numpy() for t in flat]))
+                check_top_k(tf.nest.pack_sequence_as(top_k_spec, [np.asarray(t) for t in flat]))
             except Exception as error:  # Re-raised by `fit` as it is.
                 self._input_check_error = error
                 raise
@@ -1114,25 +1125,33 @@ def _first_inputs_and_targets(x, y, size=64):
     return inputs, targets
 
 
-def _sharded_for_this_process(dataset):
-    """`(dataset, context)`: under Keras' multi-process distribution, this
-    process's shard of `dataset`, taken as Keras would, and a context in
-    which Keras does not shard it again (the checks' `map` would hide the
-    batch size Keras shards by: "The batch size of the input dataset is
-    unknown"); else `dataset` as it is."""
+def _this_process_shard(dataset):
+    """Under Keras' multi-process distribution, this process's shard of
+    `dataset`, taken as Keras takes it; else `dataset`. Taken before the
+    checks' `map`, which would hide the batch size Keras shards by ("The
+    batch size of the input dataset is unknown")."""
     distribution = keras.distribution.distribution()
     if not compat.shards_per_process(distribution):
-        return dataset, contextlib.nullcontext()
+        return dataset
+    return distribution.distribute_dataset(dataset)
 
-    @contextlib.contextmanager
-    def sharded_once():
-        distribution.auto_shard_dataset = False
-        try:
-            yield
-        finally:
-            distribution.auto_shard_dataset = True
 
-    return distribution.distribute_dataset(dataset), sharded_once()
+@contextlib.contextmanager
+def _taken_as_sharded(dataset):
+    """A context in which the distribution's `distribute_dataset` gives
+    `dataset` (already this process's shard) back as it is; any other
+    dataset (validation data, a callback's) it shards as before."""
+    distribution = keras.distribution.distribution()
+    own = vars(distribution).get("distribute_dataset")
+    distribute = distribution.distribute_dataset
+    distribution.distribute_dataset = lambda d: d if d is dataset else distribute(d)
+    try:
+        yield
+    finally:
+        if own is None:
+            del distribution.distribute_dataset
+        else:
+            distribution.distribute_dataset = own
 
 
 def _top_k_part(element):
@@ -1146,11 +1165,10 @@ def _top_k_part(element):
 
 
 def _may_carry_top_k(x, y):
-    """Whether `fit`'s data has a `teacher_top_k` part (from its structure)."""
-    if isinstance(x, tf.data.Dataset):
-        spec = x.element_spec
-        y = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
-    return isinstance(y, dict) and batch_module.TEACHER_TOP_K_KEY in y
+    """Whether `fit`'s data has a top-k part (from its structure, where
+    `batch.parse_batch` finds it)."""
+    element = x.element_spec if isinstance(x, tf.data.Dataset) else (x, y)
+    return _top_k_part(element) is not None
 
 
 def _serialize_teacher(teacher):

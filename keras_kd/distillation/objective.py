@@ -80,7 +80,9 @@ def forward(distiller, batch, alpha, training):
 
     The teacher runs with `training=False`, outside the gradient, and only
     when a term needs it: cached outputs replace it, and without hints or
-    teacher metrics it runs only while `alpha < 1`.
+    teacher metrics it runs only while `alpha < 1` (on JAX, in a `fit`
+    started below 1, its values are used only while `alpha < 1`: see
+    `JAXSteps._run_if`).
     """
     if getattr(distiller, "chunked", None) is not None:
         return _chunked_forward(distiller, batch, training)

@@ -451,3 +451,31 @@ def test_jax_teacher_runs_without_a_cond_while_alpha_is_below_one(monkeypatch):
         np.testing.assert_allclose(below[key], at[key], rtol=1e-6, err_msg=key)
     for got, want in zip(weights_below, weights_at):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX step's cond")
+def test_jax_teacher_at_alpha_one_is_skipped_in_value_and_in_a_later_fit(monkeypatch):
+    """A step traced at alpha 0.5 that runs at alpha 1.0 (AlphaScheduler)
+    takes zeros for the teacher, as the cond does: a teacher whose outputs
+    are NaN leaves the loss finite (0 * NaN was NaN, found by a read-only
+    review). A later fit starting at alpha 1.0 traces the step again, with
+    the cond."""
+    import jax
+
+    import keras_kd
+
+    conds = []
+    cond = jax.lax.cond
+    monkeypatch.setattr(jax.lax, "cond", lambda *args, **kwargs: (conds.append(1),
+                                                                  cond(*args, **kwargs))[1])
+    teacher, student = _pair(8)
+    nan_teacher = keras.Sequential([teacher, keras.layers.Lambda(lambda z: z * np.nan)])
+    x, y = _data(8)
+    distiller = Distiller(student=student, teacher=nan_teacher)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.5, temperature=2.0)
+    history = distiller.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[
+        keras_kd.AlphaScheduler(lambda epoch: 1.0)]).history
+    assert conds == [] and np.isfinite(history["loss"][0])
+    assert all(np.isfinite(w).all() for w in student.get_weights())
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)  # alpha 1.0 from the start.
+    assert conds, "the step was not traced again with the cond"

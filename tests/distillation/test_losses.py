@@ -487,6 +487,28 @@ def test_a_later_batch_of_another_cache_is_refused(kind):
         _top_k_distiller(_lm(40)).fit(tokens, targets, batch_size=4, epochs=1, verbose=0)
 
 
+def test_a_later_epochs_first_batch_of_another_cache_is_refused():
+    # Every epoch's iterator starts at index 0 again; from_generator calls
+    # the generator again: epoch 1 reads the right cache, epoch 2 another.
+    # Failed on JAX before (found by a read-only review): a later epoch's
+    # first batch went unchecked and the step had no checks.
+    from keras_kd.distillation import top_k
+
+    teacher, good = _top_k_batches(cache_temperature=2.0, batches=1)
+    _, bad = _top_k_batches(cache_temperature=1.0, batches=1)
+    calls = []
+
+    def batches():
+        calls.append(1)
+        yield next(iter(_dense_dataset(good if len(calls) == 1 else bad)))
+
+    data = tf.data.Dataset.from_generator(
+        batches, output_signature=_dense_dataset(good).element_spec)
+    with pytest.raises(ValueError, match=re.escape(top_k.bin_temperature_message(1.0))):
+        _top_k_distiller(teacher).fit(data, epochs=2, verbose=0)
+    assert len(calls) == 2
+
+
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX step's checks")
 @pytest.mark.parametrize("nested", ["train_on_batch", "fit"])
 def test_a_call_nested_in_fit_leaves_fit_its_own_step(nested):

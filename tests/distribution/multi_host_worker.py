@@ -51,8 +51,21 @@ distiller.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.5, temperature=2.
 # dataset per process).
 train = tf.data.Dataset.from_tensor_slices((x[:32], y[:32])).batch(8)
 validation = tf.data.Dataset.from_tensor_slices((x[32:], y[32:])).batch(8)
-history = distiller.fit(train, validation_data=validation, epochs=2, verbose=0).history
+seen = []
+
+
+class Seen(keras.callbacks.Callback):
+    """What a callback sees of the distribution during fit."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        seen.append(keras.distribution.distribution().auto_shard_dataset)
+
+
+history = distiller.fit(train, validation_data=validation, epochs=2, verbose=0,
+                        callbacks=[Seen()]).history
 with open(output, "w") as f:
     json.dump({"devices": len(jax.devices()), "local_devices": len(jax.local_devices()),
-               "history": history,
+               "history": history, "auto_shard_during_fit": seen,
+               "distribute_dataset_patched_after": "distribute_dataset" in vars(
+                   keras.distribution.distribution()),
                "weights": [np.asarray(w).tolist() for w in student.get_weights()]}, f)

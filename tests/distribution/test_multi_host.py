@@ -50,5 +50,10 @@ def test_two_processes_train_as_one(tmp_path):
     for process in (p0, p1):
         for got, want in zip(process["weights"], one["weights"]):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The distribution is the user's as it was, during fit (a callback's
+    # own evaluate shards as Keras does) and after it.
+    for process in (one, p0, p1):
+        assert process["auto_shard_during_fit"] == [True, True]
+        assert process["distribute_dataset_patched_after"] is False
     # It trained: the loss fell.
     assert one["history"]["loss"][1] < one["history"]["loss"][0]

@@ -230,13 +230,18 @@ class JAXSteps(CommonSteps):
         A training step traced while `alpha < 1` (read when `fit` makes
         its train function) runs `fn()` without the cond: XLA compiles a
         cond's branch apart, which cost the E1 pair's online step 64 ms
-        against 58 on CPU (more than keras.distillation's 62). The step's
-        values are the same at any alpha it later runs at: at `alpha == 1`
-        the distillation term is weighted 0 and logged as not computed.
+        against 58 on CPU (more than keras.distillation's 62). Where such a
+        step later runs at `alpha == 1` (a scheduler's), the result is the
+        cond's zeros, so the values are the cond's (a NaN of the teacher
+        does not reach the loss); the teacher has run, though, and written
+        what it writes. A later `fit` starting at `alpha == 1` traces the
+        step again, with the cond.
         """
         del skipped
         if getattr(self, "_teacher_runs_unconditionally", False):
-            return fn()
+            return jax.tree_util.tree_map(
+                lambda value: jax.numpy.where(predicate, value, jax.numpy.zeros_like(value)),
+                fn())
         # Every weight is read through the branch's scope (Keras' JAX fit
         # has emptied the variables themselves); only non-trainable ones
         # are written by a forward pass.
@@ -286,22 +291,28 @@ class JAXSteps(CommonSteps):
         return loss, (terms, outputs, mask, non_trainable)
 
     def make_train_function(self, force=False):
-        # The step traced last left the checks out, and this call's batches
-        # are not all checked eagerly: trace it again, with them (and the
-        # other way round, for speed). jit's cache is keyed on the bound
-        # `train_step` and the arguments, not on this choice: without a
-        # cleared cache a step still held somewhere would be reused.
-        # Read now: fit empties the variables before the step is traced
-        # (inside a running fit, from a callback, they are empty already:
-        # the cond then stays).
+        # The teacher's cond (`_run_if`): alpha read now, since fit empties
+        # the variables before the step is traced (inside a running fit,
+        # from a callback, they are empty already: the cond then stays).
         alpha = compat.stored_value(self._alpha)
-        object.__setattr__(self, "_teacher_runs_unconditionally",
-                           alpha is not None and float(np.asarray(alpha)) < 1.0)
+        unconditional = alpha is not None and float(np.asarray(alpha)) < 1.0
+        object.__setattr__(self, "_teacher_runs_unconditionally", unconditional)
+        traced_teacher = getattr(self, "_train_step_teacher_unconditional", None)
+        if traced_teacher is not None and traced_teacher != unconditional:
+            force = True  # A later fit at alpha == 1 skips the teacher again.
+        # The run-time checks: the step traced last left them out, and this
+        # call's batches are not all checked eagerly: trace it again, with
+        # them. jit's cache is keyed on the bound `train_step` and the
+        # arguments, not on this choice: without a cleared cache a step
+        # still held somewhere would be reused. The other way round (for
+        # speed) only for a call that has a top-k part.
         eager = bool(getattr(self, "_step_checks_done_eagerly", False))
         traced = getattr(self, "_train_step_checks", None)
-        if traced is not None and (traced["left_out"] and not eager
-                                   or traced["kept"] and eager):
+        if traced is not None and traced["left_out"] and not eager:
             jax.clear_caches()
+            force = True
+        elif (traced is not None and traced["kept"] and eager
+              and getattr(self, "_call_carries_top_k", False)):
             force = True
         object.__setattr__(self, "_train_step_leaves_checks", eager)
         return super().make_train_function(force=force)
@@ -318,14 +329,15 @@ class JAXSteps(CommonSteps):
         if getattr(self, "_held_values", None) is None:
             yield
             return
-        outer = (self.train_function, getattr(self, "_train_step_checks", None),
-                 getattr(self, "_train_step_leaves_checks", False))
+        names = ("_train_step_checks", "_train_step_leaves_checks",
+                 "_train_step_teacher_unconditional", "_teacher_runs_unconditionally")
+        outer = (self.train_function, [getattr(self, name, None) for name in names])
         try:
             yield
         finally:
             self.train_function = outer[0]
-            object.__setattr__(self, "_train_step_checks", outer[1])
-            object.__setattr__(self, "_train_step_leaves_checks", outer[2])
+            for name, value in zip(names, outer[1]):
+                object.__setattr__(self, name, value)
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_variables, metrics_variables = state
@@ -335,6 +347,8 @@ class JAXSteps(CommonSteps):
             (_, (terms, outputs, mask, non_trainable)), grads = grad_fn(
                 trainable, non_trainable, optimizer_variables, batch)
         object.__setattr__(self, "_train_step_checks", checks)
+        object.__setattr__(self, "_train_step_teacher_unconditional",
+                           getattr(self, "_teacher_runs_unconditionally", False))
         trainable, optimizer_variables = self.optimizer.stateless_apply(
             optimizer_variables, grads, trainable)
         logs, metrics_variables = self._stateless_metrics(
