@@ -77,54 +77,16 @@ def run_e1_worker(config, epochs):
     return result
 
 
-def run_e1_interleaved_worker(rounds):
-    """Every E1 configuration on this process's backend, interleaved as the
-    LM's are (`--e1-interleaved`): one result per configuration, with its
-    ms per step per round. One process holds all four, so the ratios do not
-    carry the spread between processes."""
-    sys.path.insert(0, BENCHMARKS)
-    import keras
+def interleaved_rounds(configurations, rounds):
+    """`rounds` rounds of one timed epoch of every configuration (a name:
+    `(model, data)` dict), the order reversed every other round.
+
+    Returns:
+        `(times, loads)`: each configuration's seconds per round, and the
+        1-minute load average before the first round and after each.
+    """
     import sequence
-    import speed
-    from keras import distillation
-    from pairs import build_pair
-    from pairs import load_sample
 
-    import keras_kd
-    from keras_kd.data import datasets
-    from keras_kd.distillation import cache
-
-    keras.utils.set_random_seed(0)
-    x, y = load_sample("e1")
-    teacher, _ = build_pair("e1")
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    metrics = ["sparse_categorical_accuracy"]
-
-    def pipeline(teacher_logits=None):
-        return datasets.make_dataset(x, y, name=None, scaling=None, batch_size=speed.BATCH_SIZE,
-                                     shuffle=True, teacher_logits=teacher_logits)
-
-    configurations = {}
-    for config in CONFIGS["e1"]:
-        student = build_pair("e1")[1]
-        if config == "student":
-            model, data = student, pipeline()
-            model.compile(optimizer="adam", loss=loss, metrics=metrics)
-        elif config == "keras":
-            model = distillation.Distiller(
-                teacher=teacher, student=student,
-                distillation_losses=distillation.LogitsDistillation(
-                    temperature=3.0, loss=keras.losses.KLDivergence()),
-                student_loss_weight=0.1)
-            model.compile(optimizer="adam", loss=loss, metrics=metrics)
-            data = pipeline()
-        else:
-            model = keras_kd.Distiller(student=student, teacher=teacher)
-            model.compile(optimizer="adam", metrics=metrics, temperature=3.0)
-            data = pipeline(cache.compute_teacher_logits(teacher, x) if config == "cached" else None)
-        model.fit(data, epochs=1, verbose=0)  # Tracing.
-        configurations[config] = (model, data)
-    steps = math.ceil(len(y) / speed.BATCH_SIZE)
     times = {config: [] for config in configurations}
     loads = [os.getloadavg()[0]]
     for round_number in range(rounds):
@@ -132,6 +94,30 @@ def run_e1_interleaved_worker(rounds):
         for config in order if round_number % 2 == 0 else order[::-1]:
             times[config].append(sequence.timed_fit(*configurations[config]))
         loads.append(os.getloadavg()[0])
+    return times, loads
+
+
+def run_e1_interleaved_worker(rounds):
+    """Every E1 configuration on this process's backend, interleaved as the
+    LM's are (`--e1-interleaved`): one result per configuration, with its
+    ms per step per round. One process holds all four, so the ratios do not
+    carry the spread between processes."""
+    sys.path.insert(0, BENCHMARKS)
+    import keras
+    import speed
+    from pairs import build_pair
+    from pairs import load_sample
+
+    keras.utils.set_random_seed(0)
+    x, y = load_sample("e1")
+    teacher, _ = build_pair("e1")
+    configurations = {}
+    for config in CONFIGS["e1"]:
+        model, data, _ = speed.build_configuration(config, teacher, build_pair("e1")[1], x, y)
+        model.fit(data, epochs=1, verbose=0)  # Tracing.
+        configurations[config] = (model, data)
+    steps = math.ceil(len(y) / speed.BATCH_SIZE)
+    times, loads = interleaved_rounds(configurations, rounds)
     return [{"backend": keras.backend.backend(), "workload": "e1", "config": config,
              "rounds": [1000 * s / steps for s in seconds],
              "ms_per_step": 1000 * statistics.median(seconds) / steps,
@@ -159,14 +145,7 @@ def run_lm_worker(steps, rounds, variants=False):
             start = time.perf_counter()
             model.fit(data, epochs=1, verbose=0, shuffle=False)  # Tracing.
             warm[config] = time.perf_counter() - start
-        times = {config: [] for config in configurations}
-        loads = [os.getloadavg()[0]]
-        for round_number in range(rounds):
-            order = list(configurations)
-            for config in order if round_number % 2 == 0 else order[::-1]:
-                model, data = configurations[config]
-                times[config].append(sequence.timed_fit(model, data))
-            loads.append(os.getloadavg()[0])
+        times, loads = interleaved_rounds(configurations, rounds)
     backend = keras.backend.backend()
     return [{"backend": backend, "workload": "lm", "config": config,
              "rounds": [1000 * s / steps for s in seconds],

@@ -71,20 +71,21 @@ def _timed_evaluate(model, x, y, repeats=3):
     return statistics.median(durations)
 
 
-def run_worker(pair, config, epochs, jit_compile="default"):
-    """Runs one configuration and returns its measurements."""
+def build_configuration(config, teacher, student, x, y, jit_compile="default"):
+    """`config`'s model, compiled, and the tf.data pipeline it trains on.
+
+    Returns:
+        `(model, data, cache_seconds)`: the seconds of the teacher-logit
+        pass that feeds `cached`, None for the other configurations.
+    """
     import keras
 
     import keras_kd
     from keras_kd.distillation import cache
     from keras_kd.data import datasets
 
-    keras.utils.set_random_seed(0)
-    x, y = load_sample(pair)
-    teacher, student = build_pair(pair)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     metrics = ["sparse_categorical_accuracy"]
-    result = {"pair": pair, "config": config}
     options = {} if jit_compile == "default" else {"jit_compile": jit_compile == "on"}
 
     def pipeline(teacher_logits=None):
@@ -97,9 +98,8 @@ def run_worker(pair, config, epochs, jit_compile="default"):
 
     if config == "student":
         student.compile(optimizer="adam", loss=loss, metrics=metrics, **options)
-        result["epochs"] = _timed_fit(student, pipeline(), epochs)
-        result["evaluate"] = _timed_evaluate(student, x, y)
-    elif config == "keras":
+        return student, pipeline(), None
+    if config == "keras":
         from keras import distillation
 
         distiller = distillation.Distiller(
@@ -111,21 +111,31 @@ def run_worker(pair, config, epochs, jit_compile="default"):
             student_loss_weight=0.1,
         )
         distiller.compile(optimizer="adam", loss=loss, metrics=metrics, **options)
-        result["epochs"] = _timed_fit(distiller, pipeline(), epochs)
-        result["evaluate"] = _timed_evaluate(distiller, x, y)
-    else:
-        distiller = keras_kd.Distiller(student=student, teacher=teacher)
-        distiller.compile(optimizer="adam", metrics=metrics, temperature=3.0, **options)
-        if config == "online":
-            data = pipeline()
-        else:
-            start = time.perf_counter()
-            logits = cache.compute_teacher_logits(teacher, x)
-            result["cache_pass"] = time.perf_counter() - start
-            data = pipeline(logits)
-        result["epochs"] = _timed_fit(distiller, data, epochs)
-        result["evaluate"] = _timed_evaluate(distiller, x, y)
-    result["xla"] = bool((student if config == "student" else distiller).jit_compile)
+        return distiller, pipeline(), None
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer="adam", metrics=metrics, temperature=3.0, **options)
+    if config == "online":
+        return distiller, pipeline(), None
+    start = time.perf_counter()
+    logits = cache.compute_teacher_logits(teacher, x)
+    seconds = time.perf_counter() - start
+    return distiller, pipeline(logits), seconds
+
+
+def run_worker(pair, config, epochs, jit_compile="default"):
+    """Runs one configuration and returns its measurements."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x, y = load_sample(pair)
+    teacher, student = build_pair(pair)
+    result = {"pair": pair, "config": config}
+    model, data, cache_seconds = build_configuration(config, teacher, student, x, y, jit_compile)
+    if cache_seconds is not None:
+        result["cache_pass"] = cache_seconds
+    result["epochs"] = _timed_fit(model, data, epochs)
+    result["evaluate"] = _timed_evaluate(model, x, y)
+    result["xla"] = bool(model.jit_compile)
     result["epoch_median"] = statistics.median(result["epochs"])
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
