@@ -77,26 +77,6 @@ def run_e1_worker(config, epochs):
     return result
 
 
-def interleaved_rounds(configurations, rounds):
-    """`rounds` rounds of one timed epoch of every configuration (a name:
-    `(model, data)` dict), the order reversed every other round.
-
-    Returns:
-        `(times, loads)`: each configuration's seconds per round, and the
-        1-minute load average before the first round and after each.
-    """
-    import sequence
-
-    times = {config: [] for config in configurations}
-    loads = [os.getloadavg()[0]]
-    for round_number in range(rounds):
-        order = list(configurations)
-        for config in order if round_number % 2 == 0 else order[::-1]:
-            times[config].append(sequence.timed_fit(*configurations[config]))
-        loads.append(os.getloadavg()[0])
-    return times, loads
-
-
 def run_e1_interleaved_worker(rounds):
     """Every E1 configuration on this process's backend, interleaved as the
     LM's are (`--e1-interleaved`): one result per configuration, with its
@@ -104,6 +84,7 @@ def run_e1_interleaved_worker(rounds):
     carry the spread between processes."""
     sys.path.insert(0, BENCHMARKS)
     import keras
+    import sequence
     import speed
     from pairs import build_pair
     from pairs import load_sample
@@ -117,7 +98,7 @@ def run_e1_interleaved_worker(rounds):
         model.fit(data, epochs=1, verbose=0)  # Tracing.
         configurations[config] = (model, data)
     steps = math.ceil(len(y) / speed.BATCH_SIZE)
-    times, loads = interleaved_rounds(configurations, rounds)
+    times, loads = sequence.interleaved_rounds(configurations, rounds)
     return [{"backend": keras.backend.backend(), "workload": "e1", "config": config,
              "rounds": [1000 * s / steps for s in seconds],
              "ms_per_step": 1000 * statistics.median(seconds) / steps,
@@ -145,7 +126,7 @@ def run_lm_worker(steps, rounds, variants=False):
             start = time.perf_counter()
             model.fit(data, epochs=1, verbose=0, shuffle=False)  # Tracing.
             warm[config] = time.perf_counter() - start
-        times, loads = interleaved_rounds(configurations, rounds)
+        times, loads = sequence.interleaved_rounds(configurations, rounds)
     backend = keras.backend.backend()
     return [{"backend": backend, "workload": "lm", "config": config,
              "rounds": [1000 * s / steps for s in seconds],

@@ -254,6 +254,24 @@ def timed_fit(model, dataset):
 # --- Part 1 ----------------------------------------------------------------
 
 
+def interleaved_rounds(configurations, rounds):
+    """`rounds` rounds of one timed epoch of every configuration (a name:
+    `(model, data)` dict), the order reversed every other round.
+
+    Returns:
+        `(times, loads)`: each configuration's seconds per round, and the
+        1-minute load average before the first round and after each.
+    """
+    times = {config: [] for config in configurations}
+    loads = [os.getloadavg()[0]]
+    for round_number in range(rounds):
+        order = list(configurations)
+        for config in order if round_number % 2 == 0 else order[::-1]:
+            times[config].append(timed_fit(*configurations[config]))
+        loads.append(os.getloadavg()[0])
+    return times, loads
+
+
 def speed(args, cache_root):
     num_windows = args.steps * BATCH_SIZE
     vocabulary, x, y, weight = make_windows(num_windows)
@@ -267,14 +285,7 @@ def speed(args, cache_root):
         start = time.perf_counter()
         model.fit(data, epochs=1, verbose=0, shuffle=False)  # Warm-up epoch: tracing.
         warm[name] = time.perf_counter() - start
-    times = {name: [] for name in names}
-    loads = [os.getloadavg()[0]]
-    for round_number in range(args.rounds):
-        order = names if round_number % 2 == 0 else names[::-1]
-        for name in order:
-            model, data = configurations[name]
-            times[name].append(timed_fit(model, data))
-        loads.append(os.getloadavg()[0])
+    times, loads = interleaved_rounds(configurations, args.rounds)
     medians = {name: statistics.median(values) for name, values in times.items()}
 
     print(f"\n## Part 1: fit speed, {args.steps} steps of {BATCH_SIZE} x {SEQUENCE_LENGTH}, "
