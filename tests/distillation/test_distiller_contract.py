@@ -27,6 +27,12 @@ def softmax64(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def outputs64(model, x):
+    """A model's outputs as float64 NumPy, from a direct call: `predict`
+    would trace a function per model (~0.3 s) for the same numbers."""
+    return np.float64(keras.ops.convert_to_numpy(model(x, training=False)))
+
+
 def kl64(teacher_logits, student_logits, temperature):
     p_t = softmax64(np.float64(teacher_logits) / temperature)
     p_s = softmax64(np.float64(student_logits) / temperature)
@@ -45,12 +51,14 @@ def pair(tiny_data):
 def test_every_compiled_metric_sees_only_labelled_samples(tiny_data, pair, argument):
     x, _ = tiny_data
     teacher, student = pair
-    predicted = np.argmax(student.predict(x, verbose=0), axis=-1)
+    predicted = np.argmax(outputs64(student, x), axis=-1)
     # Right on every labelled sample; unlabelled ones would count as class 0.
     y = np.where(np.arange(len(x)) % 3 == 0, keras_kd.UNLABELLED, predicted)
     assert np.any(predicted[y == keras_kd.UNLABELLED] != 0)
     distiller = Distiller(student=student, teacher=teacher)
-    distiller.compile(**{argument: ["sparse_categorical_accuracy"]})
+    # `weighted_metrics` eagerly: the `metrics` case traces the same filter.
+    distiller.compile(**{argument: ["sparse_categorical_accuracy"]},
+                      run_eagerly=argument == "weighted_metrics")
     logs = distiller.evaluate(x, y, return_dict=True, verbose=0)
     assert logs["sparse_categorical_accuracy"] == 1.0
 
@@ -67,17 +75,24 @@ def test_class_weight_does_not_outlive_its_call(tiny_data, pair):
         distiller.compile(optimizer=keras.optimizers.SGD(0.0), **compile_kwargs)
         return distiller
 
-    plain = fresh().train_on_batch(x, y, return_dict=True)["loss"]
+    # The references, from one eager Distiller that never sees class weights
+    # (the Distiller under test below traces the step). `reset_metrics`
+    # between calls: Keras < 3.13 accumulates *_on_batch logs.
+    reference = fresh(run_eagerly=True)
+    plain = reference.train_on_batch(x, y, return_dict=True)["loss"]
+    reference.reset_metrics()
     weights = np.where(y == 0, 10.0, 1.0).astype("float32")
-    weighted = fresh().train_on_batch(x, y, sample_weight=weights, return_dict=True)["loss"]
+    weighted = reference.train_on_batch(x, y, sample_weight=weights, return_dict=True)["loss"]
+    # Fresh, so that its first trace is `fit`'s with class weights.
     distiller = fresh()
     distiller.fit(x, y, class_weight={0: 10.0}, epochs=1, verbose=0, batch_size=16)
-    distiller.reset_metrics()  # Keras < 3.13 accumulates *_on_batch logs.
+    distiller.reset_metrics()
+    # 1e-5: traced against eager float32; class weights move the loss 2x.
     assert float(distiller.train_on_batch(x, y, return_dict=True)["loss"]) == pytest.approx(
-        float(plain), rel=1e-6)
+        float(plain), rel=1e-5)
     distiller.reset_metrics()
     once = distiller.train_on_batch(x, y, class_weight={0: 10.0}, return_dict=True)["loss"]
-    assert float(once) == pytest.approx(float(weighted), rel=1e-6)
+    assert float(once) == pytest.approx(float(weighted), rel=1e-5)
     assert weighted > 2 * plain  # The class weights did change the loss.
 
 
@@ -107,12 +122,13 @@ def test_dense_multi_label_rows_without_a_positive_are_kept():
     keras.utils.set_random_seed(1)
     teacher, student = make_mlp([16], num_classes=5), make_mlp([8], num_classes=5)
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
-    student.compile(loss=loss)
+    student.compile(loss=loss, run_eagerly=True)  # Keras' own reference.
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(student_loss_fn=loss)
     expected = student.evaluate(x, y, verbose=0, batch_size=32)
     logs = distiller.evaluate(x, y, verbose=0, batch_size=32, return_dict=True)
-    assert float(logs["loss"]) == pytest.approx(float(expected), rel=1e-6)
+    # 1e-5: Keras' eager float32 against the traced step.
+    assert float(logs["loss"]) == pytest.approx(float(expected), rel=1e-5)
     # Multi-label student loss: the distillation term compares sigmoids.
     assert isinstance(distiller._distillation_loss_for(student(x)),
                       losses.BinaryKLDivergenceWithTemperature)
@@ -137,7 +153,9 @@ def test_recompile_drops_teacher_metrics(tiny_data, pair):
     x, y = tiny_data
     teacher, student = pair
     distiller = Distiller(student=student, teacher=teacher)
-    distiller.compile(metrics=[keras_kd.TeacherAgreement()])
+    # The first compile eagerly (test_unlabelled_fit_logs_every_term_and_
+    # teacher_metric traces TeacherAgreement in `fit`); the second traces.
+    distiller.compile(metrics=[keras_kd.TeacherAgreement()], run_eagerly=True)
     assert "teacher_agreement" in distiller.fit(x, y, epochs=1, verbose=0).history
     distiller.compile(metrics=["accuracy"])
     history = distiller.fit(x, y, epochs=1, verbose=0).history
@@ -163,36 +181,51 @@ SOFTMAX_LOSSES = {
 }
 
 
-@pytest.mark.parametrize("ensemble", ["arithmetic", "geometric"])
 @pytest.mark.parametrize("loss", sorted(SOFTMAX_LOSSES))
-def test_one_and_two_identical_members_equal_one_teacher(tiny_data, loss, ensemble):
+def test_one_and_two_identical_members_equal_one_teacher(tiny_data, loss):
     x, y = tiny_data
     keras.utils.set_random_seed(4)
     teacher, student = make_mlp([16]), make_mlp([8])
-    values = []
-    for teachers in (teacher, [teacher], [teacher, teacher]):
+
+    def distillation_loss(teachers, ensemble):
         distiller = Distiller(student=student, teacher=teachers, ensemble=ensemble)
         # Eager: a value check per loss (test_ensembles traces the step).
         distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.0,
                           distillation_loss_fn=SOFTMAX_LOSSES[loss](), temperature=3.0,
                           run_eagerly=True)
-        values.append(distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"])
-    np.testing.assert_allclose(values[1:], [values[0]] * 2, rtol=2e-5, atol=1e-7)
+        return distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"]
+
+    # One teacher is no ensemble: one reference for both rules.
+    one_teacher = distillation_loss(teacher, "arithmetic")
+    for ensemble in ("arithmetic", "geometric"):
+        values = [distillation_loss(teachers, ensemble) for teachers in ([teacher],
+                                                                         [teacher, teacher])]
+        np.testing.assert_allclose(values, [one_teacher] * 2, rtol=2e-5, atol=1e-7,
+                                   err_msg=ensemble)
 
 
-@pytest.mark.parametrize("ensemble", ["arithmetic", "geometric"])
-def test_sigmoid_ensemble_of_identical_members_is_one_teacher(ensemble):
+def test_sigmoid_ensemble_of_identical_members_is_one_teacher():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 6)).astype("float32")
     y = rng.integers(0, 2, size=(16, 1)).astype("float32")
     keras.utils.set_random_seed(4)
     teacher, student = make_mlp([16], num_classes=1), make_mlp([8], num_classes=1)
-    values = []
-    for teachers in (teacher, [teacher], [teacher, teacher]):
+
+    def distillation_loss(teachers, ensemble, run_eagerly):
         distiller = Distiller(student=student, teacher=teachers, ensemble=ensemble)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.0, temperature=2.0)
-        values.append(distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"])
-    np.testing.assert_allclose(values[1:], [values[0]] * 2, rtol=2e-5)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.0, temperature=2.0,
+                          run_eagerly=run_eagerly)
+        return distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"]
+
+    # One teacher is no ensemble: one eager reference for both rules. The
+    # arithmetic ensembles trace the step; the geometric ones differ only in
+    # how the members combine, and are checked eagerly (2e-5 holds for
+    # float32 traced or eager).
+    one_teacher = distillation_loss(teacher, "arithmetic", run_eagerly=True)
+    for ensemble in ("arithmetic", "geometric"):
+        values = [distillation_loss(teachers, ensemble, run_eagerly=ensemble == "geometric")
+                  for teachers in ([teacher], [teacher, teacher])]
+        np.testing.assert_allclose(values, [one_teacher] * 2, rtol=2e-5, err_msg=ensemble)
 
 
 # Sigmoid outputs.
@@ -206,8 +239,8 @@ def test_one_logit_binary_classifier_distils_bernoulli_kl():
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.5, temperature=2.0)
     logs = distiller.train_on_batch(x, y, return_dict=True)
-    t = np.float64(teacher.predict(x, verbose=0)) / 2
-    s = np.float64(student.predict(x, verbose=0)) / 2
+    t = outputs64(teacher, x) / 2
+    s = outputs64(student, x) / 2
     p, q = 1 / (1 + np.exp(-t)), 1 / (1 + np.exp(-s))
     kl = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
     np.testing.assert_allclose(logs["distillation_loss"], 4 * kl.mean(), rtol=1e-5)
@@ -230,11 +263,14 @@ def test_a_terms_own_reduction_is_honoured(tiny_data, pair, reduction):
     weights = np.linspace(0.5, 2.0, 16).astype("float32")
     teacher, student = pair
     distiller = Distiller(student=student, teacher=teacher)
+    # "sum" traces the step; the other reductions are checked eagerly (the
+    # reduction is chosen in Python, the same in both).
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.0), temperature=2.0,
-        distillation_loss_fn=losses.KLDivergenceWithTemperature(reduction=reduction))
+        distillation_loss_fn=losses.KLDivergenceWithTemperature(reduction=reduction),
+        run_eagerly=reduction != "sum")
     logs = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
-    values = weights * kl64(teacher.predict(x, verbose=0), student.predict(x, verbose=0), 2.0)
+    values = weights * kl64(outputs64(teacher, x), outputs64(student, x), 2.0)
     divisor = {"sum": 1.0, "mean_with_sample_weight": weights.sum(), "sum_over_batch_size": 16}
     np.testing.assert_allclose(logs["distillation_loss"], values.sum() / divisor[reduction],
                                rtol=1e-5)
@@ -265,9 +301,13 @@ def test_several_outputs_are_named_not_guessed(tiny_data, as_dict):
     position = [] if as_dict else [(teacher, 1)]
     for model, selector in [(teacher, "logits")] + position + [(logits_only, None)]:
         distiller = Distiller(student=student, teacher=model, teacher_output=selector)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.0))
+        # The dict case traces its selection's step; the list case (the same
+        # selection, in Python) and the one-output reference are eager.
+        distiller.compile(optimizer=keras.optimizers.SGD(0.0),
+                          run_eagerly=not as_dict or model is logits_only)
         values.append(distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"])
-    np.testing.assert_allclose(values, [values[-1]] * len(values), rtol=1e-6)
+    # 1e-5: traced against eager float32; the other output is another model.
+    np.testing.assert_allclose(values, [values[-1]] * len(values), rtol=1e-5)
 
 
 def test_student_with_several_outputs_trains_the_named_one(tiny_data):
@@ -276,13 +316,17 @@ def test_student_with_several_outputs_trains_the_named_one(tiny_data):
     student, logits_only = _two_output_teacher(as_dict=True)
     teacher = make_mlp([16])
     distiller = Distiller(student=student, teacher=teacher, student_output="logits")
-    distiller.compile(metrics=["sparse_categorical_accuracy"])
+    # `evaluate` eagerly (test_backends' test of `student_output` traces it
+    # under replicas); `fit` below traces.
+    distiller.compile(metrics=["sparse_categorical_accuracy"], run_eagerly=True)
     logs = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    # Keras' own reference, eagerly.
     logits_only.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                        metrics=["sparse_categorical_accuracy"])
+                        metrics=["sparse_categorical_accuracy"], run_eagerly=True)
     expected = logits_only.evaluate(x, y, return_dict=True, verbose=0)
     assert float(logs["loss"]) == pytest.approx(float(expected["loss"]), rel=1e-6)
     assert logs["sparse_categorical_accuracy"] == expected["sparse_categorical_accuracy"]
+    distiller.compile(metrics=["sparse_categorical_accuracy"])
     distiller.fit(x, y, epochs=1, verbose=0)
 
 
@@ -332,7 +376,7 @@ def test_sequence_terms_match_float64_and_student_evaluate(mask_zero, marking, r
     if mask_zero:
         counted = counted & real
     w = np.ones(real.shape) if weights is None else np.float64(weights)
-    s, t = np.float64(student.predict(x, verbose=0)), np.float64(teacher.predict(x, verbose=0))
+    s, t = outputs64(student, x), outputs64(teacher, x)
     ce = -np.log(np.take_along_axis(softmax64(s), y[..., None], -1))[..., 0]
     kl = kl64(t, s, 2.0)
     if reduction == "sum_over_batch_size":
@@ -347,7 +391,7 @@ def test_sequence_terms_match_float64_and_student_evaluate(mask_zero, marking, r
     # 1.2e-7 each) absolute: PyTorch's initial weights give a KL of 8e-4,
     # off by 1.0e-7 (1.3e-4 relative). A wrong mask moves it by 10% or more.
     np.testing.assert_allclose(logs["distillation_loss"], soft, rtol=1e-4, atol=1e-6)
-    student.compile(loss=loss)
+    student.compile(loss=loss, run_eagerly=not traced)  # Eager or traced, as the Distiller.
     np.testing.assert_allclose(
         distiller.evaluate(x, y, sample_weight=weights, verbose=0, return_dict=True)["loss"],
         student.evaluate(x, y, sample_weight=weights, verbose=0), rtol=1e-6)
@@ -361,7 +405,7 @@ def test_padded_positions_are_inert():
     distiller = Distiller(student=student, teacher=teacher)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
     distiller.compile(optimizer=keras.optimizers.SGD(0.0), student_loss_fn=loss, alpha=0.5)
-    cached = teacher.predict(x, verbose=0)
+    cached = np.float32(outputs64(teacher, x))
     first = distiller.train_on_batch(
         x, keras_kd.targets(labels=y, teacher_logits=cached), return_dict=True)
     noise = np.random.default_rng(9).normal(size=cached.shape).astype("float32") * 50
@@ -380,7 +424,7 @@ def test_unlabelled_positions_get_only_the_distillation_term():
     marked = y.copy()
     marked[:, :2] = keras_kd.UNLABELLED
     logs = distiller.train_on_batch(x, marked, return_dict=True)
-    s, t = student.predict(x, verbose=0), teacher.predict(x, verbose=0)
+    s, t = outputs64(student, x), outputs64(teacher, x)
     ce = -np.log(np.take_along_axis(softmax64(s), y[..., None], -1))[..., 0]
     np.testing.assert_allclose(logs["student_loss"], ce[:, 2:].mean(), rtol=1e-5)
     np.testing.assert_allclose(logs["distillation_loss"], kl64(t, s, 1.0).mean(), rtol=1e-4)
@@ -431,22 +475,31 @@ class CountingTeacher(keras.Model):
 
 
 @pytest.mark.parametrize(
-    "alpha, metrics, runs",
-    [(1.0, [], False), (0.5, [], True), (1.0, ["teacher_agreement"], True)],
+    "metrics, runs_at_alpha",
+    # Without teacher metrics one Distiller takes both alphas: the step reads
+    # alpha from a variable (TensorFlow traces once, at 0.5; JAX traces
+    # again for a fit that starts at 1).
+    [([], {0.5: True, 1.0: False}), (["teacher_agreement"], {1.0: True})],
+    ids=["alpha_0.5_then_1", "teacher_metric_at_alpha_1"],
 )
-def test_the_teacher_runs_only_when_a_term_needs_it(tiny_data, alpha, metrics, runs):
+def test_the_teacher_runs_only_when_a_term_needs_it(tiny_data, metrics, runs_at_alpha):
     x, y = tiny_data
     teacher = CountingTeacher()
     teacher(x[:1])
-    teacher.calls.assign(0.0)
     distiller = Distiller(student=make_mlp([8]), teacher=teacher)
-    distiller.compile(alpha=alpha, metrics=[keras_kd.TeacherAgreement()] if metrics else None)
-    distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    teacher.calls.assign(0.0)  # The first fit's check of the teacher's outputs ran it once.
-    history = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0).history
-    assert float(teacher.calls.numpy()) == (4.0 if runs else 0.0)
-    if not runs:  # Not computed, so not reported as a value.
-        assert history["distillation_loss"] == [0.0]
+    distiller.compile(alpha=next(iter(runs_at_alpha)),
+                      metrics=[keras_kd.TeacherAgreement()] if metrics else None)
+    for alpha, runs in runs_at_alpha.items():
+        distiller.alpha = alpha
+        # The first fit at an alpha is not counted: its check of the
+        # teacher's outputs runs the teacher (once per Distiller), and JAX
+        # may trace there.
+        distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        teacher.calls.assign(0.0)
+        history = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+        assert float(teacher.calls.numpy()) == (4.0 if runs else 0.0), alpha
+        if not runs:  # Not computed, so not reported as a value.
+            assert history["distillation_loss"] == [0.0]
 
 
 # Vocabulary sizes.
@@ -464,8 +517,11 @@ def test_a_padded_teacher_vocabulary_is_cut_to_the_shared_prefix():
     values = []
     for teacher, align in ((padded, "prefix"), (cut, None)):
         distiller = Distiller(student=student, teacher=teacher, align_vocabulary=align)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.0)
+        # The cut teacher, a reference, eagerly; the padded one traces.
+        distiller.compile(optimizer=keras.optimizers.SGD(0.0), alpha=0.0,
+                          run_eagerly=align is None)
         values.append(distiller.train_on_batch(x, y, return_dict=True)["distillation_loss"])
-    assert float(values[0]) == pytest.approx(float(values[1]), rel=1e-6)
+    # 1e-5: traced against eager float32; the 3 padding ids move it far more.
+    assert float(values[0]) == pytest.approx(float(values[1]), rel=1e-5)
     with pytest.raises(ValueError, match="at least the student's"):
         Distiller(student=padded, teacher=student, align_vocabulary="prefix")

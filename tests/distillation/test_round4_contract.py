@@ -37,6 +37,12 @@ def kl64(teacher_logits, student_logits, temperature=1.0):
     return temperature**2 * np.sum(terms, axis=-1)
 
 
+def outputs(model, x):
+    """A model's outputs as NumPy, from a direct call: `predict` would
+    trace a function per model (~0.3 s) for the same numbers."""
+    return numpy(model(x, training=False))
+
+
 def _data(n=8, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(n, 6)).astype("float32"), rng.integers(0, 4, size=(n,)),
@@ -53,22 +59,32 @@ def mirrored():
         ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
-def _one_step(strategy, reduction, alpha, distil=True):
-    """The student's weights after one SGD step of a global batch of 8."""
+def _one_step(strategy, reduction, alphas, run_eagerly=False):
+    """The student's weights after one SGD step of a global batch of 8 from
+    its initial weights, for each alpha in `alphas` (`None`: Keras' own
+    student, no Distiller). One compiled model serves every alpha: the
+    step reads alpha from a variable, so it is traced once."""
     x, y, weights = _data()
     with strategy.scope():
         keras.utils.set_random_seed(11)
         teacher, student = make_mlp([8], name="teacher"), make_mlp([4], name="student")
+        initial = student.get_weights()
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
-        if distil:
+        if alphas[0] is not None:
             model = Distiller(student=student, teacher=teacher)
-            model.compile(keras.optimizers.SGD(0.1), student_loss_fn=loss, alpha=alpha,
-                          temperature=2.0)
+            model.compile(keras.optimizers.SGD(0.1), student_loss_fn=loss, alpha=alphas[0],
+                          temperature=2.0, run_eagerly=run_eagerly)
         else:
             model = student
-            model.compile(keras.optimizers.SGD(0.1), loss=loss)
-        model.fit(x, y, sample_weight=weights, batch_size=8, shuffle=False, verbose=0)
-    return [w.numpy() for w in student.weights]
+            model.compile(keras.optimizers.SGD(0.1), loss=loss, run_eagerly=run_eagerly)
+        updated = []
+        for alpha in alphas:
+            student.set_weights(initial)
+            if alpha is not None:
+                model.alpha = alpha
+            model.fit(x, y, sample_weight=weights, batch_size=8, shuffle=False, verbose=0)
+            updated.append([w.numpy() for w in student.weights])
+    return updated
 
 
 @tensorflow_only("tf.distribute replicas (MirroredStrategy); on JAX the Distiller refuses a "
@@ -84,21 +100,24 @@ def test_replicas_give_one_devices_update_for_every_reduction(mirrored, reductio
     keras.utils.set_random_seed(11)
     make_mlp([8])
     initial = [w.numpy() for w in make_mlp([4]).weights]
-    one_device = _one_step(tf.distribute.get_strategy(), reduction, 0.5)
-    replicated = _one_step(mirrored, reduction, 0.5)
+    # The one-device references run eagerly (test_reduction.py's
+    # test_two_replicas_update_as_one_device traces one device's step for
+    # each reduction); the replicated steps trace, once for both alphas.
+    one_device, = _one_step(tf.distribute.get_strategy(), reduction, [0.5], run_eagerly=True)
+    replicated, hard_only = _one_step(mirrored, reduction, [0.5, 1.0])
     for a, b, start in zip(one_device, replicated, initial):
         # The updates themselves, so that a halved one cannot hide in atol.
         np.testing.assert_allclose(b - start, a - start, rtol=1e-4, atol=1e-7)
     assert max(np.abs(a - s).max() for a, s in zip(one_device, initial)) > 1e-3
     # Keras' own student on one device: under replicas Keras divides
     # mean_with_sample_weight by each replica's weights, not the batch's.
-    keras_student = _one_step(tf.distribute.get_strategy(), reduction, 1.0, distil=False)
-    hard_only = _one_step(mirrored, reduction, 1.0)
+    keras_student, = _one_step(tf.distribute.get_strategy(), reduction, [None],
+                               run_eagerly=True)
     for a, b, start in zip(keras_student, hard_only, initial):
         np.testing.assert_allclose(b - start, a - start, rtol=1e-4, atol=1e-7)
 
 
-def _logs(strategy, reduction, cached):
+def _logs(strategy, reduction, cached, run_eagerly=False):
     """`fit`'s and `evaluate`'s logs for 11 samples in batches of 4: the
     last batch (3 samples) splits 2 + 1 over two replicas."""
     x, y, weights = _data(11, seed=3)
@@ -109,7 +128,8 @@ def _logs(strategy, reduction, cached):
         model.compile(keras.optimizers.SGD(0.1), alpha=0.5, temperature=2.0,
                       student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True, reduction=reduction),
-                      metrics=["accuracy"] + ([] if cached else [keras_kd.TeacherAgreement()]))
+                      metrics=["accuracy"] + ([] if cached else [keras_kd.TeacherAgreement()]),
+                      run_eagerly=run_eagerly)
     targets = keras_kd.targets(y, teacher_logits=cache_module.compute_teacher_logits(
         teacher, x)) if cached else y
     fit = model.fit(x, targets, sample_weight=weights, batch_size=4, shuffle=False,
@@ -128,7 +148,11 @@ def test_replicas_log_one_devices_losses_for_an_uneven_last_batch(mirrored, redu
     2 + 1 logged other losses than one device (0.988 against 0.961 for the
     epoch's loss; Keras' own student logs the one-device value). Every
     replica now weighs its share by the global batch size over N."""
-    one_fit, one_evaluate = _logs(tf.distribute.get_strategy(), reduction, cached)
+    # One device, the reference, eagerly (test_reduction.py's
+    # test_two_replicas_update_as_one_device compares a traced one-device
+    # fit's logs with the replicas'); the replicas trace.
+    one_fit, one_evaluate = _logs(tf.distribute.get_strategy(), reduction, cached,
+                                  run_eagerly=True)
     two_fit, two_evaluate = _logs(mirrored, reduction, cached)
     # Metrics too (failed before, read-only review: `evaluate` and `val_*`
     # reported the replicas' mean of their own accuracies, e.g. 0.4667
@@ -161,9 +185,9 @@ def test_teacher_metrics_of_an_ensemble_mix_at_temperature_one(temperature):
     distiller.compile(metrics=[keras_kd.TeacherKL(), keras_kd.TeacherAgreement()],
                       temperature=temperature, run_eagerly=True)
     logs = distiller.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
-    member_p = [softmax64(t.predict(x, verbose=0)) for t in teachers]
+    member_p = [softmax64(outputs(t, x)) for t in teachers]
     mixture = 0.3 * member_p[0] + 0.7 * member_p[1]
-    s = np.float64(student.predict(x, verbose=0))
+    s = np.float64(outputs(student, x))
     log_s = s - np.max(s, -1, keepdims=True)
     log_s = log_s - np.log(np.exp(log_s).sum(-1, keepdims=True))
     expected_kl = np.mean(np.sum(mixture * (np.log(mixture) - log_s), -1))
@@ -176,7 +200,7 @@ def test_teacher_metrics_of_an_ensemble_mix_at_temperature_one(temperature):
 
 def _mixture_kl_at(teachers, x, s, temperature):
     """What the metric gave before: the T-mixture read back at T = 1."""
-    member_p = [softmax64(np.float64(t.predict(x, verbose=0)) / temperature) for t in teachers]
+    member_p = [softmax64(np.float64(outputs(t, x)) / temperature) for t in teachers]
     logits = temperature * np.log(0.3 * member_p[0] + 0.7 * member_p[1])
     return np.mean(kl64(logits, s))
 
@@ -224,7 +248,7 @@ def test_a_changed_weightless_layer_is_another_teacher_for_the_dense_cache(tmp_p
     with pytest.raises(cache_module.CacheError, match="another teacher or other inputs"):
         cache_module.compute_teacher_logits(new, x, path=path)
     rebuilt = cache_module.compute_teacher_logits(new, x, path=path, rebuild=True)
-    np.testing.assert_allclose(rebuilt, new.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rebuilt, outputs(new, x), rtol=1e-5, atol=1e-6)
 
 
 def test_a_changed_activation_is_another_teacher_for_the_top_k_cache(tmp_path):
@@ -261,7 +285,7 @@ def _distillation_loss(teacher, x, targets, student_seed=21, temperature=1.0, **
     distiller.compile(keras.optimizers.SGD(0.0), alpha=0.0, temperature=temperature,
                       run_eagerly=True, **compile_args)
     logs = distiller.train_on_batch(x, targets, return_dict=True)
-    return logs["distillation_loss"], student.predict(x, verbose=0)
+    return logs["distillation_loss"], outputs(student, x)
 
 
 def test_a_softmax_teacher_is_cached_as_the_logs_of_its_probabilities():
@@ -275,7 +299,7 @@ def test_a_softmax_teacher_is_cached_as_the_logs_of_its_probabilities():
     online, s = _distillation_loss(teacher, x, y)
     offline, _ = _distillation_loss(
         teacher, x, keras_kd.targets(y, teacher_logits=cached))
-    expected = np.mean(kl64(np.log(np.float64(teacher.predict(x, verbose=0))), s))
+    expected = np.mean(kl64(np.log(np.float64(outputs(teacher, x))), s))
     np.testing.assert_allclose(online, expected, rtol=1e-5)
     np.testing.assert_allclose(offline, expected, rtol=1e-5)
     with pytest.raises(ValueError, match=r"softmax, but teacher_outputs='logits'.*"
@@ -297,7 +321,7 @@ def test_a_softmax_teacher_in_a_top_k_cache_with_k_vocab_is_the_online_loss(tmp_
     online, s = _distillation_loss(teacher, tokens, labels)
     offline, _ = _distillation_loss(
         teacher, tokens, keras_kd.targets(labels, teacher_top_k=element))
-    expected = np.mean(kl64(np.log(np.float64(teacher.predict(tokens, verbose=0))), s))
+    expected = np.mean(kl64(np.log(np.float64(outputs(teacher, tokens))), s))
     np.testing.assert_allclose(online, expected, rtol=1e-5)
     np.testing.assert_allclose(offline, expected, rtol=1e-5)
     with pytest.raises(ValueError, match=r"teacher_outputs='logits'.*write_top_k_cache"):
@@ -365,7 +389,7 @@ def test_float16_cache_of_near_impossible_ids_is_finite_and_exact(tmp_path, tail
     assert np.isfinite(kl).all() and np.isfinite(gradient).all()
     # Within float16's rounding of the other logits (2**-11 relative) of
     # the float64 dense KL; the -1e5 ids have probability 0 in both.
-    teacher_logits = teacher.predict(tokens, verbose=0)
+    teacher_logits = outputs(teacher, tokens)
     np.testing.assert_allclose(kl, kl64(teacher_logits, student_logits), rtol=2e-3, atol=1e-6)
 
 
@@ -410,7 +434,9 @@ def test_a_top_k_cache_of_another_vocabulary_is_refused_at_the_first_batch(
     student = _lm(26, vocab=student_vocabulary)
     # The teacher given to the Distiller is the student's size; the cache is not.
     distiller = Distiller(student=student, teacher=_lm(27, vocab=student_vocabulary))
-    distiller.compile(alpha=0.5)
+    # The first batch's check runs in the input pipeline, outside the step:
+    # (6, 8) in `fit` checks it eagerly, (8, 6) in `fit` through a traced step.
+    distiller.compile(alpha=0.5, run_eagerly=(teacher_vocabulary, call) == (6, "fit"))
     message = (rf"vocabulary of {teacher_vocabulary} ids, but the student outputs "
                rf"{student_vocabulary} logits")
     with pytest.raises(ValueError, match=message):
@@ -445,16 +471,22 @@ def test_a_string_input_student_distils_as_student_fit_trains_it():
     # A dataset of tf.string: Keras' own array adapter takes no NumPy str.
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     updates = {}
-    for name, alpha in (("keras", None), ("hard", 1.0), ("both", 0.5)):
-        student = _text_model(28, 4)
-        if alpha is None:
-            student.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True))
-            model = student
-        else:
-            model = Distiller(student=student, teacher=_text_model(29, 8))
-            model.compile(keras.optimizers.SGD(0.5), alpha=alpha)
-        model.fit(data, shuffle=False, verbose=0)
+    # Keras' own reference eagerly.
+    student = _text_model(28, 4)
+    student.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), run_eagerly=True)
+    student.fit(data, shuffle=False, verbose=0)
+    updates["keras"] = [w.numpy() for w in student.weights]
+    # One traced Distiller for both alphas (a variable the step reads), each
+    # fit from the same initial weights.
+    student = _text_model(28, 4)
+    initial = student.get_weights()
+    distiller = Distiller(student=student, teacher=_text_model(29, 8))
+    distiller.compile(keras.optimizers.SGD(0.5), alpha=1.0)
+    for name, alpha in (("hard", 1.0), ("both", 0.5)):
+        student.set_weights(initial)
+        distiller.alpha = alpha
+        distiller.fit(data, shuffle=False, verbose=0)
         updates[name] = [w.numpy() for w in student.weights]
     for a, b in zip(updates["keras"], updates["hard"]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
@@ -476,13 +508,14 @@ def test_ignore_class_leaves_metrics_as_documented():
     keras.utils.set_random_seed(30)
     student = make_mlp([4])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
-    student.compile(loss=loss, metrics=["sparse_categorical_accuracy"])
+    # Keras' own reference, eagerly.
+    student.compile(loss=loss, metrics=["sparse_categorical_accuracy"], run_eagerly=True)
     keras_logs = student.evaluate(x, y, return_dict=True, verbose=0)
     distiller = Distiller(student=student, teacher=make_mlp([8]))
     distiller.compile(student_loss_fn=loss, metrics=["sparse_categorical_accuracy"])
     logs = distiller.evaluate(x, y, return_dict=True, verbose=0)
     np.testing.assert_allclose(logs["loss"], keras_logs["loss"], rtol=1e-5)
-    predicted = np.argmax(student.predict(x, verbose=0), -1)
+    predicted = np.argmax(outputs(student, x), -1)
     kept = y != 0
     np.testing.assert_allclose(logs["sparse_categorical_accuracy"],
                                np.mean(predicted[kept] == y[kept]), rtol=1e-6)
@@ -504,18 +537,28 @@ def _cached_top_k_batches(tmp_path, **write):
     ).map(lambda xy, t: (xy[0], keras_kd.targets(xy[1], teacher_top_k=t)))
 
 
+@pytest.fixture(scope="module")
+def cached_top_k_batches(tmp_path_factory):
+    """One cache for both calls below (its teacher is traced to write it)."""
+    return _cached_top_k_batches(tmp_path_factory.mktemp("temperature"))
+
+
 @pytest.mark.parametrize("call", ["fit", "train_on_batch"])
-def test_a_distiller_without_a_temperature_takes_the_caches(tmp_path, call):
+def test_a_distiller_without_a_temperature_takes_the_caches(cached_top_k_batches, call):
     """Before round 4 `write_top_k_cache`'s own docstring example raised: the
     cache is written at T = 1 and the Distiller's default is 3. Without an
     explicit temperature the call uses the cache's (and gives the loss of
     `compile(temperature=1.0)`), then the Distiller's is back at 3; an
     explicit other temperature is still refused."""
-    batches = _cached_top_k_batches(tmp_path)
+    batches = cached_top_k_batches
     losses = {}
     for name, temperature in (("default", None), ("explicit", 1.0)):
         distiller = Distiller(student=_lm(32), teacher=_lm(31, stddev=2.0))
-        distiller.compile(keras.optimizers.SGD(0.0), alpha=0.5, temperature=temperature)
+        # The default, under test, traces in `fit`; the explicit reference
+        # and the `train_on_batch` case (the same term, whose graph the
+        # `fit` case traces) run eagerly.
+        distiller.compile(keras.optimizers.SGD(0.0), alpha=0.5, temperature=temperature,
+                          run_eagerly=temperature is not None or call == "train_on_batch")
         if call == "fit":
             losses[name] = distiller.fit(batches, verbose=0).history["distillation_loss"][0]
         else:
@@ -525,8 +568,13 @@ def test_a_distiller_without_a_temperature_takes_the_caches(tmp_path, call):
         if temperature is None:
             assert distiller.temperature == 3.0
     assert losses["default"] > 0.0
-    np.testing.assert_allclose(losses["default"], losses["explicit"], rtol=1e-6)
-    distiller.compile(alpha=0.5, temperature=3.0)
+    # 1e-5: traced against eager float32 (`fit`); T = 3 gives another loss
+    # by far.
+    np.testing.assert_allclose(losses["default"], losses["explicit"], rtol=1e-5)
+    # Eagerly: the refusal is the input pipeline's first-batch check, which
+    # test_a_top_k_cache_of_another_vocabulary_... [fit-8-6] runs through a
+    # traced step.
+    distiller.compile(alpha=0.5, temperature=3.0, run_eagerly=True)
     with pytest.raises(ValueError, match=r"cache_temperature=1\.0.*Received: temperature=3\.0"):
         distiller.fit(batches, verbose=0)
 
@@ -551,8 +599,8 @@ def test_a_keras_distillation_loss_keeps_its_own_reduction(reduction):
                       student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True, reduction="mean_with_sample_weight"))
     logs = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
-    p_t = np.clip(softmax64(teacher.predict(x, verbose=0) / 2.0), 1e-7, 1.0)
-    p_s = np.clip(softmax64(student.predict(x, verbose=0) / 2.0), 1e-7, 1.0)
+    p_t = np.clip(softmax64(outputs(teacher, x) / 2.0), 1e-7, 1.0)
+    p_s = np.clip(softmax64(outputs(student, x) / 2.0), 1e-7, 1.0)
     values = np.sum(p_t * np.log(p_t / p_s), -1) * weights
     expected = values.sum() if reduction == "sum" else values.sum() / len(x)
     assert not np.isclose(expected, values.sum() / weights.sum())  # The student loss's.
