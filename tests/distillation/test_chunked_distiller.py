@@ -36,10 +36,28 @@ def _data(seed=0, padded=True):
     return tokens, labels, weights
 
 
-def _fit(make_models, chunk_size, alpha, reduction, ignore_class=None, epochs=2, data=None):
+# The dense path is the reference the chunked path is held to: it runs
+# eagerly (no tf.function to trace, the bulk of a fit's time here). Its traced
+# path has its own tests (test_distiller.py, test_metrics.py, test_top_k.py),
+# and a bug of the traced step that both paths shared shows here as a
+# difference from the eager reference. `chunked_eagerly=True` runs the
+# chunked path eagerly too, in cases whose traced path another test covers
+# (named there). (Eagerly, shapes are static and TensorFlow's
+# `tf.custom_gradient` takes another route:
+# test_run_eagerly_trains_as_the_dense_path.) On TensorFlow only: on JAX
+# a step run eagerly dispatches op by op and costs more than its jit
+# compile.
+EAGER_IS_CHEAP = keras.backend.backend() == "tensorflow"
+
+
+def _fit(make_models, chunk_size, alpha, reduction, ignore_class=None, epochs=2, data=None,
+         chunked_eagerly=False):
+    """Logs, the student's weights before and its weights after `fit`."""
     student, teacher = make_models()
+    initial = [np.array(keras.ops.convert_to_numpy(v)) for v in student.trainable_variables]
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(
+        run_eagerly=EAGER_IS_CHEAP and (chunk_size is None or chunked_eagerly),
         # "sum" gives ~20x the gradient: a smaller step keeps float32 noise small.
         optimizer=keras.optimizers.SGD(0.05 if reduction == "sum" else 0.5),
         student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
@@ -52,13 +70,18 @@ def _fit(make_models, chunk_size, alpha, reduction, ignore_class=None, epochs=2,
     assert (distiller.chunked is None) == (chunk_size is None)
     history = distiller.fit(tokens, labels, sample_weight=weights, batch_size=2,
                             epochs=epochs, shuffle=False, verbose=0)
-    return history.history, [v.numpy() if hasattr(v, "numpy") else np.asarray(v)
-                             for v in student.trainable_variables]
+    return history.history, initial, [v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+                                      for v in student.trainable_variables]
 
 
-def _assert_same(make_models, alpha, reduction, ignore_class=None, data=None):
-    dense_logs, dense_weights = _fit(make_models, None, alpha, reduction, ignore_class, data=data)
-    chunked_logs, chunked_weights = _fit(make_models, 5, alpha, reduction, ignore_class, data=data)
+def _assert_same(make_models, alpha, reduction, ignore_class=None, data=None,
+                 chunked_eagerly=False):
+    # Eagerly, one epoch (two steps) holds the second step's weights too.
+    epochs = 1 if chunked_eagerly and EAGER_IS_CHEAP else 2
+    dense_logs, initial, dense_weights = _fit(make_models, None, alpha, reduction, ignore_class,
+                                              epochs, data)
+    chunked_logs, _, chunked_weights = _fit(make_models, 5, alpha, reduction, ignore_class,
+                                            epochs, data, chunked_eagerly)
     assert set(chunked_logs) == set(dense_logs)
     assert {"accuracy", "weighted_acc"} <= set(dense_logs)
     for key in dense_logs:
@@ -67,9 +90,8 @@ def _assert_same(make_models, alpha, reduction, ignore_class=None, data=None):
     moved = False
     for chunked, dense in zip(chunked_weights, dense_weights):
         np.testing.assert_allclose(chunked, dense, rtol=1e-5, atol=1e-6)
-    first, _ = make_models()
-    for before, after in zip(first.trainable_variables, dense_weights):
-        moved = moved or not np.allclose(np.asarray(before), after)
+    for before, after in zip(initial, dense_weights):
+        moved = moved or not np.allclose(before, after)
     assert moved  # The comparison is of trained weights.
 
 
@@ -77,13 +99,17 @@ def _functional_pair():
     return _functional(8, 1, "student"), _functional(12, 2, "teacher")
 
 
-@pytest.mark.parametrize("alpha,reduction,ignore_class", [
-    (0.3, "sum_over_batch_size", None),
-    (0.3, "sum", 3),
-    (1.0, "sum_over_batch_size", 3),
+@pytest.mark.parametrize("alpha,reduction,ignore_class,chunked_eagerly", [
+    (0.3, "sum_over_batch_size", None, False),
+    # Traced: "sum" with `ignore_class` in test_top_k_cache_matches_dense_in_float64
+    # (the same student term) and test_keras_mask_matches_dense ("sum").
+    (0.3, "sum", 3, True),
+    # Traced: alpha = 1 in test_teacher_metrics_in_fit_and_evaluate_match_dense.
+    (1.0, "sum_over_batch_size", 3, True),
 ])
-def test_functional_dense_head_matches_dense(alpha, reduction, ignore_class):
-    _assert_same(_functional_pair, alpha, reduction, ignore_class)
+def test_functional_dense_head_matches_dense(alpha, reduction, ignore_class, chunked_eagerly):
+    _assert_same(_functional_pair, alpha, reduction, ignore_class,
+                 chunked_eagerly=chunked_eagerly)
 
 
 def test_keras_mask_matches_dense():
@@ -126,13 +152,18 @@ def _hub_data():
     return {"token_ids": tokens, "padding_mask": weights > 0}, labels, weights
 
 
-@pytest.mark.parametrize("kind,alpha,reduction", [
-    ("gpt2", 0.4, "sum_over_batch_size"),
-    ("llama", 0.4, "sum"),
-    ("gemma", 0.0, "sum_over_batch_size"),
+@pytest.mark.parametrize("kind,alpha,reduction,chunked_eagerly", [
+    # The traced path of a KerasHub head is the gemma case's (a tied
+    # `ReversibleEmbedding` with a soft cap); gpt2's (tied, no cap) and
+    # llama's (untied) differ from it in what `LinearHead.from_layer` reads
+    # at compile, not in the step: they run eagerly.
+    ("gpt2", 0.4, "sum_over_batch_size", True),
+    ("llama", 0.4, "sum", True),
+    ("gemma", 0.0, "sum_over_batch_size", False),
 ])
-def test_keras_hub_causal_lm_matches_dense(kind, alpha, reduction):
-    _assert_same(_hub_pair(kind), alpha, reduction, data=_hub_data)
+def test_keras_hub_causal_lm_matches_dense(kind, alpha, reduction, chunked_eagerly):
+    _assert_same(_hub_pair(kind), alpha, reduction, data=_hub_data,
+                 chunked_eagerly=chunked_eagerly)
 
 
 def test_gemma_head_has_soft_cap():
@@ -283,10 +314,11 @@ def keras_kd_targets(labels, **kwargs):
 
 
 def _fit_top_k(make_models, chunk_size, reduction, loss, temperature, ignore_class=None,
-               data=None):
+               data=None, chunked_eagerly=False):
     student, teacher = make_models()
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(
+        run_eagerly=EAGER_IS_CHEAP and (chunk_size is None or chunked_eagerly),  # See `_fit`.
         optimizer=keras.optimizers.SGD(0.05 if reduction == "sum" else 0.5),
         student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=reduction, ignore_class=ignore_class),
@@ -305,19 +337,20 @@ def _fit_top_k(make_models, chunk_size, reduction, loss, temperature, ignore_cla
                                         for v in student.trainable_variables]
 
 
-@pytest.mark.parametrize("tail,temperature,reduction,ignore_class", [
+@pytest.mark.parametrize("tail,temperature,reduction,ignore_class,chunked_eagerly", [
     # tail="bin" with no temperature chosen: the cache's, as on the dense path.
-    ("bin", None, "sum_over_batch_size", None),
-    ("renormalize", 3.0, "sum", 3),
+    ("bin", None, "sum_over_batch_size", None, False),
+    # Traced: this case in float64, test_top_k_cache_matches_dense_in_float64.
+    ("renormalize", 3.0, "sum", 3, True),
 ])
-def test_top_k_cache_matches_dense(tail, temperature, reduction, ignore_class):
+def test_top_k_cache_matches_dense(tail, temperature, reduction, ignore_class, chunked_eagerly):
     from keras_kd import TopKKLDivergence
 
     results = {}
     for name, chunk_size in (("dense", None), ("chunked", 5)):
         loss = None if tail == "bin" and temperature is None else TopKKLDivergence(tail=tail)
         results[name] = _fit_top_k(_functional_pair, chunk_size, reduction, loss, temperature,
-                                   ignore_class)
+                                   ignore_class, chunked_eagerly=chunked_eagerly)
     (dense_logs, dense_eval, dense_weights), (logs, evaluated, weights) = (
         results["dense"], results["chunked"])
     assert set(logs) == set(dense_logs) and float(dense_logs["distillation_loss"][0]) > 0.0
@@ -400,7 +433,10 @@ def test_top_k_cache_refusals_on_the_chunked_path():
 
 def _one_epoch(chunk_size, policy=None, **compile_kwargs):
     """Loss and student weights (as float32) after one epoch of a tiny
-    Functional pair, dense (`chunk_size=None`) or chunked."""
+    Functional pair, dense (`chunk_size=None`, eagerly: see `_fit`) or
+    chunked."""
+    if chunk_size is None and EAGER_IS_CHEAP:
+        compile_kwargs["run_eagerly"] = True
     vocab, length = 37, 6
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, vocab, (4, length)).astype("int32")
@@ -511,6 +547,9 @@ def _fit_with_teacher_metrics(chunk_size, mask_zero, ignore_class, alpha, per_sa
     student, teacher = _metric_pair(mask_zero)
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(
+        # The dense reference eagerly (see `_fit`) over 11 steps (one epoch);
+        # over 16 (two epochs) its trace is the cheaper.
+        run_eagerly=EAGER_IS_CHEAP and chunk_size is None and epochs == 1,
         optimizer=keras.optimizers.SGD(0.5),
         student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, ignore_class=ignore_class),

@@ -48,11 +48,23 @@ def _compile_args(reduction, ignore_class):
     )
 
 
+# The dense path (and `student.evaluate`) is the reference the chunked path
+# is held to: it runs eagerly (no tf.function to trace, the bulk of an
+# evaluate's time here). Its traced path has its own tests
+# (test_distiller.py, test_metrics.py), and a bug of the traced step that
+# both paths shared shows here as a difference from the eager reference.
+# On TensorFlow only: on JAX a step run eagerly dispatches op by op and
+# costs more than its jit compile.
+EAGER_IS_CHEAP = keras.backend.backend() == "tensorflow"
+
+
 def _distiller(chunk_size, reduction, ignore_class, mask_zero=False, regularized=False):
     student = _model(8, 1, "student", mask_zero, regularized)
     teacher = _model(12, 2, "teacher", mask_zero)
     distiller = Distiller(student=student, teacher=teacher)
     distiller.compile(optimizer="sgd", alpha=0.3, temperature=2.0, chunk_size=chunk_size,
+                      # The dense reference: see above.
+                      run_eagerly=EAGER_IS_CHEAP and chunk_size is None,
                       **_compile_args(reduction, ignore_class))
     return distiller
 
@@ -120,7 +132,7 @@ def test_evaluate_matches_dense_and_student(reduction, ignore_class, mask_zero, 
     student = _model(8, 1, "student", mask_zero)
     student.compile(loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=reduction, ignore_class=ignore_class),
-        metrics=["accuracy"])
+        metrics=["accuracy"], run_eagerly=EAGER_IS_CHEAP)  # A reference: see `_distiller`.
     alone = student.evaluate(tokens, labels, sample_weight=sample_weight, batch_size=BATCH,
                              verbose=0, return_dict=True)
     np.testing.assert_allclose(chunked["loss"], alone["loss"], rtol=1e-5, atol=1e-6)
@@ -243,7 +255,8 @@ def test_evaluate_teacher_metrics_match_dense_and_numpy(ignore_class, mask_zero,
         distiller.compile(optimizer="sgd", alpha=0.3, temperature=2.0, chunk_size=chunk_size,
                           student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
                               from_logits=True, ignore_class=ignore_class),
-                          metrics=metrics)
+                          metrics=metrics,  # The dense reference: see `_distiller`.
+                          run_eagerly=EAGER_IS_CHEAP and chunk_size is None)
         counters = [_HeadCalls(layer, monkeypatch, EVALUATION_STEP) for layer in (
             student.get_layer("lm_head"), teacher.get_layer("lm_head"), teacher.layers[2])]
         results[name] = distiller.evaluate(tokens, labels, sample_weight=sample_weight,
@@ -292,7 +305,8 @@ def test_evaluate_teacher_metrics_in_float64_match_numpy():
                 student_loss_fn=keras.losses.SparseCategoricalCrossentropy(
                     from_logits=True, ignore_class=5),
                 distillation_loss_fn=GeneralizedJSD(beta=0.5, precision="float64"),
-                chunk_size=chunk_size,
+                # See `_distiller`.
+                chunk_size=chunk_size, run_eagerly=EAGER_IS_CHEAP and chunk_size is None,
                 metrics=[TeacherKL(dtype="float64"), TeacherAgreement(dtype="float64")])
             assert student.get_layer("lm_head").kernel.dtype == "float64"
             results[chunk_size] = distiller.evaluate(
@@ -328,7 +342,9 @@ def test_teacher_metrics_in_weighted_metrics_are_teacher_metrics():
     for chunk_size in (None, 3):
         for argument in ("metrics", "weighted_metrics"):
             distiller = Distiller(student=_model(8, 1, "student"), teacher=_near_teacher(False))
+            # The dense path eagerly: it is the reference (see `_distiller`).
             distiller.compile(optimizer="sgd", chunk_size=chunk_size,
+                              run_eagerly=EAGER_IS_CHEAP and chunk_size is None,
                               **{argument: [TeacherKL(), TeacherAgreement()]})
             results[chunk_size, argument] = distiller.evaluate(
                 tokens, labels, sample_weight=weights, batch_size=BATCH, verbose=0,
