@@ -37,16 +37,6 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration()] * 2,
 )
 tf.config.experimental.enable_op_determinism()
-# Grappler, TensorFlow's graph optimizer, rewrites each traced function once
-# before it first runs: for the suite's tiny models, which run a few steps
-# each, that is about a fifth of its CPU time (tests/test_examples.py: 181
-# -> 146 CPU-seconds with it off, 2026-12-07). Its rewrites keep what a graph
-# computes, so the tests check the same values without it. Every process a
-# test starts (the CLI's, the killed runs') keeps it, as a user's run does,
-# and .ci/run's oldest-versions leg runs the suite with it
-# (KERAS_KD_TEST_GRAPPLER=1), where its remapper once printed a C++ error.
-if os.environ.get("KERAS_KD_TEST_GRAPPLER") != "1":
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 # Under op determinism, random ops need a global seed (e.g. the shuffle of
 # `fit(x, y)` on arrays).
 keras.utils.set_random_seed(0)
