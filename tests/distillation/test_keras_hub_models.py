@@ -5,12 +5,13 @@ sample_weight)`. fit, evaluate, generate, save and load, online and from a
 top-k cache or a dense one.
 
 Each traced `fit`/`evaluate` of a GPT-2 Distiller costs seconds of tracing,
-so the online losses the caches are checked against are computed once
-(`online_losses`), and on TensorFlow (`EAGER`) steps run eagerly where
-another test traces the same step: the online `fit` is traced in
-`test_fit_generate_save_and_load`, the online `evaluate` in
-`test_evaluate_equals_student_evaluate_and_padding_is_inert`, a cached
-`fit` from a dataset in the cache tests."""
+so the online losses the caches are checked against are computed once,
+traced (`online_losses`), and on TensorFlow (`EAGER`) other steps run
+eagerly where another test traces the same step on the same batches: the
+online `fit` in `online_losses`, the online `evaluate` and `train_on_batch`
+in `test_evaluate_equals_student_evaluate_and_padding_is_inert`'s
+[sum_over_batch_size] case, a cached `fit` from a dataset in the cache
+tests."""
 
 import keras
 import numpy as np
@@ -98,11 +99,10 @@ def online_dataset(batches):
 @pytest.fixture(scope="module")
 def online_losses(models, batches):
     """The online Distiller's losses on `batches`, one teacher: the
-    reference of the cache tests. Eager steps: the traced online step is
-    `test_fit_generate_save_and_load`'s."""
+    reference of the cache tests, from a traced step (computed once for the
+    three tests that read it; it is the traced online step's value check)."""
     teacher, student = models
-    return first_epoch_losses(frozen_distiller(student, teacher, run_eagerly=EAGER),
-                              online_dataset(batches))
+    return first_epoch_losses(frozen_distiller(student, teacher), online_dataset(batches))
 
 
 @pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean_with_sample_weight"])
@@ -125,9 +125,9 @@ def test_evaluate_equals_student_evaluate_and_padding_is_inert(models, reduction
     assert float(logs["loss"]) == pytest.approx(float(expected["loss"]), rel=1e-5)
     assert float(logs["sparse_categorical_accuracy"]) == pytest.approx(
         float(expected["sparse_categorical_accuracy"]), abs=1e-6)
-    # Two steps' values: eager steps (the traced train step on these
-    # batches is test_fit_generate_save_and_load's).
-    distiller.run_eagerly = EAGER
+    # Two steps' values, traced in [sum_over_batch_size] (the traced train
+    # step's padding check), eager in [mean_with_sample_weight].
+    distiller.run_eagerly = EAGER and reduction == "mean_with_sample_weight"
     first = distiller.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
     # Other tokens and labels where the padding mask is off: the same step.
     padded = sample_weight == 0
@@ -167,10 +167,9 @@ def test_fit_generate_save_and_load(models, tmp_path):
     expected = numpy(distiller(x, training=False))
     np.testing.assert_allclose(numpy(loaded(x, training=False)), expected, atol=1e-5)
     np.testing.assert_allclose(numpy(loaded_student(x, training=False)), expected, atol=1e-5)
-    # Continues with the optimizer's state: an eager step (the traced
-    # step of this distiller is the fit above).
+    # Continues with the optimizer's state, through a traced step of the
+    # loaded Distiller.
     assert int(loaded.optimizer.iterations) == int(distiller.optimizer.iterations) == 6
-    loaded.run_eagerly = EAGER
     loaded.fit(x, y, sample_weight=sample_weight, epochs=1, verbose=0)
     assert int(loaded.optimizer.iterations) == 7
 
@@ -221,7 +220,7 @@ def test_a_dense_cache_of_token_ids_and_padding_masks_gives_the_online_losses(
     assert logits.shape == ((10, 2, LENGTH, VOCAB) if ensemble else (10, LENGTH, VOCAB))
     np.testing.assert_array_equal(
         cache.compute_teacher_logits(teachers, x, batch_size=4, path=path), logits)
-    # Eager steps: the traced online step is one teacher's (test_fit_...);
+    # Eager steps: the traced online step is one teacher's (online_losses);
     # the members' logits meet in the same ops as the cached step's below.
     if ensemble:
         online = first_epoch_losses(frozen_distiller(student, teachers, run_eagerly=EAGER),

@@ -572,8 +572,9 @@ def test_a_distiller_without_a_temperature_takes_the_caches(cached_top_k_batches
     # by far.
     np.testing.assert_allclose(losses["default"], losses["explicit"], rtol=1e-5)
     # Eagerly: the refusal is the input pipeline's first-batch check, which
-    # test_a_top_k_cache_of_another_vocabulary_... [fit-8-6] runs through a
-    # traced step.
+    # tests/distillation/test_top_k.py::
+    # test_a_temperature_other_than_the_caches_is_refused[fit-False] runs
+    # through a traced step.
     distiller.compile(alpha=0.5, temperature=3.0, run_eagerly=True)
     with pytest.raises(ValueError, match=r"cache_temperature=1\.0.*Received: temperature=3\.0"):
         distiller.fit(batches, verbose=0)
