@@ -151,6 +151,13 @@ def numpy(x):
     return keras.tree.map_structure(keras.ops.convert_to_numpy, x)
 
 
+def outputs(model, x):
+    """A model's outputs on `x` as NumPy, from one direct inference call: a
+    reference that traces no `predict` function (each fresh model's costs a
+    trace, ~0.3 s)."""
+    return numpy(model(x, training=False))
+
+
 def runtime_check_error():
     """The exception a failed in-graph check raises when a compiled step
     runs: TensorFlow's assert op, or JAX's `jax.debug.callback` (whose

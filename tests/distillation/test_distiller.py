@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import make_mlp
 from conftest import numpy
+from conftest import outputs
 from conftest import tensorflow_only
 
 import keras_kd
@@ -21,12 +22,6 @@ def softmax64(z):
     z = np.float64(z) - np.max(z, axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def outputs(model, x):
-    """The model's outputs on `x` (NumPy), eagerly: a reference that traces
-    no `predict` function (each one of a fresh model costs a trace)."""
-    return numpy(model(x))
 
 
 def linear_student(num_inputs=6, num_classes=4):

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import make_mlp
+from conftest import outputs
 
 import keras_kd
 from keras_kd import Distiller
@@ -28,9 +29,8 @@ def softmax64(z):
 
 
 def outputs64(model, x):
-    """A model's outputs as float64 NumPy, from a direct call: `predict`
-    would trace a function per model (~0.3 s) for the same numbers."""
-    return np.float64(keras.ops.convert_to_numpy(model(x, training=False)))
+    """A model's outputs as float64 NumPy (conftest.outputs)."""
+    return np.float64(outputs(model, x))
 
 
 def kl64(teacher_logits, student_logits, temperature):

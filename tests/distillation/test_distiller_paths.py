@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import outputs
+
 from keras_kd import Distiller
 from keras_kd import UNLABELLED
 
@@ -113,11 +115,6 @@ def make_labels(labels, seed=0):
     if labels == "mixed":
         y[::3] = UNLABELLED
     return None if labels == "unlabelled" else y
-
-
-def outputs(model, x):
-    """The model's outputs on all of `x`, eagerly (no traced function)."""
-    return keras.ops.convert_to_numpy(model(x))
 
 
 def take(structure, start, stop):

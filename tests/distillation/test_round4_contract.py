@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from conftest import make_mlp
 from conftest import numpy
+from conftest import outputs
 from conftest import tensorflow_only
 from conftest import value_and_gradients
 
@@ -35,12 +36,6 @@ def kl64(teacher_logits, student_logits, temperature=1.0):
     p_s = softmax64(np.float64(student_logits) / temperature)
     terms = np.where(p_t > 0, p_t * (np.log(np.where(p_t > 0, p_t, 1.0)) - np.log(p_s)), 0.0)
     return temperature**2 * np.sum(terms, axis=-1)
-
-
-def outputs(model, x):
-    """A model's outputs as NumPy, from a direct call: `predict` would
-    trace a function per model (~0.3 s) for the same numbers."""
-    return numpy(model(x, training=False))
 
 
 def _data(n=8, seed=0):
