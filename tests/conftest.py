@@ -12,6 +12,7 @@ import os
 import pickle
 import runpy
 import sys
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -246,7 +247,7 @@ def write_cifar_python(directory, n_per_batch=4):
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
 
-def run_example(name, *arguments, cwd=None):
+def run_example(name, *arguments, cwd=None, eager=False):
     """`python examples/NAME ARGUMENTS` in this process; returns its printout.
 
     As `__main__`, with its own argv, so the script runs as from the shell,
@@ -255,6 +256,14 @@ def run_example(name, *arguments, cwd=None):
     logger level, op determinism (off while the example runs, as in a
     user's process, unless the example turns it on), Keras' session and the
     global seed set above.
+
+    `eager=True` runs its tf.functions (Keras' train, test and predict
+    steps) eagerly, `tf.config.run_functions_eagerly`: for tiny runs of a
+    few steps per model, tracing a step costs more than running it (E4's
+    test: 28.4 s traced, 9.5 s eager; E2's 17.8 s and 6.0 s, 2026-12-07).
+    The traced steps are the library tests' to check; the examples' tests
+    check the examples' values. Runs of many steps stay traced (the
+    30-epoch your_own_models.py: 10.0 s traced, 44.6 s eager).
 
     An exception of the example propagates (its traceback is the failure);
     `SystemExit` with a non-zero code fails the test."""
@@ -266,10 +275,14 @@ def run_example(name, *arguments, cwd=None):
     # A user's process has no op determinism unless the example turns it on
     # (E4 does); its deterministic kernels are slower.
     compat.disable_op_determinism()
+    tf.config.run_functions_eagerly(eager)
     try:
         if cwd is not None:
             os.chdir(cwd)
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+            # tf.data's functions are traced whatever the setting; it says so.
+            warnings.filterwarnings("ignore", "Even though the `tf.config.experimental_run_"
+                                    "functions_eagerly` option is set")
             try:
                 runpy.run_path(path, run_name="__main__")
             except SystemExit as stop:
@@ -279,6 +292,7 @@ def run_example(name, *arguments, cwd=None):
         os.chdir(directory)
         tf.get_logger().setLevel(log_level)
         tf.config.experimental.enable_op_determinism()
+        tf.config.run_functions_eagerly(False)
         keras.backend.clear_session()
         keras.utils.set_random_seed(0)  # As conftest.py leaves it.
         if "matplotlib.pyplot" in sys.modules:

@@ -7,8 +7,10 @@ records, teachers are above chance where the data is learnable (the MNIST
 sample, CIFAR files whose classes are colours). Each example runs as
 `python examples/NAME ARGS` would (conftest.run_example: as `__main__`,
 with its own argv), in this process: a process per example cost its
-TensorFlow import, 5-10 s apiece. The multi-teacher example also runs in a
-subprocess under JAX. Real-size figures are in the README.
+TensorFlow import, 5-10 s apiece. Those whose models take a few steps each
+run their steps eagerly (`eager=True`: tracing costs more than the steps);
+the ones of many steps stay traced. The multi-teacher example also runs in
+a subprocess under JAX. Real-size figures are in the README.
 """
 
 import json
@@ -61,7 +63,7 @@ def test_e1_keras_io(tmp_path):
 def test_e2_temperature_sweep(tmp_path):
     stdout = run_example("batchnorm_temperature_sweep.py", "--seeds", "0", "1", "--temperatures", "1", "4",
                          "--teacher-epochs", "1", "--student-epochs", "1", "--limit", "256",
-                         "--output", tmp_path)
+                         "--output", tmp_path, eager=True)
     summary = json.loads((tmp_path / "e2.json").read_text())["test_accuracy"]
     assert set(summary) == {"teacher", "scratch", "distilled, T=1", "distilled, T=4"}
     for row in summary.values():  # Percentages; the summary is that of the runs.
@@ -75,7 +77,7 @@ def test_e2_temperature_sweep(tmp_path):
 
 def test_e3_hinton_and_digit_three(tmp_path):
     run_example("hinton_mnist_mlp.py", "--seeds", "0", "--teacher-epochs", "1", "--student-epochs", "1",
-                "--limit", "512", "--output", tmp_path, "--save-models")
+                "--limit", "512", "--output", tmp_path, "--save-models", eager=True)
     report = json.loads((tmp_path / "e3.json").read_text())
     errors = report["test_errors"]
     assert len(errors) == 6
@@ -145,7 +147,7 @@ def test_e4_cifar_vgg_with_resume(tmp_path):
     arguments = ["--data-dir", cifar_dir, "--teacher-epochs", "1", "--student-epochs", "1",
                  "--soft-losses", "cse", "mse", "--temperatures", "4", "--output", tmp_path,
                  "--teacher-width", "0.125"]
-    run_example("cifar10_vgg_distillation.py", *arguments)
+    run_example("cifar10_vgg_distillation.py", *arguments, eager=True)
     results = json.loads((tmp_path / "e4.json").read_text())["test_accuracy"]
     assert set(results) == {"teacher", "scratch", "cse/0.5/4", "mse/0.5/4"}
     # Percentages of the 16 test images: each is a count of right answers,
@@ -162,7 +164,7 @@ def test_e4_cifar_vgg_with_resume(tmp_path):
     steps = int(checkpoint.optimizer.iterations.numpy())
     assert steps == 1
     stdout = run_example("cifar10_vgg_distillation.py", *arguments[:2], "--teacher-epochs", "2",
-                         *arguments[4:], "--resume", "--teacher-only")
+                         *arguments[4:], "--resume", "--teacher-only", eager=True)
     log = (tmp_path / "teacher" / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log[1:]] == ["0", "1"]
     assert "Epoch 2/2" in stdout and "Epoch 1/2" not in stdout
@@ -185,7 +187,8 @@ def test_e5_frozen_backbone(tmp_path):
     # trains one step and the head one per epoch.
     stdout = run_example("frozen_backbone_teacher.py", "--data-dir", cifar_dir, "--limit", 64,
                          "--backbone", tmp_path / "backbone.keras", "--student-blocks", 1, 1, 1, 1,
-                         "--head-epochs", "60", "--student-epochs", "1", "--output", tmp_path)
+                         "--head-epochs", "60", "--student-epochs", "1", "--output", tmp_path,
+                         eager=True)
     results = json.loads((tmp_path / "e5.json").read_text())["test_accuracy"]
     assert set(results) == {"teacher", "student (scratch)", "student (distilled)"}
     # Counts of right answers on the 32 test images, 3.125 points apiece.
@@ -208,7 +211,8 @@ def test_e5_frozen_backbone(tmp_path):
 def test_soft_targets_few_labels(tmp_path):
     stdout = run_example("soft_targets_few_labels.py", "--labels", "20", "--seeds", "0", "1",
                          "--teacher-epochs", "1", "--steps", "3", "--limit", "600",
-                         "--json", tmp_path / "few.json", "--plot", tmp_path / "few.png")
+                         "--json", tmp_path / "few.json", "--plot", tmp_path / "few.png",
+                         eager=True)
     report = json.loads((tmp_path / "few.json").read_text())
     records = report["records"]
     assert [(r["seed"], r["method"], r["labels"], r["unlabelled"]) for r in records] == [
@@ -251,7 +255,7 @@ def test_your_own_models(tmp_path):
 
 def test_teacher_with_other_inputs(tmp_path):
     output = run_example("teacher_with_other_inputs.py", "--limit", "300", "--epochs", "1",
-                         "--teacher-epochs", "1", "--output", tmp_path / "student.keras")
+                         "--teacher-epochs", "1", "--output", tmp_path / "student.keras", eager=True)
     assert "teacher (56x56 images" in output and "distilled student (784 vectors" in output
     import keras
 
@@ -281,7 +285,8 @@ def test_multi_teacher():
 
 def test_fitnets_hints(tmp_path):
     output = run_example("fitnets_hints.py", "--teacher-epochs", "1", "--limit", "1000",
-                         "--labels", "60", "--steps", "10", "--output", tmp_path / "student.keras")
+                         "--labels", "60", "--steps", "10", "--output", tmp_path / "student.keras",
+                         eager=True)
     assert "connector: Conv2D -> BatchNormalization -> ReLU" in output
 
     student = keras.models.load_model(tmp_path / "student.keras")
