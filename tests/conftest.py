@@ -95,15 +95,15 @@ def pytest_runtest_setup(item):
         )
 
 
-def value_and_gradients(fn, arguments, dtype="float32"):
+def value_and_gradients(fn, arguments, dtype="float32", compiled=True):
     """`fn(*arguments) = (value, aux)`'s value, the gradients of the value
     with respect to each argument (NumPy) and aux, with the backend's
-    autodiff (a tape on TensorFlow, `jax.value_and_grad` under `jax.jit`
-    on JAX: one compilation, where op-by-op dispatch compiled each op, 17-22
-    s against 4.5-6.5 s for test_hints.py's RKD test, 2026-12-07; and
-    compiled as Keras' JAX trainer compiles a step;
-    `torch.autograd.grad` on PyTorch). The arguments are cast to `dtype`
-    (float64 on JAX needs JAX_ENABLE_X64=1)."""
+    autodiff: a tape on TensorFlow (eager), `torch.autograd.grad` on
+    PyTorch, and on JAX `jax.value_and_grad` under `jax.jit`, as Keras' JAX
+    trainer compiles a step (one compilation: op by op, JAX compiled each
+    op on its own, and test_hints.py's one-sample RKD test took 17-22 s
+    against 4.5-6.5 s, 2026-12-07); `compiled=False` runs it op by op. The
+    arguments are cast to `dtype` (float64 on JAX needs JAX_ENABLE_X64=1)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         arguments = [tf.constant(a, dtype) for a in arguments]
@@ -115,9 +115,11 @@ def value_and_gradients(fn, arguments, dtype="float32"):
         import jax
 
         arguments = [np.asarray(a, dtype) for a in arguments]
-        (value, aux), grads = jax.jit(jax.value_and_grad(
-            fn, argnums=tuple(range(len(arguments))), has_aux=True
-        ))(*arguments)
+        differentiated = jax.value_and_grad(
+            fn, argnums=tuple(range(len(arguments))), has_aux=True)
+        if compiled:
+            differentiated = jax.jit(differentiated)
+        (value, aux), grads = differentiated(*arguments)
         return value, [np.asarray(g) for g in grads], aux
     if backend == "torch":
         import torch
@@ -257,16 +259,17 @@ def run_example(name, *arguments, cwd=None, eager=False):
     without a second TensorFlow import (5-10 s a process). What it changes
     of the process is put back: argv, the working directory, TensorFlow's
     logger level, op determinism (off while the example runs, as in a
-    user's process, unless the example turns it on), Keras' session and the
-    global seed set above.
+    user's process, unless the example turns it on), eager tf.functions,
+    Keras' session and the global seed set above.
 
-    `eager=True` runs its tf.functions (Keras' train, test and predict
-    steps) eagerly, `tf.config.run_functions_eagerly`: for tiny runs of a
-    few steps per model, tracing a step costs more than running it (E4's
-    test: 28.4 s traced, 9.5 s eager; E2's 17.8 s and 6.0 s, 2026-12-07).
-    The traced steps are the library tests' to check; the examples' tests
-    check the examples' values. Runs of many steps stay traced (the
-    30-epoch your_own_models.py: 10.0 s traced, 44.6 s eager).
+    `eager=True` (TensorFlow) runs the example's tf.functions, Keras' train,
+    test and predict steps among them, eagerly
+    (`tf.config.run_functions_eagerly`): for runs of a few steps per model,
+    tracing a step costs more than running it (E4's test: 28.4 s traced,
+    9.5 s eager; E2's 17.8 s and 6.0 s, 2026-12-07). Their traced steps are
+    the library tests' to check; an example whose path has no traced test
+    elsewhere (FitNets' connector) stays traced, as do runs of many steps
+    (the 30-epoch your_own_models.py: 10.0 s traced, 44.6 s eager).
 
     An exception of the example propagates (its traceback is the failure);
     `SystemExit` with a non-zero code fails the test."""
@@ -278,14 +281,15 @@ def run_example(name, *arguments, cwd=None, eager=False):
     # A user's process has no op determinism unless the example turns it on
     # (E4 does); its deterministic kernels are slower.
     compat.disable_op_determinism()
+    functions_eagerly = tf.config.functions_run_eagerly()
     tf.config.run_functions_eagerly(eager)
     try:
         if cwd is not None:
             os.chdir(cwd)
         with contextlib.redirect_stdout(printed), warnings.catch_warnings():
-            # tf.data's functions are traced whatever the setting; it says so.
-            warnings.filterwarnings("ignore", "Even though the `tf.config.experimental_run_"
-                                    "functions_eagerly` option is set")
+            if eager:  # tf.data's functions stay traced; it warns that they do.
+                warnings.filterwarnings("ignore", "Even though the `tf.config.experimental_run_"
+                                        "functions_eagerly` option is set")
             try:
                 runpy.run_path(path, run_name="__main__")
             except SystemExit as stop:
@@ -295,7 +299,7 @@ def run_example(name, *arguments, cwd=None, eager=False):
         os.chdir(directory)
         tf.get_logger().setLevel(log_level)
         tf.config.experimental.enable_op_determinism()
-        tf.config.run_functions_eagerly(False)
+        tf.config.run_functions_eagerly(functions_eagerly)
         keras.backend.clear_session()
         keras.utils.set_random_seed(0)  # As conftest.py leaves it.
         if "matplotlib.pyplot" in sys.modules:

@@ -8,8 +8,9 @@ sample, CIFAR files whose classes are colours). Each example runs as
 `python examples/NAME ARGS` would (conftest.run_example: as `__main__`,
 with its own argv), in this process: a process per example cost its
 TensorFlow import, 5-10 s apiece. Those whose models take a few steps each
-run their steps eagerly (`eager=True`: tracing costs more than the steps);
-the ones of many steps stay traced. The multi-teacher example also runs in
+run their steps eagerly (`eager=True`: tracing costs more than the steps,
+and the library's tests check the traced steps); the ones of many steps,
+and FitNets' (the only traced run of a Conv2D connector), stay traced. The multi-teacher example also runs in
 a subprocess under JAX. Real-size figures are in the README.
 """
 
@@ -285,8 +286,7 @@ def test_multi_teacher():
 
 def test_fitnets_hints(tmp_path):
     output = run_example("fitnets_hints.py", "--teacher-epochs", "1", "--limit", "1000",
-                         "--labels", "60", "--steps", "10", "--output", tmp_path / "student.keras",
-                         eager=True)
+                         "--labels", "60", "--steps", "10", "--output", tmp_path / "student.keras")
     assert "connector: Conv2D -> BatchNormalization -> ReLU" in output
 
     student = keras.models.load_model(tmp_path / "student.keras")
