@@ -10,8 +10,9 @@ with its own argv), in this process: a process per example cost its
 TensorFlow import, 5-10 s apiece. Those whose models take a few steps each
 run their steps eagerly (`eager=True`: tracing costs more than the steps,
 and the library's tests check the traced steps); the ones of many steps,
-and FitNets' (the only traced run of a Conv2D connector), stay traced. The multi-teacher example also runs in
-a subprocess under JAX. Real-size figures are in the README.
+and FitNets' (the only traced run of a Conv2D connector), stay traced. The
+multi-teacher example also runs in a subprocess under JAX. Real-size
+figures are in the README.
 """
 
 import json
